@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// Patch fuse-native (ioctl, utimens fix, ns timestamps, NULL paths, fusermount3)
+// and rebuild it from source with node-gyp so that it loads the libfuse.so it
+// ships (soname libfuse.so.2) from next to fuse.node through an $ORIGIN rpath.
+// Runs as npm's postinstall; safe to run again (idempotent).
+'use strict'
+const fs = require('fs')
+const path = require('path')
+const crypto = require('crypto')
+const { execFileSync } = require('child_process')
+
+const root = path.resolve(__dirname, '..')
+const patchFile = path.join(__dirname, 'fuse-native.patch')
+const pkgDir = path.dirname(require.resolve('fuse-native/package.json', { paths: [root] }))
+const marker = path.join(pkgDir, '.foliofs-patch')
+const release = path.join(pkgDir, 'build', 'Release')
+
+function log (msg) { process.stderr.write(`foliofs native: ${msg}\n`) }
+
+function nodeGyp () {
+  const candidates = [
+    process.env.npm_config_node_gyp,
+    path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    '/usr/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js',
+    '/usr/share/nodejs/node-gyp/bin/node-gyp.js'
+  ]
+  for (const c of candidates) if (c && fs.existsSync(c)) return c
+  throw new Error('node-gyp not found (it ships with npm); install npm >= 9')
+}
+
+function applyPatch () {
+  const digest = crypto.createHash('sha256').update(fs.readFileSync(patchFile)).digest('hex')
+  if (fs.existsSync(marker)) {
+    if (fs.readFileSync(marker, 'utf8').trim() === digest) return false
+    throw new Error(`${pkgDir} carries an older foliofs patch: run 'rm -rf node_modules && npm ci'`)
+  }
+  execFileSync('patch', ['-p1', '--forward', '--batch', '-i', patchFile], { cwd: pkgDir, stdio: 'inherit' })
+  fs.writeFileSync(marker, digest + '\n')
+  return true
+}
+
+function built () {
+  return fs.existsSync(path.join(release, 'fuse.node')) && fs.existsSync(path.join(release, 'libfuse.so.2'))
+}
+
+function build () {
+  const args = [nodeGyp(), 'rebuild', '--release']
+  if (fs.existsSync('/usr/include/node/node_api.h')) args.push('--nodedir=/usr')
+  log(`building fuse-native: node ${args.slice(1).join(' ')}`)
+  execFileSync(process.execPath, args, { cwd: pkgDir, stdio: ['ignore', 'inherit', 'inherit'] })
+  // fuse.node NEEDs libfuse.so.2; the shipped library is copied as libfuse.so.
+  const so2 = path.join(release, 'libfuse.so.2')
+  fs.rmSync(so2, { force: true })
+  fs.symlinkSync('libfuse.so', so2)
+}
+
+function verify () {
+  const out = execFileSync(process.execPath, ['-e',
+    "const b=require('node-gyp-build')(process.argv[1]);if(typeof b.fuse_native_signal_ioctl!=='function')throw new Error('ioctl missing');console.log('ok')",
+    pkgDir], { cwd: pkgDir, encoding: 'utf8' })
+  if (out.trim() !== 'ok') throw new Error('fuse-native binding did not load')
+}
+
+try {
+  const patched = applyPatch()
+  if (patched || !built()) build()
+  verify()
+  log('fuse-native patched, built and loadable')
+} catch (err) {
+  log(`FAILED: ${err.message}`)
+  process.exit(1)
+}

@@ -1,0 +1,225 @@
+// Mount lifecycle: option parsing, the FUSE worker (foreground mount), and
+// the supervisor that runs it in the background and cleans up after it.
+import * as fs from 'fs'
+import * as path from 'path'
+import { spawn } from 'child_process'
+import createDebug from 'debug'
+import { EXIT, ImageError, openImage } from './image'
+import { FolioFs } from './fs'
+import { makeOps, type FuseLike } from './fuse-ops'
+import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
+
+const debug = createDebug('foliofs:daemon')
+
+export interface MountOptions {
+  readonly: boolean
+  allowOther: boolean
+  debug: boolean
+  noatime: boolean
+  /** options handed to the kernel mount / libfuse */
+  fuseOptions: string[]
+}
+
+// mount(8) passes these; they are either mount flags libfuse understands or no-ops for us
+const PASS_THROUGH = new Set(['nosuid', 'suid', 'nodev', 'dev', 'noexec', 'exec', 'sync', 'async', 'dirsync'])
+const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail', 'rw',
+  'atime', 'relatime', 'strictatime', 'nodiratime', 'diratime', 'big_writes', 'default_permissions', 'loop'])
+
+export function parseMountOptions (opts: string[]): MountOptions {
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, fuseOptions: [] }
+  for (const group of opts) {
+    for (const raw of group.split(',')) {
+      const opt = raw.trim()
+      if (!opt) continue
+      const [key, val] = opt.split('=', 2)
+      if (key === 'ro') o.readonly = true
+      else if (key === 'allow_other') o.allowOther = true
+      else if (key === 'debug') o.debug = true
+      else if (key === 'noatime') o.noatime = true
+      else if (PASS_THROUGH.has(key) && val === undefined) o.fuseOptions.push(key)
+      else if (IGNORED.has(key) && val === undefined) continue
+      else if (key.startsWith('x-')) continue // systemd/fstab annotations
+      else if ((key === 'attr_timeout' || key === 'entry_timeout') && val !== undefined && /^\d+(\.\d+)?$/.test(val)) o.fuseOptions.push(opt)
+      else throw new ImageError(`unknown or malformed mount option '${opt}'`, EXIT.USAGE)
+    }
+  }
+  return o
+}
+
+function checkMountpoint (mountpoint: string): void {
+  if (isStale(mountpoint)) {
+    // a previous daemon died: clear its dead mount so the user is not stuck
+    process.stderr.write(`foliofs: clearing stale mount at ${mountpoint}\n`)
+    unmountPath(mountpoint, true)
+  }
+  let st: fs.Stats
+  try {
+    st = fs.statSync(mountpoint)
+  } catch {
+    throw new ImageError(`${mountpoint}: mount point does not exist`, EXIT.USAGE)
+  }
+  if (!st.isDirectory()) throw new ImageError(`${mountpoint}: mount point is not a directory`, EXIT.USAGE)
+  const m = findMount(mountpoint)
+  if (m && m.fstype.startsWith('fuse')) throw new ImageError(`${mountpoint}: already a FUSE mount (${m.source})`, EXIT.BUSY)
+}
+
+/** Everything a mount checks before it daemonizes, so errors reach the user's terminal. */
+export function preflight (image: string, mountpoint: string, opts: MountOptions): void {
+  checkMountpoint(mountpoint)
+  const img = openImage(image, { readonly: true })
+  img.db.close()
+  void opts
+}
+
+type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
+
+/** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
+export async function runWorker (image: string, mountpoint: string, opts: MountOptions, notify: Notify): Promise<number> {
+  const Fuse = require('fuse-native')
+  image = path.resolve(image)
+  mountpoint = path.resolve(mountpoint)
+  checkMountpoint(mountpoint)
+  const img = openImage(image, { readonly: opts.readonly })
+  const folio = new FolioFs(img)
+  folio.noatime = opts.noatime
+  const started = Date.now()
+  const holder: { fuse: FuseLike } = { fuse: {} }
+  const ops = makeOps({
+    fs: folio,
+    get fuse () { return holder.fuse },
+    extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: opts.readonly })
+  })
+  const extra = ['big_writes', 'use_ino', 'default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
+  if (opts.readonly) extra.push('ro')
+  const fuse = new Fuse(mountpoint, ops, {
+    fsname: image.replace(/,/g, '_'),
+    allowOther: opts.allowOther || process.getuid?.() === 0,
+    debug: opts.debug,
+    timeout: false,
+    extraOptions: extra
+  })
+  holder.fuse = fuse
+
+  await new Promise<void>((resolve, reject) => {
+    fuse.mount((err: Error | null) => err ? reject(new ImageError(`mount failed: ${err.message}`, EXIT.MOUNT_FAILED)) : resolve())
+  }).catch(err => {
+    folio.close()
+    throw err
+  })
+  writeRecord({ image, mountpoint, worker: process.pid, supervisor: process.ppid })
+  debug('mounted %s on %s', image, mountpoint)
+  notify({ ready: true })
+
+  return await new Promise<number>(resolve => {
+    let closing = false
+    const finish = (code: number): void => {
+      if (closing) return
+      closing = true
+      clearInterval(poll)
+      try { folio.close() } catch (err) { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) }
+      removeRecord(mountpoint, process.pid)
+      resolve(code)
+    }
+    const shutdown = (sig: string): void => {
+      if (closing) return
+      debug('%s: unmounting %s', sig, mountpoint)
+      // committed data is already in the image; unmount, then close it
+      fuse.unmount((err: Error | null) => {
+        if (err && findMount(mountpoint)) {
+          try { unmountPath(mountpoint, true) } catch (e) { process.stderr.write(`foliofs: ${String(e)}\n`) }
+        }
+        finish(0)
+      })
+    }
+    process.on('SIGINT', () => shutdown('SIGINT'))
+    process.on('SIGTERM', () => shutdown('SIGTERM'))
+    process.on('SIGHUP', () => shutdown('SIGHUP'))
+    // an external umount(8)/fusermount3 -u ends the mount without telling fuse-native
+    const poll = setInterval(() => {
+      const m = findMount(mountpoint)
+      if (!m || !m.fstype.startsWith('fuse')) {
+        debug('mount of %s is gone; closing image', mountpoint)
+        finish(0)
+      }
+    }, 500)
+  })
+}
+
+/**
+ * The supervisor: started detached by `foliofs mount`, runs the worker as
+ * its child and, if the worker dies without unmounting (crash, kill -9),
+ * lazily unmounts the dead mount so nobody is left with ENOTCONN.
+ */
+export function runSupervisor (argv: string[]): void {
+  const [image, mountpoint, ...rest] = argv
+  const child = spawn(process.execPath, [require.resolve('./cli'), 'mount', '--foreground', image, mountpoint, ...rest], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+  })
+  const forward = (msg: unknown): void => { if (process.send) process.send(msg) }
+  child.on('message', forward)
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => { if (child.pid) child.kill(sig) })
+  }
+  child.on('exit', (code, signal) => {
+    const mp = path.resolve(mountpoint)
+    if (code !== 0 || signal) {
+      const m = findMount(mp)
+      if (m && m.fstype === 'fuse.foliofs') {
+        process.stderr.write(`foliofs: worker ${child.pid} died (${signal ?? `exit ${code}`}); unmounting ${mp}\n`)
+        try { unmountPath(mp, true) } catch (err) { process.stderr.write(`foliofs: ${String(err)}\n`) }
+      }
+      const rec = readRecord(mp)
+      if (rec && rec.worker === child.pid) removeRecord(mp)
+      forward({ error: `worker exited (${signal ?? `exit ${code}`})`, exitCode: code ?? EXIT.MOUNT_FAILED })
+    }
+    process.exit(code ?? 1)
+  })
+}
+
+/** `foliofs mount` without --foreground: start the supervisor and wait for ready. */
+export function startBackground (image: string, mountpoint: string, optArgs: string[], logFile: string): Promise<number> {
+  fs.mkdirSync(path.dirname(logFile), { recursive: true })
+  const log = fs.openSync(logFile, 'a')
+  const sup = spawn(process.execPath, [require.resolve('./cli'), '__supervise', image, mountpoint, ...optArgs], {
+    detached: true,
+    stdio: ['ignore', log, log, 'ipc']
+  })
+  fs.closeSync(log)
+  return new Promise(resolve => {
+    let done = false
+    const end = (code: number, msg?: string): void => {
+      if (done) return
+      done = true
+      if (msg) process.stderr.write(`foliofs: ${msg}\n`)
+      sup.removeAllListeners()
+      if (sup.connected) sup.disconnect()
+      sup.unref()
+      resolve(code)
+    }
+    sup.on('message', (m: { ready?: boolean, error?: string, exitCode?: number }) => {
+      if (m.ready) end(0)
+      else if (m.error) end(m.exitCode || EXIT.MOUNT_FAILED, m.error)
+    })
+    sup.on('exit', code => end(code || EXIT.MOUNT_FAILED, `mount failed; see ${logFile}`))
+  })
+}
+
+/** `foliofs umount`: ask the worker to flush and unmount; clear dead mounts. */
+export async function umount (mountpoint: string, timeoutMs = 60000): Promise<void> {
+  const mp = path.resolve(mountpoint)
+  const rec = readRecord(mp)
+  const m = findMount(mp)
+  if (!m) {
+    if (rec) removeRecord(mp)
+    throw new ImageError(`${mp}: not mounted`, EXIT.USAGE)
+  }
+  if (!m.fstype.startsWith('fuse')) throw new ImageError(`${mp}: not a foliofs mount (${m.fstype})`, EXIT.USAGE)
+  if (rec && alive(rec.worker)) {
+    process.kill(rec.worker, 'SIGTERM')
+    const deadline = Date.now() + timeoutMs
+    while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 50))
+    if (alive(rec.worker)) throw new ImageError(`${mp}: daemon ${rec.worker} did not exit in time`, EXIT.BUSY)
+  }
+  if (findMount(mp)) unmountPath(mp, isStale(mp))
+  removeRecord(mp)
+}

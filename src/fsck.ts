@@ -1,0 +1,72 @@
+// Read-only consistency check of an image: SQLite's own integrity check,
+// then the filesystem invariants (links, parents, reachability, block counts).
+import { openImage, ROOT_INO, BLOCK_SIZE } from './image'
+
+export interface FsckReport { errors: string[], inodes: number, dirents: number, blocks: number }
+
+export function fsck (image: string): FsckReport {
+  const img = openImage(image, { readonly: true, check: false })
+  const db = img.db
+  const errors: string[] = []
+  try {
+    const integrity = db.pragma('integrity_check', { simple: false }) as Array<{ integrity_check: string }>
+    for (const r of integrity) if (r.integrity_check !== 'ok') errors.push(`sqlite: ${r.integrity_check}`)
+
+    const inodes = new Map<number, { mode: number, nlink: number, size: number, blocks: number, parent: number }>()
+    for (const r of db.prepare('SELECT ino, mode, nlink, size, blocks, parent FROM inodes').iterate() as Iterable<{ ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number }>) {
+      inodes.set(r.ino, r)
+    }
+    const orphans = new Set(db.prepare('SELECT ino FROM orphans').pluck().all() as number[])
+    const links = new Map<number, number>()
+    const subdirs = new Map<number, number>()
+    const children = new Map<number, number[]>()
+    let dirents = 0
+    for (const d of db.prepare('SELECT parent, name, ino FROM dirents').iterate() as Iterable<{ parent: number, name: string, ino: number }>) {
+      dirents++
+      const p = inodes.get(d.parent)
+      const c = inodes.get(d.ino)
+      if (!p) { errors.push(`entry '${d.name}' in missing directory ${d.parent}`); continue }
+      if ((p.mode & 0o170000) !== 0o040000) errors.push(`entry '${d.name}' in non-directory ${d.parent}`)
+      if (!c) { errors.push(`entry '${d.name}' in ${d.parent} points to missing inode ${d.ino}`); continue }
+      if (d.name === '' || d.name.includes('/') || Buffer.byteLength(d.name) > 255) errors.push(`bad name in ${d.parent}: ${JSON.stringify(d.name)}`)
+      links.set(d.ino, (links.get(d.ino) ?? 0) + 1)
+      if ((c.mode & 0o170000) === 0o040000) {
+        subdirs.set(d.parent, (subdirs.get(d.parent) ?? 0) + 1)
+        if (c.parent !== d.parent) errors.push(`directory ${d.ino} has parent ${c.parent} but is linked from ${d.parent}`)
+      }
+      const list = children.get(d.parent) ?? []
+      list.push(d.ino)
+      children.set(d.parent, list)
+    }
+    const blockRows = new Map<number, { n: number, max: number }>()
+    let blocks = 0
+    for (const r of db.prepare('SELECT ino, count(*) AS n, max(lblk) AS max FROM data GROUP BY ino').iterate() as Iterable<{ ino: number, n: number, max: number }>) {
+      blockRows.set(r.ino, r)
+      blocks += r.n
+      if (!inodes.has(r.ino)) errors.push(`data blocks of missing inode ${r.ino}`)
+    }
+    // reachability from the root
+    const seen = new Set<number>([ROOT_INO])
+    const stack = [ROOT_INO]
+    while (stack.length) {
+      for (const c of children.get(stack.pop() as number) ?? []) {
+        if (seen.has(c)) continue
+        seen.add(c)
+        stack.push(c)
+      }
+    }
+    for (const [ino, i] of inodes) {
+      const isDir = (i.mode & 0o170000) === 0o040000
+      const expect = isDir ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
+      if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) errors.push(`inode ${ino}: nlink ${i.nlink}, expected ${expect}`)
+      if (isDir && ino !== ROOT_INO && (links.get(ino) ?? 0) !== 1 && !orphans.has(ino)) errors.push(`directory ${ino} has ${links.get(ino) ?? 0} names`)
+      if (!seen.has(ino) && !orphans.has(ino)) errors.push(`inode ${ino} is not reachable from the root`)
+      const b = blockRows.get(ino)
+      if ((b?.n ?? 0) !== i.blocks) errors.push(`inode ${ino}: block count ${i.blocks}, found ${b?.n ?? 0}`)
+      if (b && b.max * BLOCK_SIZE >= Math.max(i.size, 1) && b.max >= Math.ceil(i.size / BLOCK_SIZE)) errors.push(`inode ${ino}: data block ${b.max} beyond size ${i.size}`)
+    }
+    return { errors, inodes: inodes.size, dirents, blocks }
+  } finally {
+    db.close()
+  }
+}

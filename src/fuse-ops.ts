@@ -1,0 +1,143 @@
+// Adapter from fuse-native's callback API to FolioFs. Rules enforced here:
+// every handler calls back exactly once, and only with a negative errno or a
+// result (fuse-native hangs on Error objects and times out on throws).
+import { FolioFs, type Stat, type Time } from './fs'
+import { fsErr, toNegErrno } from './errno'
+import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
+import createDebug from 'debug'
+
+const debug = createDebug('foliofs:ops')
+
+type Cb = (...args: any[]) => void
+
+export interface FuseLike { context?: { uid: number, gid: number, pid: number, umask: number } }
+
+export interface OpsContext {
+  fs: FolioFs
+  fuse: FuseLike
+  /** extra daemon statistics merged into the stats ioctl */
+  extraStats: () => Record<string, unknown>
+}
+
+/** Run fn; reply cb(0, ...result) or cb(-errno). */
+function reply (name: string, cb: Cb, fn: () => unknown[] | void): void {
+  let res: unknown[] | void
+  try {
+    res = fn()
+  } catch (err) {
+    const n = toNegErrno(err)
+    if (n === -5) debug('%s: EIO from %o', name, err)
+    cb(n)
+    return
+  }
+  cb(0, ...(res ?? []))
+}
+
+/** Like reply, but the result itself is the first callback argument (read/write/ioctl). */
+function replyValue (name: string, cb: Cb, fn: () => number): void {
+  let n: number
+  try {
+    n = fn()
+  } catch (err) {
+    const e = toNegErrno(err)
+    if (e === -5) debug('%s: EIO from %o', name, err)
+    n = e
+  }
+  cb(n)
+}
+
+export function makeOps (ctx: OpsContext): Record<string, Cb> {
+  const fs = ctx.fs
+  const creds = (): { uid: number, gid: number } => {
+    const c = ctx.fuse.context
+    return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0 }
+  }
+  const ino = (path: string | null): number => {
+    if (path === null) throw fsErr('ENOENT', 'unlinked')
+    return fs.resolve(path)
+  }
+  const fileIno = (path: string | null, fd: number): number => (fd ? fs.handle(fd).ino : ino(path))
+
+  return {
+    init: (cb: Cb) => cb(0),
+    statfs: (_path: string, cb: Cb) => reply('statfs', cb, () => [fs.statfs()]),
+    getattr: (path: string, cb: Cb) => reply('getattr', cb, () => [fs.stat(ino(path))]),
+    fgetattr: (path: string | null, fd: number, cb: Cb) => reply('fgetattr', cb, () => [fs.stat(fileIno(path, fd))]),
+    readdir: (path: string, cb: Cb) => reply('readdir', cb, () => {
+      const { names, stats } = fs.readdir(path)
+      return [names, stats]
+    }),
+    opendir: (path: string, flags: number, cb: Cb) => reply('opendir', cb, () => {
+      const i = ino(path)
+      if ((fs.inode(i).mode & 0o170000) !== 0o040000) throw fsErr('ENOTDIR')
+      return [fs.open(i, flags, true)]
+    }),
+    releasedir: (_path: string, fd: number, cb: Cb) => reply('releasedir', cb, () => { fs.release(fd) }),
+    open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [fs.open(ino(path), flags)]),
+    create: (path: string, mode: number, flags: number, cb: Cb) => reply('create', cb, () => {
+      const i = fs.create(path, mode, creds())
+      return [fs.open(i, flags)]
+    }),
+    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, () => { fs.release(fd) }),
+    flush: (_path: string, _fd: number, cb: Cb) => cb(0),
+    fsync: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsync', cb, () => { fs.fsync() }),
+    fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, () => { fs.fsync() }),
+    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
+      replyValue('read', cb, () => fs.read(fileIno(path, fd), buf, len, pos)),
+    write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
+      replyValue('write', cb, () => fs.write(fileIno(path, fd), buf.subarray(0, len), pos)),
+    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, () => { fs.truncate(ino(path), size) }),
+    ftruncate: (path: string | null, fd: number, size: number, cb: Cb) =>
+      reply('ftruncate', cb, () => { fs.truncate(fileIno(path, fd), size) }),
+    utimens: (path: string | null, atime: Time, mtime: Time, cb: Cb) =>
+      reply('utimens', cb, () => { fs.utimens(ino(path), atime, mtime) }),
+    readlink: (path: string, cb: Cb) => reply('readlink', cb, () => [fs.readlink(path)]),
+    chown: (path: string | null, uid: number, gid: number, cb: Cb) => reply('chown', cb, () => { fs.chown(ino(path), uid, gid) }),
+    chmod: (path: string | null, mode: number, cb: Cb) => reply('chmod', cb, () => { fs.chmod(ino(path), mode) }),
+    mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
+    unlink: (path: string, cb: Cb) => reply('unlink', cb, () => { fs.unlink(path) }),
+    rename: (src: string, dst: string, cb: Cb) => reply('rename', cb, () => { fs.rename(src, dst) }),
+    link: (src: string, dst: string, cb: Cb) => reply('link', cb, () => { fs.link(src, dst) }),
+    symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => { fs.symlink(target, path, creds()) }),
+    mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => { fs.mkdir(path, mode, creds()) }),
+    rmdir: (path: string, cb: Cb) => reply('rmdir', cb, () => { fs.rmdir(path) }),
+    setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) =>
+      reply('setxattr', cb, () => { fs.setxattr(ino(path), name, value, flags) }),
+    getxattr: (path: string | null, name: string, _pos: number, cb: Cb) =>
+      reply('getxattr', cb, () => [fs.getxattr(ino(path), name)]),
+    listxattr: (path: string | null, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(ino(path))]),
+    removexattr: (path: string | null, name: string, cb: Cb) =>
+      reply('removexattr', cb, () => { fs.removexattr(ino(path), name) }),
+    ioctl: (_path: string | null, _fd: number, cmd: number, data: Buffer, cb: Cb) =>
+      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data))
+  }
+}
+
+function ioctl (ctx: OpsContext, cmd: number, data: Buffer): number {
+  if (cmd === FOLIOFS_IOC_STATS) {
+    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    const json = Buffer.from(JSON.stringify(statsOf(ctx)))
+    if (json.length + 1 > data.length) throw fsErr('EOVERFLOW')
+    json.copy(data)
+    data[json.length] = 0
+    return 0
+  }
+  throw fsErr('ENOTTY')
+}
+
+export function statsOf (ctx: OpsContext): Record<string, unknown> {
+  const fs = ctx.fs
+  const st = fs.statfs()
+  return {
+    uuid: fs.sb.uuid,
+    blockSize: st.bsize,
+    capacityBlocks: st.blocks,
+    usedBlocks: fs.used,
+    inodes: st.files - st.ffree,
+    openHandles: fs.openHandles(),
+    ops: { ...fs.counters },
+    ...ctx.extraStats()
+  }
+}
+
+export type { Stat }

@@ -1,0 +1,259 @@
+// The foliofs image: one SQLite database. This module owns the on-disk
+// schema, mkfs, and the checks that refuse anything that is not a healthy
+// foliofs image before a single byte of it is written.
+import Database from 'better-sqlite3'
+import * as fs from 'fs'
+import { randomUUID } from 'crypto'
+
+export const MAGIC = 'foliofs'
+export const FORMAT_VERSION = 1
+export const BLOCK_SIZE = 4096
+export const ROOT_INO = 1
+export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
+
+/** Exit codes of the CLI for image problems. */
+export const EXIT = {
+  USAGE: 2,
+  NOT_FOUND: 3,
+  NOT_FOLIOFS: 4,
+  CORRUPT: 5,
+  BUSY: 6,
+  MOUNT_FAILED: 7,
+  FSCK_ERRORS: 8
+} as const
+
+export class ImageError extends Error {
+  readonly exitCode: number
+  constructor (message: string, exitCode: number) {
+    super(message)
+    this.name = 'ImageError'
+    this.exitCode = exitCode
+  }
+}
+
+export interface Superblock {
+  magic: string
+  version: number
+  blockSize: number
+  uuid: string
+  createdSec: number
+  capacityBlocks: number
+  label: string
+}
+
+const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1')
+
+export const SCHEMA = `
+CREATE TABLE superblock (
+  id INTEGER PRIMARY KEY CHECK (id = 0),
+  magic TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  block_size INTEGER NOT NULL,
+  uuid TEXT NOT NULL,
+  created_sec INTEGER NOT NULL,
+  capacity_blocks INTEGER NOT NULL,
+  label TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE inodes (
+  ino INTEGER PRIMARY KEY AUTOINCREMENT,
+  mode INTEGER NOT NULL,
+  uid INTEGER NOT NULL,
+  gid INTEGER NOT NULL,
+  nlink INTEGER NOT NULL,
+  size INTEGER NOT NULL DEFAULT 0,
+  blocks INTEGER NOT NULL DEFAULT 0,
+  rdev INTEGER NOT NULL DEFAULT 0,
+  parent INTEGER NOT NULL DEFAULT 0,
+  atime_s INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
+  mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+  ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+  target BLOB
+);
+CREATE TABLE dirents (
+  parent INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  ino INTEGER NOT NULL,
+  PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX dirents_by_ino ON dirents (ino);
+CREATE TABLE xattrs (
+  ino INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  value BLOB NOT NULL,
+  PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+CREATE TABLE data (
+  ino INTEGER NOT NULL,
+  lblk INTEGER NOT NULL,
+  bytes BLOB NOT NULL,
+  PRIMARY KEY (ino, lblk)
+) WITHOUT ROWID;
+CREATE TABLE orphans (
+  ino INTEGER PRIMARY KEY
+);
+`
+
+const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'data', 'orphans']
+
+export interface MkfsOptions {
+  capacityBytes?: number
+  label?: string
+  force?: boolean
+  uid?: number
+  gid?: number
+}
+
+export function parseSize (s: string): number {
+  const m = /^(\d+)([kmgt]?)i?b?$/i.exec(s.trim())
+  if (!m) throw new ImageError(`invalid size '${s}' (use e.g. 512M, 8G)`, EXIT.USAGE)
+  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }
+  return Number(m[1]) * mult[m[2].toLowerCase()]
+}
+
+export function nowTime (): { sec: number, nsec: number } {
+  const ms = Date.now()
+  const sec = Math.floor(ms / 1000)
+  return { sec, nsec: (ms - sec * 1000) * 1e6 }
+}
+
+/** Create a new, empty image. Refuses to overwrite an existing file unless force. */
+export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
+  const capacity = opts.capacityBytes ?? DEFAULT_CAPACITY
+  if (!Number.isFinite(capacity) || capacity < 64 * BLOCK_SIZE) {
+    throw new ImageError(`image size too small (minimum ${64 * BLOCK_SIZE} bytes)`, EXIT.USAGE)
+  }
+  if (fs.existsSync(path)) {
+    const st = fs.statSync(path)
+    if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
+    if (!opts.force) throw new ImageError(`${path}: already exists (use --force to overwrite)`, EXIT.USAGE)
+    for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
+  }
+  const db = new Database(path)
+  try {
+    db.pragma('journal_mode = WAL')
+    const sb: Superblock = {
+      magic: MAGIC,
+      version: FORMAT_VERSION,
+      blockSize: BLOCK_SIZE,
+      uuid: randomUUID(),
+      createdSec: Math.floor(Date.now() / 1000),
+      capacityBlocks: Math.floor(capacity / BLOCK_SIZE),
+      label: opts.label ?? ''
+    }
+    db.transaction(() => {
+      db.exec(SCHEMA)
+      db.prepare('INSERT INTO superblock VALUES (0, ?, ?, ?, ?, ?, ?, ?)')
+        .run(sb.magic, sb.version, sb.blockSize, sb.uuid, sb.createdSec, sb.capacityBlocks, sb.label)
+      const t = nowTime()
+      db.prepare(`INSERT INTO inodes (ino, mode, uid, gid, nlink, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns)
+                  VALUES (?, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(ROOT_INO, 0o040755, opts.uid ?? 0, opts.gid ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
+    })()
+    db.pragma('wal_checkpoint(TRUNCATE)')
+    return sb
+  } finally {
+    db.close()
+  }
+}
+
+function sqliteError (path: string, err: unknown): ImageError {
+  const e = err as { code?: string, message?: string }
+  const code = e?.code ?? ''
+  if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {
+    return new ImageError(`${path}: image is in use (mounted?); unmount it first`, EXIT.BUSY)
+  }
+  if (code === 'SQLITE_NOTADB') return new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
+  if (code.startsWith('SQLITE_CORRUPT')) return new ImageError(`${path}: corrupt image (${e.message})`, EXIT.CORRUPT)
+  if (code === 'SQLITE_CANTOPEN') return new ImageError(`${path}: cannot open image (${e.message})`, EXIT.NOT_FOUND)
+  return new ImageError(`${path}: cannot read image (${code || 'error'}: ${e?.message ?? String(err)})`, EXIT.CORRUPT)
+}
+
+/** Read the superblock of an open database, validating the schema. */
+export function readSuperblock (db: Database.Database, path: string): Superblock {
+  const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map(r => r.name))
+  if (!tables.has('superblock')) throw new ImageError(`${path}: not a foliofs image (SQLite database without a foliofs superblock)`, EXIT.NOT_FOLIOFS)
+  const row = db.prepare('SELECT * FROM superblock WHERE id = 0').get() as Record<string, unknown> | undefined
+  if (!row || row.magic !== MAGIC) throw new ImageError(`${path}: not a foliofs image (bad magic)`, EXIT.NOT_FOLIOFS)
+  if (row.version !== FORMAT_VERSION) throw new ImageError(`${path}: unsupported foliofs format version ${String(row.version)} (this build reads ${FORMAT_VERSION})`, EXIT.NOT_FOLIOFS)
+  if (row.block_size !== BLOCK_SIZE) throw new ImageError(`${path}: corrupt superblock (block size ${String(row.block_size)})`, EXIT.CORRUPT)
+  if (typeof row.capacity_blocks !== 'number' || row.capacity_blocks <= 0) throw new ImageError(`${path}: corrupt superblock (capacity)`, EXIT.CORRUPT)
+  for (const t of REQUIRED_TABLES) {
+    if (!tables.has(t)) throw new ImageError(`${path}: corrupt image (table '${t}' missing)`, EXIT.CORRUPT)
+  }
+  const root = db.prepare('SELECT mode FROM inodes WHERE ino = ?').get(ROOT_INO) as { mode: number } | undefined
+  if (!root || (root.mode & 0o170000) !== 0o040000) throw new ImageError(`${path}: corrupt image (root directory missing)`, EXIT.CORRUPT)
+  return {
+    magic: row.magic as string,
+    version: row.version as number,
+    blockSize: row.block_size as number,
+    uuid: row.uuid as string,
+    createdSec: row.created_sec as number,
+    capacityBlocks: row.capacity_blocks as number,
+    label: (row.label as string) ?? ''
+  }
+}
+
+export interface OpenOptions {
+  readonly?: boolean
+  /** run PRAGMA quick_check before use (default true) */
+  check?: boolean
+}
+
+export interface OpenImage {
+  db: Database.Database
+  sb: Superblock
+  path: string
+  readonly: boolean
+}
+
+/**
+ * Open and validate an image. Validation runs on a read-only connection
+ * first, so a file that is not a healthy foliofs image is never modified.
+ */
+export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
+  let st: fs.Stats
+  try {
+    st = fs.statSync(path)
+  } catch {
+    throw new ImageError(`${path}: no such image`, EXIT.NOT_FOUND)
+  }
+  if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.NOT_FOLIOFS)
+  const head = Buffer.alloc(SQLITE_HEADER.length)
+  const fd = fs.openSync(path, 'r')
+  let n: number
+  try { n = fs.readSync(fd, head, 0, head.length, 0) } finally { fs.closeSync(fd) }
+  if (n < head.length || !head.equals(SQLITE_HEADER)) {
+    throw new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
+  }
+
+  let ro: Database.Database | null = null
+  try {
+    ro = new Database(path, { readonly: true, fileMustExist: true })
+    const sb = readSuperblock(ro, path)
+    if (opts.check !== false) {
+      const res = ro.pragma('quick_check', { simple: true })
+      if (res !== 'ok') throw new ImageError(`${path}: corrupt image (${String(res)})`, EXIT.CORRUPT)
+    }
+    if (opts.readonly) return { db: ro, sb, path, readonly: true }
+    ro.close()
+    ro = null
+    const db = new Database(path, { fileMustExist: true })
+    try {
+      db.pragma('locking_mode = EXCLUSIVE')
+      db.pragma('journal_mode = WAL')
+      db.pragma('synchronous = NORMAL')
+      db.pragma('cache_size = -65536')
+      // take the exclusive lock now: a second mount of the same image fails here
+      db.prepare('BEGIN IMMEDIATE').run()
+      db.prepare('COMMIT').run()
+    } catch (err) {
+      db.close()
+      throw err
+    }
+    return { db, sb, path, readonly: false }
+  } catch (err) {
+    if (ro) ro.close()
+    if (err instanceof ImageError) throw err
+    throw sqliteError(path, err)
+  }
+}
