@@ -61,11 +61,16 @@ function verify () {
   if (out.trim() !== 'ok') throw new Error('fuse-native binding did not load')
 }
 
+function buildTools () {
+  execFileSync('make', ['-s', '-C', __dirname], { stdio: ['ignore', 'inherit', 'inherit'] })
+}
+
 try {
   const patched = applyPatch()
   if (patched || !built()) build()
   verify()
-  log('fuse-native patched, built and loadable')
+  buildTools()
+  log('fuse-native patched, built and loadable; native tools built')
 } catch (err) {
   log(`FAILED: ${err.message}`)
   process.exit(1)
