@@ -66,7 +66,8 @@ function checkMountpoint (mountpoint: string): void {
 /** Everything a mount checks before it daemonizes, so errors reach the user's terminal. */
 export function preflight (image: string, mountpoint: string, opts: MountOptions): void {
   checkMountpoint(mountpoint)
-  const img = openImage(image, { readonly: true })
+  // the worker runs the full quick_check; here only the cheap header/superblock checks
+  const img = openImage(image, { readonly: true, check: false })
   img.db.close()
   void opts
 }
@@ -90,6 +91,9 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: opts.readonly })
   })
   const extra = ['big_writes', 'use_ino', 'default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
+  // libfuse's high-level API gives each hard link its own kernel inode: cached
+  // attributes (nlink, size) of one name would go stale when another changes
+  if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=0')
   if (opts.readonly) extra.push('ro')
   const fuse = new Fuse(mountpoint, ops, {
     fsname: image.replace(/,/g, '_'),

@@ -657,7 +657,8 @@ export class FolioFs {
 
   close (): void {
     if (!this.readonly) {
-      try { this.db.pragma('wal_checkpoint(TRUNCATE)') } catch { /* best effort: WAL replays on open */ }
+      // checkpoint and leave the image as a plain database at rest (see mkfs)
+      try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
     }
     this.db.close()
   }

@@ -149,7 +149,9 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
                   VALUES (?, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?, ?)`)
         .run(ROOT_INO, 0o040755, opts.uid ?? 0, opts.gid ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
     })()
-    db.pragma('wal_checkpoint(TRUNCATE)')
+    // at rest an image is a plain rollback-journal database: read-only opens
+    // (fsck, stats, mount checks) then never create -wal/-shm files beside it
+    db.pragma('journal_mode = DELETE')
     return sb
   } finally {
     db.close()
@@ -228,7 +230,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
 
   let ro: Database.Database | null = null
   try {
-    ro = new Database(path, { readonly: true, fileMustExist: true })
+    ro = new Database(path, { readonly: true, fileMustExist: true, timeout: 100 })
     const sb = readSuperblock(ro, path)
     if (opts.check !== false) {
       const res = ro.pragma('quick_check', { simple: true })
@@ -237,7 +239,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     if (opts.readonly) return { db: ro, sb, path, readonly: true }
     ro.close()
     ro = null
-    const db = new Database(path, { fileMustExist: true })
+    const db = new Database(path, { fileMustExist: true, timeout: 100 })
     try {
       db.pragma('locking_mode = EXCLUSIVE')
       db.pragma('journal_mode = WAL')
