@@ -31,13 +31,16 @@ export function parseMountOptions (opts: string[]): MountOptions {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
       if (!opt) continue
-      const [key, val] = opt.split('=', 2)
-      if (key === 'ro') o.readonly = true
-      else if (key === 'allow_other') o.allowOther = true
-      else if (key === 'debug') o.debug = true
-      else if (key === 'noatime') o.noatime = true
-      else if (PASS_THROUGH.has(key) && val === undefined) o.fuseOptions.push(key)
-      else if (IGNORED.has(key) && val === undefined) continue
+      const eq = opt.indexOf('=')
+      const key = eq < 0 ? opt : opt.slice(0, eq)
+      const val = eq < 0 ? undefined : opt.slice(eq + 1)
+      const flag = val === undefined
+      if (key === 'ro' && flag) o.readonly = true
+      else if (key === 'allow_other' && flag) o.allowOther = true
+      else if (key === 'debug' && flag) o.debug = true
+      else if (key === 'noatime' && flag) o.noatime = true
+      else if (PASS_THROUGH.has(key) && flag) o.fuseOptions.push(key)
+      else if (IGNORED.has(key) && flag) continue
       else if (key.startsWith('x-')) continue // systemd/fstab annotations
       else if ((key === 'attr_timeout' || key === 'entry_timeout') && val !== undefined && /^\d+(\.\d+)?$/.test(val)) o.fuseOptions.push(opt)
       else throw new ImageError(`unknown or malformed mount option '${opt}'`, EXIT.USAGE)

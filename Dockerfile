@@ -1,0 +1,18 @@
+# foliofs in a container (Debian 12 "bookworm" with Node 20).
+#   docker build -t foliofs .
+#   docker run --rm --device /dev/fuse --cap-add SYS_ADMIN \
+#     --security-opt apparmor=unconfined foliofs            # runs npm test
+FROM node:20-bookworm
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      fuse3 attr e2fsprogs xfsprogs python3 make g++ patch \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/foliofs
+COPY package.json package-lock.json tsconfig.json ./
+COPY native ./native
+RUN npm ci --no-audit --no-fund --ignore-scripts \
+ && npm rebuild better-sqlite3 \
+ && node native/build-binding.js
+COPY . .
+RUN npm run setup
+CMD ["npm", "test"]

@@ -1,0 +1,97 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as path from 'path'
+import { mkfs, openImage } from '../../src/image'
+import { FolioFs } from '../../src/fs'
+import { FsError } from '../../src/errno'
+import { rng, tmpdir } from './helpers'
+
+const root = { uid: 0, gid: 0 }
+
+function fresh (capacity = 64 << 20): { img: string, fs: FolioFs } {
+  const img = path.join(tmpdir(), 'a.img')
+  mkfs(img, { capacityBytes: capacity })
+  return { img, fs: new FolioFs(openImage(img)) }
+}
+
+const code = (fn: () => unknown): string => {
+  try { fn() } catch (e) { if (e instanceof FsError) return e.code; throw e }
+  return 'ok'
+}
+
+test('random writes and truncates match an in-memory model, across reopen', () => {
+  let { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  let model = Buffer.alloc(0)
+  const r = rng(42)
+  for (let k = 0; k < 400; k++) {
+    if (r() < 0.8) {
+      const pos = Math.floor(r() * 200000)
+      const len = 1 + Math.floor(r() * 20000)
+      const data = Buffer.alloc(len, Math.floor(r() * 256))
+      fs.write(ino, data, pos)
+      if (model.length < pos + len) model = Buffer.concat([model, Buffer.alloc(pos + len - model.length)])
+      data.copy(model, pos)
+    } else {
+      const size = Math.floor(r() * 220000)
+      fs.truncate(ino, size)
+      model = size <= model.length ? Buffer.from(model.subarray(0, size)) : Buffer.concat([model, Buffer.alloc(size - model.length)])
+    }
+    if (k === 200) { fs.close(); fs = new FolioFs(openImage(img)) }
+  }
+  const buf = Buffer.alloc(model.length + 100)
+  assert.equal(fs.read(ino, buf, buf.length, 0), model.length)
+  assert.ok(buf.subarray(0, model.length).equals(model))
+  assert.equal(fs.stat(ino).size, model.length)
+  fs.close()
+})
+
+test('namespace errors are typed errno codes', () => {
+  const { fs } = fresh()
+  fs.mkdir('/d', 0o755, root)
+  fs.create('/d/f', 0o644, root)
+  assert.equal(code(() => fs.mkdir('/d', 0o755, root)), 'EEXIST')
+  assert.equal(code(() => fs.rmdir('/d')), 'ENOTEMPTY')
+  assert.equal(code(() => fs.unlink('/d')), 'EISDIR')
+  assert.equal(code(() => fs.rename('/d', '/d/sub')), 'EINVAL')
+  assert.equal(code(() => fs.create('/' + 'x'.repeat(256), 0o644, root)), 'ENAMETOOLONG')
+  assert.equal(code(() => fs.resolve('/d/f/x')), 'ENOTDIR')
+  assert.equal(code(() => fs.link('/d', '/l')), 'EPERM')
+  fs.close()
+})
+
+test('an inode unlinked while open lives until release, or until the next mount', () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  fs.write(ino, Buffer.alloc(10000, 1), 0)
+  const fh = fs.open(ino, 0)
+  fs.unlink('/f')
+  assert.equal(fs.stat(ino).nlink, 0)
+  const b = Buffer.alloc(10)
+  assert.equal(fs.read(ino, b, 10, 0), 10)
+  fs.release(fh)
+  assert.equal(code(() => fs.stat(ino)), 'ENOENT')
+  assert.equal(fs.used, 0)
+  // crash while an unlinked file is open: the orphan is reaped at next open
+  const ino2 = fs.create('/g', 0o644, root)
+  fs.write(ino2, Buffer.alloc(8192, 2), 0)
+  fs.open(ino2, 0)
+  fs.unlink('/g')
+  fs.db.close()
+  const again = new FolioFs(openImage(img))
+  assert.equal(code(() => again.stat(ino2)), 'ENOENT')
+  assert.equal(again.used, 0)
+  again.close()
+})
+
+test('ENOSPC refuses the whole write and keeps the accounting right', () => {
+  const { fs } = fresh(64 * 4096)
+  const ino = fs.create('/f', 0o644, root)
+  fs.write(ino, Buffer.alloc(60 * 4096, 3), 0)
+  assert.equal(code(() => fs.write(ino, Buffer.alloc(8 * 4096, 4), 60 * 4096)), 'ENOSPC')
+  assert.equal(fs.stat(ino).size, 60 * 4096)
+  assert.equal(fs.used, 60)
+  fs.truncate(ino, 0)
+  assert.equal(fs.used, 0)
+  fs.close()
+})

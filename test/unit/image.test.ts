@@ -1,0 +1,58 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as fs from 'fs'
+import * as path from 'path'
+import { EXIT, ImageError, mkfs, openImage, parseSize } from '../../src/image'
+import { parseMountOptions } from '../../src/daemon'
+import { tmpdir } from './helpers'
+
+test('mkfs creates an image that validates; refuses to overwrite', () => {
+  const d = tmpdir()
+  const img = path.join(d, 'a.img')
+  const sb = mkfs(img, { capacityBytes: 16 << 20, label: 'lbl' })
+  assert.equal(sb.capacityBlocks, 4096)
+  const o = openImage(img, { readonly: true })
+  assert.equal(o.sb.uuid, sb.uuid)
+  assert.equal(o.sb.label, 'lbl')
+  o.db.close()
+  assert.throws(() => mkfs(img), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.USAGE)
+  assert.deepEqual(fs.readdirSync(d), ['a.img'], 'no -wal/-shm left at rest')
+})
+
+test('openImage refuses non-images without touching them', () => {
+  const d = tmpdir()
+  const junk = path.join(d, 'junk')
+  fs.writeFileSync(junk, Buffer.alloc(5000, 7))
+  const before = fs.readFileSync(junk)
+  assert.throws(() => openImage(junk), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.NOT_FOLIOFS)
+  assert.deepEqual(fs.readFileSync(junk), before)
+  assert.throws(() => openImage(path.join(d, 'nope')), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.NOT_FOUND)
+})
+
+test('a second read-write open of the same image is refused as busy', () => {
+  const d = tmpdir()
+  const img = path.join(d, 'a.img')
+  mkfs(img)
+  const first = openImage(img)
+  try {
+    assert.throws(() => openImage(img), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.BUSY)
+  } finally {
+    first.db.close()
+  }
+})
+
+test('parseSize', () => {
+  assert.equal(parseSize('512M'), 512 << 20)
+  assert.equal(parseSize('2g'), 2 * 1024 ** 3)
+  assert.equal(parseSize('4096'), 4096)
+  assert.throws(() => parseSize('lots'))
+})
+
+test('mount options: known ones parsed, unknown ones rejected', () => {
+  const o = parseMountOptions(['ro,noatime,nosuid,x-systemd.automount', 'attr_timeout=1.5'])
+  assert.equal(o.readonly, true)
+  assert.equal(o.noatime, true)
+  assert.deepEqual(o.fuseOptions, ['nosuid', 'attr_timeout=1.5'])
+  assert.throws(() => parseMountOptions(['bogus']), /unknown or malformed mount option 'bogus'/)
+  assert.throws(() => parseMountOptions(['ro=1']))
+})
