@@ -1,0 +1,274 @@
+// The extent B-tree: nodes cached in memory (bounded, LRU over clean
+// unlocked nodes), persisted one page per row in btree_nodes; dirty nodes
+// are written in the same SQLite transaction as the commit that dirtied them.
+import type Database from 'better-sqlite3'
+import { Allocator } from './alloc'
+import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
+import { BtreeNode, cmpPos, deserializeNode, serializeNode, type Extent, type Pos } from './node'
+import { BtreeTrans } from './trans'
+
+export const BTREE_SCHEMA = `
+CREATE TABLE IF NOT EXISTS btree_nodes (id INTEGER PRIMARY KEY, page BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS btree_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL);
+`
+
+export interface TreeOptions {
+  /** bytes per node page (default 4096; tests use small pages to force splits) */
+  pageSize?: number
+  /** physical blocks the allocator manages */
+  totalBlocks?: number
+  /** upper bound of cached nodes (dirty and locked nodes are never evicted) */
+  cacheNodes?: number
+  /** debug checks: catch awaits while holding node locks */
+  debugChecks?: boolean
+  /** probability of an injected restart at each injection point */
+  injectRestarts?: number
+  /** injected restarts per transaction at most (keeps injection bounded) */
+  injectMaxPerTrans?: number
+  /** PRNG for injection (tests pass a seeded one) */
+  random?: () => number
+}
+
+export interface TreeStats {
+  transactions: number
+  commits: number
+  restarts: Record<RestartReason, number>
+  maxRestartsOneTrans: number
+  dropLocks: number
+  lockHeldAcrossAwait: number
+  serializedTransactions: number
+  nodeReads: number
+  nodeWrites: number
+  cachedNodes: number
+}
+
+export class NodeCache {
+  private readonly nodes = new Map<number, BtreeNode>()
+  private readonly get1: Database.Statement
+  reads = 0
+  writes = 0
+
+  constructor (private readonly db: Database.Database, readonly pageSize: number, readonly maxNodes: number) {
+    this.get1 = db.prepare('SELECT page FROM btree_nodes WHERE id = ?').pluck()
+  }
+
+  /** the cached node object, if any (relock compares identity) */
+  peek (id: number): BtreeNode | undefined { return this.nodes.get(id) }
+
+  get (id: number): BtreeNode {
+    let n = this.nodes.get(id)
+    if (n) {
+      this.nodes.delete(id) // move to the LRU tail
+      this.nodes.set(id, n)
+      return n
+    }
+    const page = this.get1.get(id) as Buffer | undefined
+    if (!page) throw new BtreeError('node_corrupt', `node ${id} is referenced but missing`)
+    n = deserializeNode(id, page, this.pageSize)
+    this.reads++
+    this.nodes.set(id, n)
+    this.evict()
+    return n
+  }
+
+  add (n: BtreeNode): void {
+    this.nodes.set(n.id, n)
+  }
+
+  drop (id: number): void {
+    this.nodes.delete(id)
+  }
+
+  private evict (): void {
+    if (this.nodes.size <= this.maxNodes) return
+    for (const [id, n] of this.nodes) {
+      if (this.nodes.size <= this.maxNodes) break
+      if (!n.dirty && !n.lock.held()) this.nodes.delete(id)
+    }
+  }
+
+  write (n: BtreeNode): void {
+    this.db.prepare('INSERT OR REPLACE INTO btree_nodes (id, page) VALUES (?, ?)').run(n.id, serializeNode(n, this.pageSize))
+    n.dirty = false
+    this.writes++
+  }
+
+  get size (): number { return this.nodes.size }
+}
+
+interface Meta { rootId: number, height: number, nextId: number }
+
+export class ExtentTree {
+  readonly db: Database.Database
+  readonly pageSize: number
+  readonly cache: NodeCache
+  readonly alloc: Allocator
+  readonly opts: Required<Omit<TreeOptions, 'random'>> & { random: () => number }
+  meta: Meta
+  /** bumped whenever the root pointer changes */
+  rootSeq = 0
+  private nextTransId = 1
+  readonly stats: TreeStats
+  /** fairness: a transaction that restarted too often runs alone */
+  serialHolder: BtreeTrans | null = null
+  private serialWaiters: Array<() => void> = []
+
+  private constructor (db: Database.Database, opts: TreeOptions) {
+    this.db = db
+    const envInject = Number(process.env.FOLIOFS_INJECT_RESTARTS ?? 0)
+    this.opts = {
+      pageSize: opts.pageSize ?? 4096,
+      totalBlocks: opts.totalBlocks ?? 2 ** 32,
+      cacheNodes: opts.cacheNodes ?? 4096,
+      debugChecks: opts.debugChecks ?? process.env.FOLIOFS_DEBUG === '1',
+      injectRestarts: opts.injectRestarts ?? (Number.isFinite(envInject) ? envInject : 0),
+      injectMaxPerTrans: opts.injectMaxPerTrans ?? 4,
+      random: opts.random ?? Math.random
+    }
+    this.pageSize = this.opts.pageSize
+    this.cache = new NodeCache(db, this.pageSize, this.opts.cacheNodes)
+    const restarts = Object.fromEntries(RESTART_REASONS.map(r => [r, 0])) as Record<RestartReason, number>
+    this.stats = {
+      transactions: 0, commits: 0, restarts, maxRestartsOneTrans: 0, dropLocks: 0, lockHeldAcrossAwait: 0,
+      serializedTransactions: 0, nodeReads: 0, nodeWrites: 0, cachedNodes: 0
+    }
+    const m = this.readMeta()
+    const initialized = m !== null
+    this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized)
+    if (m) {
+      this.meta = m
+    } else {
+      this.meta = { rootId: 1, height: 1, nextId: 2 }
+      const root = new BtreeNode(1, 0)
+      root.dirty = true
+      this.cache.add(root)
+      db.transaction(() => {
+        this.cache.write(root)
+        this.writeMeta()
+        this.alloc.persist(db)
+      })()
+    }
+  }
+
+  /** Open (creating tables and an empty root if needed) the tree stored in db. */
+  static open (db: Database.Database, opts: TreeOptions = {}): ExtentTree {
+    db.exec(BTREE_SCHEMA)
+    return new ExtentTree(db, opts)
+  }
+
+  private readMeta (): Meta | null {
+    const rows = this.db.prepare('SELECT key, value FROM btree_meta').all() as Array<{ key: string, value: number }>
+    if (rows.length === 0) return null
+    const m = Object.fromEntries(rows.map(r => [r.key, r.value]))
+    if (typeof m.root !== 'number' || typeof m.height !== 'number' || typeof m.next_id !== 'number') {
+      throw new BtreeError('node_corrupt', 'btree_meta incomplete')
+    }
+    if (m.page_size !== undefined && m.page_size !== this.pageSize) {
+      throw new BtreeError('node_corrupt', `tree was created with ${m.page_size}-byte pages, opened with ${this.pageSize}`)
+    }
+    return { rootId: m.root, height: m.height, nextId: m.next_id }
+  }
+
+  writeMeta (): void {
+    const put = this.db.prepare('INSERT OR REPLACE INTO btree_meta (key, value) VALUES (?, ?)')
+    put.run('root', this.meta.rootId)
+    put.run('height', this.meta.height)
+    put.run('next_id', this.meta.nextId)
+    put.run('page_size', this.pageSize)
+    put.run('total_blocks', this.opts.totalBlocks)
+  }
+
+  trans (): BtreeTrans {
+    this.stats.transactions++
+    return new BtreeTrans(this, this.nextTransId++)
+  }
+
+  newNode (level: number): BtreeNode {
+    const n = new BtreeNode(this.meta.nextId++, level)
+    n.dirty = true
+    this.cache.add(n)
+    return n
+  }
+
+  noteRestart (reason: RestartReason): void {
+    this.stats.restarts[reason]++
+  }
+
+  async waitSerial (trans: BtreeTrans): Promise<void> {
+    while (this.serialHolder !== null && this.serialHolder !== trans) {
+      await new Promise<void>(resolve => this.serialWaiters.push(resolve))
+    }
+  }
+
+  takeSerial (trans: BtreeTrans): void {
+    if (this.serialHolder === null) {
+      this.serialHolder = trans
+      this.stats.serializedTransactions++
+    }
+  }
+
+  releaseSerial (trans: BtreeTrans): void {
+    if (this.serialHolder !== trans) return
+    this.serialHolder = null
+    const w = this.serialWaiters
+    this.serialWaiters = []
+    for (const wake of w) wake()
+  }
+
+  /**
+   * Structural check (fsck): page checksums, key order, separators as lower
+   * bounds, node fill, uniform leaf depth, extents that do not overlap and
+   * are not free in the allocator, and no unreferenced node rows.
+   */
+  verify (): string[] {
+    const errors: string[] = []
+    const seen = new Set<number>()
+    const leafCap = Math.floor((this.pageSize - 16) / 32)
+    const intCap = Math.floor((this.pageSize - 16) / 24)
+    let prev: Extent | null = null
+    let mapped = 0
+    const walk = (id: number, level: number, lo: Pos | null, hi: Pos | null, isRoot: boolean): void => {
+      if (seen.has(id)) { errors.push(`node ${id} reachable twice`); return }
+      seen.add(id)
+      let n: BtreeNode
+      try { n = this.cache.get(id) } catch (e) { errors.push((e as Error).message); return }
+      if (n.level !== level) errors.push(`node ${id}: level ${n.level}, expected ${level}`)
+      const cap = n.isLeaf ? leafCap : intCap
+      if (!isRoot && n.count < Math.floor(cap / 2)) errors.push(`node ${id}: underfull (${n.count} < ${Math.floor(cap / 2)})`)
+      if (!isRoot && n.count === 0) errors.push(`node ${id}: empty`)
+      if (n.isLeaf) {
+        for (const e of n.extents) {
+          if ((lo && cmpPos(e, lo) < 0) || (hi && cmpPos(e, hi) >= 0)) errors.push(`node ${id}: key ${e.ino}:${e.off} outside its separators`)
+          if (prev && cmpPos(prev, e) >= 0) errors.push(`node ${id}: keys out of order at ${e.ino}:${e.off}`)
+          if (prev && prev.ino === e.ino && prev.off + prev.len > e.off) errors.push(`extents overlap at ${e.ino}:${e.off}`)
+          if (e.len <= 0) errors.push(`extent ${e.ino}:${e.off} has length ${e.len}`)
+          for (let b = 0; b < e.len; b++) {
+            if (this.alloc.isFree(e.pblk + b)) { errors.push(`extent ${e.ino}:${e.off} maps free block ${e.pblk + b}`); break }
+          }
+          mapped += e.len
+          prev = e
+        }
+        return
+      }
+      for (let i = 0; i < n.children.length; i++) {
+        walk(n.children[i], level - 1, i === 0 ? lo : n.keys[i], i + 1 < n.keys.length ? n.keys[i + 1] : hi, false)
+      }
+    }
+    walk(this.meta.rootId, this.meta.height - 1, null, null, true)
+    const rows = this.db.prepare('SELECT id FROM btree_nodes').pluck().all() as number[]
+    for (const id of rows) if (!seen.has(id)) errors.push(`node ${id} stored but unreachable`)
+    if (mapped + this.alloc.free > this.alloc.total) errors.push(`space accounting: ${mapped} mapped + ${this.alloc.free} free > ${this.alloc.total}`)
+    return errors
+  }
+
+  snapshotStats (): TreeStats {
+    return {
+      ...this.stats,
+      restarts: { ...this.stats.restarts },
+      nodeReads: this.cache.reads,
+      nodeWrites: this.cache.writes,
+      cachedNodes: this.cache.size
+    }
+  }
+}

@@ -1,0 +1,280 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as path from 'path'
+import Database from 'better-sqlite3'
+import { ExtentTree, type TreeOptions } from '../../src/btree/tree'
+import { BtreeNode, deserializeNode, serializeNode, type Extent } from '../../src/btree/node'
+import { BtreeError } from '../../src/btree/errors'
+import { commitDo, dropLocksDo, lockrestartDo, lockrestartDoSync, MAX_PATHS, HARD_RESTARTS } from '../../src/btree/trans'
+import { rng, tmpdir } from './helpers'
+
+function openTree (file: string, opts: TreeOptions = {}): { db: Database.Database, tree: ExtentTree } {
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  return { db, tree: ExtentTree.open(db, { pageSize: 256, totalBlocks: 1 << 20, debugChecks: true, ...opts }) }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
+
+/** all extents of ino, forward */
+function dump (tree: ExtentTree, ino: number): Extent[] {
+  return lockrestartDoSync(tree.trans(), t => t.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))
+}
+
+/** map and unmap through the allocator like a filesystem would */
+function writeRange (tree: ExtentTree, ino: number, off: number, len: number, flags = 0): void {
+  lockrestartDoSync(tree.trans(), t => {
+    let done = 0
+    while (done < len) {
+      const r = t.alloc(len - done, t.allocHint(ino, off + done))
+      if (!r) throw new Error('no space')
+      t.insertExtent({ ino, off: off + done, len: r.len, pblk: r.pblk, flags })
+      done += r.len
+    }
+    t.commit()
+  })
+}
+
+function punch (tree: ExtentTree, ino: number, start: number, end: number): void {
+  lockrestartDoSync(tree.trans(), t => { t.deleteRange(ino, start, end); t.commit() })
+}
+
+test('page format round-trips and detects corruption', () => {
+  const n = new BtreeNode(7, 0)
+  n.extents = [{ ino: 1, off: 0, len: 5, pblk: 2 ** 40, flags: 1 }, { ino: 2 ** 33, off: 9, len: 1, pblk: 3, flags: 0 }]
+  const page = serializeNode(n, 256)
+  assert.equal(page.length, 256)
+  assert.equal(page[0], 0x0d)
+  assert.deepEqual(deserializeNode(7, page, 256).extents, n.extents)
+  const bad = Buffer.from(page)
+  bad[40] ^= 0xff
+  assert.throws(() => deserializeNode(7, bad, 256), (e: unknown) => e instanceof BtreeError && e.code === 'node_corrupt')
+})
+
+test('overwrites cut existing extents at the front, back and middle and free exactly the cut blocks', () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  writeRange(tree, 1, 0, 100)
+  const [whole] = dump(tree, 1)
+  assert.deepEqual(whole, { ino: 1, off: 0, len: 100, pblk: whole.pblk, flags: 0 })
+  const free0 = tree.alloc.free
+  // middle: unmap 40..60
+  punch(tree, 1, 40, 60)
+  assert.deepEqual(dump(tree, 1).map(e => [e.off, e.len, e.pblk - whole.pblk]), [[0, 40, 0], [60, 40, 60]])
+  assert.equal(tree.alloc.free, free0 + 20)
+  // front of the second piece and back of the first
+  punch(tree, 1, 30, 70)
+  assert.deepEqual(dump(tree, 1).map(e => [e.off, e.len, e.pblk - whole.pblk]), [[0, 30, 0], [70, 30, 70]])
+  // overwrite across both with unwritten (preallocated) extent
+  lockrestartDoSync(tree.trans(), t => {
+    const r = t.alloc(50, 0)
+    assert.ok(r && r.len === 50)
+    t.insertExtent({ ino: 1, off: 25, len: 50, pblk: r.pblk, flags: 1 })
+    t.commit()
+  })
+  const ex = dump(tree, 1)
+  assert.deepEqual(ex.map(e => [e.off, e.len, e.flags]), [[0, 25, 0], [25, 50, 1], [75, 25, 0]])
+  assert.equal(tree.alloc.free, (1 << 20) - 100)
+})
+
+test('allocation follows the file: appends stay one extent even when files interleave', () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  for (let k = 0; k < 20; k++) {
+    writeRange(tree, 10, k * 8, 8)
+    writeRange(tree, 11, k * 8, 8)
+  }
+  // the second file could not stay next to its previous extent (the first file took it), so it fragments;
+  // the hint still keeps every extent of file 10 adjacent to its predecessor where the space is free
+  const a = dump(tree, 10)
+  assert.equal(a.reduce((s, e) => s + e.len, 0), 160)
+  writeRange(tree, 12, 0, 64)
+  writeRange(tree, 12, 64, 64)
+  assert.equal(dump(tree, 12).length, 1, 'contiguous append merges into one extent')
+})
+
+test('randomized: thousands of ops match a block map model, with reopen in the middle', () => {
+  const file = path.join(tmpdir(), 't.db')
+  let { db, tree } = openTree(file)
+  const model = new Map<string, { pblk: number, flags: number }>() // "ino:off" -> block
+  const r = rng(1234)
+  const inos = [1, 2, 3, 5, 8]
+  const check = (): void => {
+    const used = new Set<number>()
+    let mapped = 0
+    for (const ino of inos) {
+      const ex = dump(tree, ino)
+      for (let i = 0; i < ex.length; i++) {
+        const e = ex[i]
+        if (i > 0) assert.ok(ex[i - 1].off + ex[i - 1].len <= e.off, 'extents overlap')
+        for (let b = 0; b < e.len; b++) {
+          const m = model.get(`${ino}:${e.off + b}`)
+          assert.ok(m, `block ${ino}:${e.off + b} mapped but not in model`)
+          assert.equal(e.pblk + b, m.pblk)
+          assert.equal(e.flags, m.flags)
+          assert.ok(!used.has(e.pblk + b), 'physical block mapped twice')
+          assert.ok(!tree.alloc.isFree(e.pblk + b), 'mapped block is free in the allocator')
+          used.add(e.pblk + b)
+          mapped++
+        }
+      }
+      // backward iteration sees the same extents
+      const back: Extent[] = lockrestartDoSync(tree.trans(), t => {
+        const it = t.iter(ino, Number.MAX_SAFE_INTEGER)
+        const out: Extent[] = []
+        for (let e = it.peek() ?? it.prev(); e; e = it.prev()) out.unshift({ ...e })
+        return out
+      })
+      assert.deepEqual(back, ex)
+    }
+    assert.deepEqual(tree.verify(), [])
+    assert.equal(mapped, model.size)
+    assert.equal(tree.alloc.free + mapped, 1 << 20, 'allocator accounting')
+  }
+  for (let k = 0; k < 3000; k++) {
+    const ino = inos[Math.floor(r() * inos.length)]
+    const off = Math.floor(r() * 3000)
+    const len = 1 + Math.floor(r() * 60)
+    const op = r()
+    if (op < 0.55) {
+      const flags = r() < 0.2 ? 1 : 0
+      lockrestartDoSync(tree.trans(), t => {
+        let done = 0
+        while (done < len) {
+          const a = t.alloc(len - done, r() < 0.7 ? t.allocHint(ino, off + done) : Math.floor(r() * (1 << 20)))
+          assert.ok(a)
+          t.insertExtent({ ino, off: off + done, len: a.len, pblk: a.pblk, flags })
+          done += a.len
+        }
+        t.commit()
+        // the model is updated only once the commit went through
+        return null
+      })
+      const ex = dump(tree, ino)
+      for (let b = off; b < off + len; b++) {
+        const e = ex.find(x => x.off <= b && b < x.off + x.len)
+        assert.ok(e)
+        model.set(`${ino}:${b}`, { pblk: e.pblk + (b - e.off), flags })
+      }
+    } else if (op < 0.85) {
+      punch(tree, ino, off, off + len)
+      for (let b = off; b < off + len; b++) model.delete(`${ino}:${b}`)
+    } else {
+      const e = lockrestartDoSync(tree.trans(), t => t.lookup(ino, off))
+      const m = model.get(`${ino}:${off}`)
+      if (!m) assert.equal(e, null)
+      else assert.equal(e && e.pblk + (off - e.off), m.pblk)
+    }
+    if (k % 500 === 499) check()
+    if (k === 1500) {
+      db.close()
+      ;({ db, tree } = openTree(file))
+      check()
+    }
+  }
+  // truncate everything: the tree collapses back and all space returns
+  for (const ino of inos) punch(tree, ino, 0, Number.MAX_SAFE_INTEGER)
+  model.clear()
+  check()
+  assert.equal(tree.meta.height, 1)
+  db.close()
+})
+
+test('concurrent read-modify-write transactions lose no update (relock after dropLocksDo)', async () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  const N = 40
+  const r = rng(7)
+  // the counter is the length of the single extent of inode 99
+  const incr = async (): Promise<void> => {
+    await commitDo(tree.trans(), async t => {
+      const cur = t.lookup(99, 0)
+      const v = cur ? cur.len : 0
+      await dropLocksDo(t, () => sleep(Math.floor(r() * 4))) // the "I/O" of this transaction
+      const a = t.alloc(v + 1, 0)
+      assert.ok(a && a.len === v + 1)
+      t.insertExtent({ ino: 99, off: 0, len: v + 1, pblk: a.pblk, flags: 0 })
+    })
+  }
+  await Promise.all(Array.from({ length: N }, incr))
+  const ex = dump(tree, 99)
+  assert.equal(ex.length, 1)
+  assert.equal(ex[0].len, N, 'every increment survived')
+  const s = tree.snapshotStats()
+  assert.ok(s.restarts.relock > 0, 'conflicts were detected by relock')
+  assert.ok(s.maxRestartsOneTrans < HARD_RESTARTS)
+  assert.equal(tree.alloc.free, (1 << 20) - N)
+})
+
+test('many interleaved transactions with injected restarts: no deadlock, bounded restarts, nothing lost', async () => {
+  const r = rng(99)
+  const { tree } = openTree(path.join(tmpdir(), 't.db'), { injectRestarts: 0.15, injectMaxPerTrans: 6, random: r })
+  const N = 120
+  const work = async (k: number): Promise<void> => {
+    await commitDo(tree.trans(), async t => {
+      const ino = 1 + (k % 7)
+      const off = k * 16
+      const before = t.extentsIn(ino, 0, 1 << 30).length
+      if (r() < 0.5) await dropLocksDo(t, () => sleep(Math.floor(r() * 3)))
+      const a = t.alloc(16, t.allocHint(ino, off))
+      assert.ok(a)
+      t.insertExtent({ ino, off, len: a.len, pblk: a.pblk, flags: 0 })
+      return before
+    })
+  }
+  const timeout = sleep(20000).then(() => { throw new Error('transactions did not finish: deadlock or livelock') })
+  await Promise.race([Promise.all(Array.from({ length: N }, (_, k) => work(k))), timeout.then(() => {})])
+  let total = 0
+  for (let ino = 1; ino <= 7; ino++) total += dump(tree, ino).reduce((s, e) => s + e.len, 0)
+  assert.equal(total, N * 16)
+  const s = tree.snapshotStats()
+  assert.ok(s.restarts.injected > 0)
+  assert.ok(s.maxRestartsOneTrans < HARD_RESTARTS, `max restarts ${s.maxRestartsOneTrans}`)
+  assert.equal(s.lockHeldAcrossAwait, 0)
+})
+
+test('a transaction that awaits while holding locks is caught, and does not block others', async () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  writeRange(tree, 1, 0, 10)
+  const bad = lockrestartDo(tree.trans(), async t => {
+    t.lookup(1, 0) // takes read locks on the path
+    await sleep(20) // forbidden: should have been dropLocksDo()
+    t.deleteRange(1, 0, 10)
+    t.commit()
+  })
+  // meanwhile another transaction can still update the same leaf
+  await sleep(5)
+  writeRange(tree, 2, 0, 5)
+  await assert.rejects(bad, (e: unknown) => e instanceof BtreeError && e.code === 'lock_held_across_await')
+  assert.equal(dump(tree, 1).length, 1, 'the offending transaction did not commit')
+  assert.equal(tree.snapshotStats().lockHeldAcrossAwait, 1)
+})
+
+test('running out of paths restarts the transaction (too_many_paths)', () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  writeRange(tree, 1, 0, 10)
+  let attempts = 0
+  const n = lockrestartDoSync(tree.trans(), t => {
+    attempts++
+    const want = attempts === 1 ? MAX_PATHS + 1 : 3
+    for (let i = 0; i < want; i++) t.lookup(1, i)
+    return want
+  })
+  assert.equal(n, 3)
+  assert.equal(tree.snapshotStats().restarts.too_many_paths, 1)
+})
+
+test('a commit that fails in SQLite leaves tree, allocator and image unchanged', () => {
+  const file = path.join(tmpdir(), 't.db')
+  const { db, tree } = openTree(file)
+  writeRange(tree, 1, 0, 50)
+  const before = dump(tree, 1)
+  const free = tree.alloc.free
+  assert.throws(() => lockrestartDoSync(tree.trans(), t => {
+    t.deleteRange(1, 10, 20)
+    t.commit(() => { throw new Error('disk full') })
+  }), /disk full/)
+  assert.deepEqual(dump(tree, 1), before)
+  assert.equal(tree.alloc.free, free)
+  db.close()
+  const again = openTree(file)
+  assert.deepEqual(dump(again.tree, 1), before)
+  again.db.close()
+})
