@@ -145,10 +145,15 @@ export class Allocator {
   }
 
   /** write changed rows (inside the caller's SQLite transaction) */
+  private stmts: { del: Database.Statement, put: Database.Statement } | null = null
+
   persist (db: Database.Database): void {
     if (this.changed.size === 0) return
-    const del = db.prepare('DELETE FROM free_space WHERE start = ?')
-    const put = db.prepare('INSERT OR REPLACE INTO free_space (start, len) VALUES (?, ?)')
+    this.stmts ??= {
+      del: db.prepare('DELETE FROM free_space WHERE start = ?'),
+      put: db.prepare('INSERT OR REPLACE INTO free_space (start, len) VALUES (?, ?)')
+    }
+    const { del, put } = this.stmts
     for (const s of this.changed) {
       const i = this.findLE(s)
       if (i >= 0 && this.starts[i] === s) put.run(s, this.lens[i])

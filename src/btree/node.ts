@@ -47,6 +47,8 @@ export class BtreeNode {
   /** bumped on every write lock and unlock: odd while write locked */
   seq = 0
   dirty = false
+  /** node cache LRU clock */
+  lastUse = 0
   readonly lock = new NodeLock()
 
   constructor (id: number, level: number) {

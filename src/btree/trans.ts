@@ -277,6 +277,26 @@ export class BtreeTrans implements LockOwner {
     return p
   }
 
+  /**
+   * Intent path for an update at pos. Updates landing in a leaf that an
+   * intent path already covers share it (cf. bcachefs path reuse), so a
+   * transaction may queue many updates to one region without running out
+   * of paths.
+   */
+  private updatePath (pos: Pos): void {
+    this.checkPoison()
+    const mark = this.held.length
+    const p = new BtreePath('intent', { ino: pos.ino, off: pos.off })
+    this.traverse(p)
+    if (this.paths.some(q => q.lockType === 'intent' && q.leaf.node === p.leaf.node)) {
+      for (let i = this.held.length - 1; i >= mark; i--) this.held[i].node.lock.unlock(this, this.held[i].type)
+      this.held.length = mark
+      return
+    }
+    if (this.paths.length >= MAX_PATHS) throw new TransRestart('too_many_paths')
+    this.paths.push(p)
+  }
+
   iter (ino: number, off: number): BtreeIter {
     return new BtreeIter(this, this.getPath({ ino, off }, 'read'), ino, off)
   }
@@ -316,14 +336,14 @@ export class BtreeTrans implements LockOwner {
   /** map [ext.off, ext.off+ext.len) of ext.ino to ext.pblk..., replacing what was there */
   insertExtent (ext: Extent): void {
     if (ext.len <= 0 || ext.len > MAX_EXTENT_LEN) throw new BtreeError('trans_misuse', `bad extent length ${ext.len}`)
-    this.getPath(ext, 'intent')
+    this.updatePath(ext)
     this.ops.push({ kind: 'insert', ext: { ...ext } })
   }
 
   /** unmap [start, end) of ino (truncate, punch); freed blocks return at commit */
   deleteRange (ino: number, start: number, end: number): void {
     if (end <= start) return
-    this.getPath({ ino, off: start }, 'intent')
+    this.updatePath({ ino, off: start })
     this.ops.push({ kind: 'delete', ino, start, end })
   }
 
@@ -359,6 +379,7 @@ export class BtreeTrans implements LockOwner {
       })()
     } catch (err) {
       for (const r of released) tree.alloc.take(r.pblk, r.len)
+      tree.metaRolledBack()
       m.rollback()
       throw err
     }
@@ -435,12 +456,23 @@ class Mutator {
     this.mutate(leaf)
     if (top.idx >= 0 && cmpPos(leaf.extents[top.idx], e) === 0) leaf.extents[top.idx] = e
     else leaf.extents.splice(top.idx + 1, 0, e)
-    if (leaf.extents.length > this.leafCap) this.split(stack, stack.length - 1)
+    if (leaf.extents.length > this.leafCap) this.split(stack, stack.length - 1, top.idx + 2 === leaf.extents.length)
   }
 
-  private split (stack: Array<{ node: BtreeNode, idx: number }>, k: number): void {
+  /** is stack[k] the rightmost node of its level? */
+  private rightmost (stack: Array<{ node: BtreeNode, idx: number }>, k: number): boolean {
+    for (let j = 0; j < k; j++) if (stack[j].idx !== stack[j].node.children.length - 1) return false
+    return true
+  }
+
+  /**
+   * Split an overfull node in two. When the overflow came from appending at
+   * the right edge of the tree (sequential writes), move only the new entry
+   * (SQLite's balance_quick) so left nodes stay full instead of half full.
+   */
+  private split (stack: Array<{ node: BtreeNode, idx: number }>, k: number, appended: boolean): void {
     const node = stack[k].node
-    const mid = node.count >> 1
+    const mid = appended && this.rightmost(stack, k) ? node.count - 1 : node.count >> 1
     const right = this.newNode(node.level)
     if (node.isLeaf) {
       right.extents = node.extents.splice(mid)
@@ -463,7 +495,7 @@ class Mutator {
     this.mutate(parent.node)
     parent.node.keys.splice(parent.idx + 1, 0, sep)
     parent.node.children.splice(parent.idx + 1, 0, right.id)
-    if (parent.node.children.length > this.intCap) this.split(stack, k - 1)
+    if (parent.node.children.length > this.intCap) this.split(stack, k - 1, parent.idx + 2 === parent.node.children.length)
   }
 
   private deleteKey (pos: Pos): void {
@@ -490,6 +522,11 @@ class Mutator {
     if (node.count >= min) return
     const parent = stack[k - 1].node
     const pi = stack[k - 1].idx
+    if (parent.children.length === 1) {
+      // an only child (left by a right-edge split) has no sibling: fix the parent instead
+      this.rebalance(stack, k - 1)
+      return
+    }
     this.mutate(parent)
     this.mutate(node)
     if (pi > 0) {
@@ -607,10 +644,7 @@ class Mutator {
     const tree = this.tree
     const freedIds = new Set(this.freedNodes.map(n => n.id))
     for (const n of this.wset.keys()) if (!freedIds.has(n.id)) tree.cache.write(n)
-    if (freedIds.size) {
-      const del = tree.db.prepare('DELETE FROM btree_nodes WHERE id = ?')
-      for (const id of freedIds) del.run(id)
-    }
+    for (const id of freedIds) tree.cache.erase(id)
     tree.writeMeta()
   }
 

@@ -46,11 +46,16 @@ export interface TreeStats {
 export class NodeCache {
   private readonly nodes = new Map<number, BtreeNode>()
   private readonly get1: Database.Statement
+  private readonly put1: Database.Statement
+  private readonly del1: Database.Statement
+  private tick = 0
   reads = 0
   writes = 0
 
   constructor (private readonly db: Database.Database, readonly pageSize: number, readonly maxNodes: number) {
     this.get1 = db.prepare('SELECT page FROM btree_nodes WHERE id = ?').pluck()
+    this.put1 = db.prepare('INSERT OR REPLACE INTO btree_nodes (id, page) VALUES (?, ?)')
+    this.del1 = db.prepare('DELETE FROM btree_nodes WHERE id = ?')
   }
 
   /** the cached node object, if any (relock compares identity) */
@@ -59,20 +64,21 @@ export class NodeCache {
   get (id: number): BtreeNode {
     let n = this.nodes.get(id)
     if (n) {
-      this.nodes.delete(id) // move to the LRU tail
-      this.nodes.set(id, n)
+      n.lastUse = ++this.tick
       return n
     }
     const page = this.get1.get(id) as Buffer | undefined
     if (!page) throw new BtreeError('node_corrupt', `node ${id} is referenced but missing`)
     n = deserializeNode(id, page, this.pageSize)
+    n.lastUse = ++this.tick
     this.reads++
     this.nodes.set(id, n)
-    this.evict()
+    if (this.nodes.size > this.maxNodes) this.evict()
     return n
   }
 
   add (n: BtreeNode): void {
+    n.lastUse = ++this.tick
     this.nodes.set(n.id, n)
   }
 
@@ -80,18 +86,25 @@ export class NodeCache {
     this.nodes.delete(id)
   }
 
+  /** drop the least recently used clean, unlocked nodes down to 7/8 of the bound */
   private evict (): void {
-    if (this.nodes.size <= this.maxNodes) return
-    for (const [id, n] of this.nodes) {
-      if (this.nodes.size <= this.maxNodes) break
-      if (!n.dirty && !n.lock.held()) this.nodes.delete(id)
+    const victims = [...this.nodes.values()].filter(n => !n.dirty && !n.lock.held()).sort((a, b) => a.lastUse - b.lastUse)
+    const target = Math.floor(this.maxNodes * 7 / 8)
+    for (const n of victims) {
+      if (this.nodes.size <= target) break
+      this.nodes.delete(n.id)
     }
   }
 
   write (n: BtreeNode): void {
-    this.db.prepare('INSERT OR REPLACE INTO btree_nodes (id, page) VALUES (?, ?)').run(n.id, serializeNode(n, this.pageSize))
+    this.put1.run(n.id, serializeNode(n, this.pageSize))
     n.dirty = false
     this.writes++
+  }
+
+  /** delete a freed node's row (inside the commit's SQLite transaction) */
+  erase (id: number): void {
+    this.del1.run(id)
   }
 
   get size (): number { return this.nodes.size }
@@ -170,13 +183,28 @@ export class ExtentTree {
     return { rootId: m.root, height: m.height, nextId: m.next_id }
   }
 
+  private written: Meta | null = null
+  private putMeta: Database.Statement | null = null
+
+  /** write the tree meta if it changed since last written */
   writeMeta (): void {
-    const put = this.db.prepare('INSERT OR REPLACE INTO btree_meta (key, value) VALUES (?, ?)')
-    put.run('root', this.meta.rootId)
-    put.run('height', this.meta.height)
-    put.run('next_id', this.meta.nextId)
-    put.run('page_size', this.pageSize)
-    put.run('total_blocks', this.opts.totalBlocks)
+    const m = this.meta
+    const w = this.written
+    if (w && w.rootId === m.rootId && w.height === m.height && w.nextId === m.nextId) return
+    this.putMeta ??= this.db.prepare('INSERT OR REPLACE INTO btree_meta (key, value) VALUES (?, ?)')
+    this.putMeta.run('root', m.rootId)
+    this.putMeta.run('height', m.height)
+    this.putMeta.run('next_id', m.nextId)
+    if (!w) {
+      this.putMeta.run('page_size', this.pageSize)
+      this.putMeta.run('total_blocks', this.opts.totalBlocks)
+    }
+    this.written = { ...m }
+  }
+
+  /** forget what writeMeta wrote (its SQLite transaction rolled back) */
+  metaRolledBack (): void {
+    this.written = null
   }
 
   trans (): BtreeTrans {
@@ -235,8 +263,9 @@ export class ExtentTree {
       try { n = this.cache.get(id) } catch (e) { errors.push((e as Error).message); return }
       if (n.level !== level) errors.push(`node ${id}: level ${n.level}, expected ${level}`)
       const cap = n.isLeaf ? leafCap : intCap
-      if (!isRoot && n.count < Math.floor(cap / 2)) errors.push(`node ${id}: underfull (${n.count} < ${Math.floor(cap / 2)})`)
+      // splits at the right edge may leave a short rightmost node (balance_quick); only empty is wrong
       if (!isRoot && n.count === 0) errors.push(`node ${id}: empty`)
+      if (n.count > cap) errors.push(`node ${id}: overfull (${n.count} > ${cap})`)
       if (n.isLeaf) {
         for (const e of n.extents) {
           if ((lo && cmpPos(e, lo) < 0) || (hi && cmpPos(e, hi) >= 0)) errors.push(`node ${id}: key ${e.ino}:${e.off} outside its separators`)
