@@ -14,7 +14,8 @@ const USAGE = `usage:
   foliofs umount MOUNTPOINT
   foliofs fsck IMAGE
   foliofs stats MOUNTPOINT|IMAGE
-mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, attr_timeout=S, entry_timeout=S, debug`
+mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, attr_timeout=S, entry_timeout=S, debug,
+  inject_restarts=P (fault injection: B-tree transaction restarts with probability P), debug_checks`
 
 interface Parsed { pos: string[], flags: Map<string, string | true>, o: string[] }
 

@@ -16,6 +16,10 @@ export interface MountOptions {
   allowOther: boolean
   debug: boolean
   noatime: boolean
+  /** probability of injected B-tree transaction restarts (fault injection) */
+  injectRestarts: number
+  /** B-tree debug checks (awaits while holding node locks) */
+  debugChecks: boolean
   /** options handed to the kernel mount / libfuse */
   fuseOptions: string[]
 }
@@ -26,7 +30,7 @@ const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users'
   'atime', 'relatime', 'strictatime', 'nodiratime', 'diratime', 'big_writes', 'default_permissions', 'loop'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
-  const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, fuseOptions: [] }
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, injectRestarts: 0, debugChecks: false, fuseOptions: [] }
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
@@ -39,6 +43,8 @@ export function parseMountOptions (opts: string[]): MountOptions {
       else if (key === 'allow_other' && flag) o.allowOther = true
       else if (key === 'debug' && flag) o.debug = true
       else if (key === 'noatime' && flag) o.noatime = true
+      else if (key === 'debug_checks' && flag) o.debugChecks = true
+      else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
       else if (PASS_THROUGH.has(key) && flag) o.fuseOptions.push(key)
       else if (IGNORED.has(key) && flag) continue
       else if (key.startsWith('x-')) continue // systemd/fstab annotations
@@ -84,7 +90,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   mountpoint = path.resolve(mountpoint)
   checkMountpoint(mountpoint)
   const img = openImage(image, { readonly: opts.readonly })
-  const folio = new FolioFs(img)
+  const folio = new FolioFs(img, { injectRestarts: opts.injectRestarts, debugChecks: opts.debugChecks || undefined })
   folio.noatime = opts.noatime
   const started = Date.now()
   const holder: { fuse: FuseLike } = { fuse: {} }

@@ -5,6 +5,8 @@ import type Database from 'better-sqlite3'
 import { constants } from 'os'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
+import { FileData } from './filedata'
+import type { TreeOptions } from './btree/tree'
 
 export const S_IFMT = 0o170000
 export const S_IFDIR = 0o040000
@@ -93,17 +95,18 @@ export class FolioFs {
   private nextFh = 1
   /** mount -o noatime: never update atime on read */
   noatime = false
-  private usedBlocks: number
+  /** file data: extent B-tree + blocks table */
+  readonly data: FileData
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
 
-  constructor (img: OpenImage) {
+  constructor (img: OpenImage, treeOpts: TreeOptions = {}) {
     this.db = img.db
     this.sb = img.sb
     this.readonly = img.readonly
     this.q = this.prepare()
-    this.usedBlocks = (this.db.prepare('SELECT count(*) AS n FROM data').get() as { n: number }).n
+    this.data = new FileData(this.db, { ...treeOpts, totalBlocks: img.sb.capacityBlocks })
     if (!this.readonly) this.reapOrphans()
   }
 
@@ -129,11 +132,6 @@ export class FolioFs {
       setOwner: db.prepare('UPDATE inodes SET uid = ?, gid = ?, mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       setParent: db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?'),
       setSize: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      getBlock: db.prepare('SELECT bytes FROM data WHERE ino = ? AND lblk = ?').pluck(),
-      getBlocks: db.prepare('SELECT lblk, bytes FROM data WHERE ino = ? AND lblk BETWEEN ? AND ? ORDER BY lblk'),
-      putBlock: db.prepare('INSERT OR REPLACE INTO data (ino, lblk, bytes) VALUES (?, ?, ?)'),
-      delBlocksFrom: db.prepare('DELETE FROM data WHERE ino = ? AND lblk >= ?'),
-      delAllBlocks: db.prepare('DELETE FROM data WHERE ino = ?'),
       delXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
       getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
@@ -149,9 +147,16 @@ export class FolioFs {
   /** Run fn in one SQLite transaction (one commit). */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
-    const r = this.db.transaction(fn)()
-    this.counters.commits++
-    return r
+    const commits = this.data.tree.stats.commits
+    try {
+      const r = this.db.transaction(fn)()
+      this.counters.commits++
+      return r
+    } catch (err) {
+      // a B-tree commit inside a rolled-back transaction: its in-memory state is ahead of the image
+      if (this.data.tree.stats.commits !== commits) this.data.reload()
+      throw err
+    }
   }
 
   // ---- inode helpers -------------------------------------------------
@@ -209,10 +214,6 @@ export class FolioFs {
     const ino = this.resolve(path)
     if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR', path)
     return ino
-  }
-
-  private checkSpace (newBlocks: number): void {
-    if (newBlocks > 0 && this.usedBlocks + newBlocks > this.sb.capacityBlocks) throw fsErr('ENOSPC')
   }
 
   // ---- namespace operations ------------------------------------------
@@ -304,11 +305,10 @@ export class FolioFs {
   }
 
   private freeInode (ino: number): void {
-    const freed = this.q.delAllBlocks.run(ino).changes
+    if ((this.inode(ino).mode & S_IFMT) === S_IFREG) this.data.free(ino)
     this.q.delXattrs.run(ino)
     this.q.delInode.run(ino)
     this.q.delOrphan.run(ino)
-    this.usedBlocks -= freed
   }
 
   /** Free inodes that were unlinked while open when the last mount ended. */
@@ -501,15 +501,7 @@ export class FolioFs {
     if (isDir(i.mode)) throw fsErr('EISDIR')
     if (pos >= i.size || len <= 0) return 0
     const n = Math.min(len, i.size - pos)
-    const first = Math.floor(pos / BLOCK_SIZE)
-    const last = Math.floor((pos + n - 1) / BLOCK_SIZE)
-    buf.fill(0, 0, n)
-    for (const r of this.q.getBlocks.iterate(ino, first, last) as Iterable<{ lblk: number, bytes: Buffer }>) {
-      const bstart = r.lblk * BLOCK_SIZE
-      const from = Math.max(pos, bstart)
-      const to = Math.min(pos + n, bstart + r.bytes.length)
-      if (to > from) r.bytes.copy(buf, from - pos, from - bstart, to - bstart)
-    }
+    this.data.read(ino, buf, pos, n)
     this.counters.reads++
     this.counters.bytesRead += n
     this.touchAtime(i)
@@ -532,31 +524,10 @@ export class FolioFs {
     return this.tx(() => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
-      const first = Math.floor(pos / BLOCK_SIZE)
-      const last = Math.floor((pos + len - 1) / BLOCK_SIZE)
-      let added = 0
-      const pending: Array<[number, Buffer]> = []
-      for (let b = first; b <= last; b++) {
-        const bstart = b * BLOCK_SIZE
-        const from = Math.max(pos, bstart)
-        const to = Math.min(pos + len, bstart + BLOCK_SIZE)
-        const old = this.q.getBlock.get(ino, b) as Buffer | undefined
-        if (old === undefined) added++
-        let block: Buffer
-        if (from === bstart && to === bstart + BLOCK_SIZE) {
-          block = Buffer.from(data.subarray(from - pos, to - pos)) // copy: fuse buffers are detached after reply
-        } else {
-          block = Buffer.alloc(BLOCK_SIZE)
-          if (old) old.copy(block)
-          data.copy(block, from - bstart, from - pos, to - pos)
-        }
-        pending.push([b, block])
-      }
-      this.checkSpace(added)
-      for (const [b, block] of pending) this.q.putBlock.run(ino, b, block)
-      this.usedBlocks += added
-      const t = nowTime()
-      this.q.setSize.run(Math.max(i.size, pos + len), added, t.sec, t.nsec, t.sec, t.nsec, ino)
+      this.data.write(ino, data, pos, added => {
+        const t = nowTime()
+        this.q.setSize.run(Math.max(i.size, pos + len), added, t.sec, t.nsec, t.sec, t.nsec, ino)
+      })
       this.counters.writes++
       this.counters.bytesWritten += len
       return len
@@ -569,22 +540,7 @@ export class FolioFs {
     this.tx(() => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
-      let freed = 0
-      if (size < i.size) {
-        const keep = Math.ceil(size / BLOCK_SIZE)
-        freed = this.q.delBlocksFrom.run(ino, keep).changes
-        const tail = size % BLOCK_SIZE
-        if (tail !== 0) {
-          const b = keep - 1
-          const old = this.q.getBlock.get(ino, b) as Buffer | undefined
-          if (old) {
-            const block = Buffer.from(old)
-            block.fill(0, tail)
-            this.q.putBlock.run(ino, b, block)
-          }
-        }
-      }
-      this.usedBlocks -= freed
+      const freed = size < i.size ? this.data.truncate(ino, size) : 0
       const t = nowTime()
       this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
     })
@@ -643,7 +599,7 @@ export class FolioFs {
 
   statfs (): StatFs {
     const total = this.sb.capacityBlocks
-    const free = Math.max(0, total - this.usedBlocks)
+    const free = this.data.tree.alloc.free
     const files = (this.q.countInodes.get() as number)
     const maxFiles = 1 << 30
     return {
@@ -653,7 +609,7 @@ export class FolioFs {
     }
   }
 
-  get used (): number { return this.usedBlocks }
+  get used (): number { return this.data.used }
 
   close (): void {
     if (!this.readonly) {

@@ -1,6 +1,8 @@
 // Read-only consistency check of an image: SQLite's own integrity check,
 // then the filesystem invariants (links, parents, reachability, block counts).
-import { openImage, ROOT_INO, BLOCK_SIZE } from './image'
+import { openImage, ROOT_INO } from './image'
+import { ExtentTree } from './btree/tree'
+import { lockrestartDoSync } from './btree/trans'
 
 export interface FsckReport { errors: string[], inodes: number, dirents: number, blocks: number }
 
@@ -38,12 +40,36 @@ export function fsck (image: string): FsckReport {
       list.push(d.ino)
       children.set(d.parent, list)
     }
-    const blockRows = new Map<number, { n: number, max: number }>()
+    // the extent tree: structure, then what it maps against inodes and block rows
+    let tree: ExtentTree | null = null
+    try {
+      tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      for (const e of tree.verify()) errors.push(`extent tree: ${e}`)
+    } catch (e) {
+      errors.push(`extent tree: ${(e as Error).message}`)
+    }
+    const mapped = new Map<number, { blocks: number, end: number }>()
+    const mappedPblk = new Set<number>()
+    if (tree) {
+      const t = tree
+      const all: Array<{ ino: number, off: number, len: number, pblk: number }> = []
+      for (const ino of inodes.keys()) all.push(...lockrestartDoSync(t.trans(), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER)))
+      for (const e of all) {
+        const m = mapped.get(e.ino) ?? { blocks: 0, end: 0 }
+        m.blocks += e.len
+        m.end = Math.max(m.end, e.off + e.len)
+        mapped.set(e.ino, m)
+        for (let b = 0; b < e.len; b++) mappedPblk.add(e.pblk + b)
+      }
+      let total = 0
+      for (const m of mapped.values()) total += m.blocks
+      const allExtents = (db.prepare('SELECT count(*) FROM btree_nodes').pluck().get() as number) > 0
+      if (allExtents && total !== t.alloc.total - t.alloc.free) errors.push(`space accounting: ${total} blocks mapped by inodes, ${t.alloc.total - t.alloc.free} in use`)
+    }
     let blocks = 0
-    for (const r of db.prepare('SELECT ino, count(*) AS n, max(lblk) AS max FROM data GROUP BY ino').iterate() as Iterable<{ ino: number, n: number, max: number }>) {
-      blockRows.set(r.ino, r)
-      blocks += r.n
-      if (!inodes.has(r.ino)) errors.push(`data blocks of missing inode ${r.ino}`)
+    for (const pblk of db.prepare('SELECT pblk FROM blocks').pluck().iterate() as Iterable<number>) {
+      blocks++
+      if (tree && !mappedPblk.has(pblk)) errors.push(`data block ${pblk} is not mapped by any extent`)
     }
     // reachability from the root
     const seen = new Set<number>([ROOT_INO])
@@ -61,9 +87,9 @@ export function fsck (image: string): FsckReport {
       if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) errors.push(`inode ${ino}: nlink ${i.nlink}, expected ${expect}`)
       if (isDir && ino !== ROOT_INO && (links.get(ino) ?? 0) !== 1 && !orphans.has(ino)) errors.push(`directory ${ino} has ${links.get(ino) ?? 0} names`)
       if (!seen.has(ino) && !orphans.has(ino)) errors.push(`inode ${ino} is not reachable from the root`)
-      const b = blockRows.get(ino)
-      if ((b?.n ?? 0) !== i.blocks) errors.push(`inode ${ino}: block count ${i.blocks}, found ${b?.n ?? 0}`)
-      if (b && b.max * BLOCK_SIZE >= Math.max(i.size, 1) && b.max >= Math.ceil(i.size / BLOCK_SIZE)) errors.push(`inode ${ino}: data block ${b.max} beyond size ${i.size}`)
+      const m = mapped.get(ino)
+      if (tree && (m?.blocks ?? 0) !== i.blocks) errors.push(`inode ${ino}: block count ${i.blocks}, extents map ${m?.blocks ?? 0}`)
+      if (m && m.end > Math.ceil(i.size / 4096)) errors.push(`inode ${ino}: extent beyond size ${i.size}`)
     }
     return { errors, inodes: inodes.size, dirents, blocks }
   } finally {

@@ -4,6 +4,7 @@
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
+import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 
 export const MAGIC = 'foliofs'
 export const FORMAT_VERSION = 1
@@ -82,18 +83,16 @@ CREATE TABLE xattrs (
   value BLOB NOT NULL,
   PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
-CREATE TABLE data (
-  ino INTEGER NOT NULL,
-  lblk INTEGER NOT NULL,
-  bytes BLOB NOT NULL,
-  PRIMARY KEY (ino, lblk)
-) WITHOUT ROWID;
+CREATE TABLE blocks (
+  pblk INTEGER PRIMARY KEY,
+  bytes BLOB NOT NULL
+);
 CREATE TABLE orphans (
   ino INTEGER PRIMARY KEY
 );
 `
 
-const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'data', 'orphans']
+const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'blocks', 'orphans', 'btree_nodes', 'btree_meta', 'free_space']
 
 export interface MkfsOptions {
   capacityBytes?: number
@@ -142,6 +141,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
     }
     db.transaction(() => {
       db.exec(SCHEMA)
+      db.exec(BTREE_SCHEMA)
       db.prepare('INSERT INTO superblock VALUES (0, ?, ?, ?, ?, ?, ?, ?)')
         .run(sb.magic, sb.version, sb.blockSize, sb.uuid, sb.createdSec, sb.capacityBlocks, sb.label)
       const t = nowTime()
@@ -149,6 +149,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
                   VALUES (?, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?, ?)`)
         .run(ROOT_INO, 0o040755, opts.uid ?? 0, opts.gid ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
     })()
+    ExtentTree.open(db, { totalBlocks: sb.capacityBlocks }) // empty root node, whole device free
     // at rest an image is a plain rollback-journal database: read-only opens
     // (fsck, stats, mount checks) then never create -wal/-shm files beside it
     db.pragma('journal_mode = DELETE')

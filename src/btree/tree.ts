@@ -166,7 +166,7 @@ export class ExtentTree {
 
   /** Open (creating tables and an empty root if needed) the tree stored in db. */
   static open (db: Database.Database, opts: TreeOptions = {}): ExtentTree {
-    db.exec(BTREE_SCHEMA)
+    if (!db.readonly) db.exec(BTREE_SCHEMA)
     return new ExtentTree(db, opts)
   }
 
