@@ -8,6 +8,7 @@ import * as os from 'os'
 import * as path from 'path'
 import { ExtentTree } from '../src/btree/tree'
 import { lockrestartDoSync } from '../src/btree/trans'
+import { rng } from '../src/rng'
 
 function arg (name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`)
@@ -37,17 +38,6 @@ function time (fn: () => void): number {
 /** extent k: file floor(k / per-file), every other block (gaps: no merging); a batch fills one file's range */
 const PER_FILE = Math.ceil(EXTENTS / FILES)
 const extentOf = (k: number): { ino: number, off: number } => ({ ino: 1 + Math.floor(k / PER_FILE), off: 2 * (k % PER_FILE) })
-
-function rng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 interface Row { name: string, tree: number, sql: number, unit: string }
 

@@ -219,8 +219,15 @@ test('many interleaved transactions with injected restarts: no deadlock, bounded
       return before
     })
   }
-  const timeout = sleep(20000).then(() => { throw new Error('transactions did not finish: deadlock or livelock') })
-  await Promise.race([Promise.all(Array.from({ length: N }, (_, k) => work(k))), timeout.then(() => {})])
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error('transactions did not finish: deadlock or livelock')), 20000)
+  })
+  try {
+    await Promise.race([Promise.all(Array.from({ length: N }, (_, k) => work(k))), timeout])
+  } finally {
+    clearTimeout(timer)
+  }
   let total = 0
   for (let ino = 1; ino <= 7; ino++) total += dump(tree, ino).reduce((s, e) => s + e.len, 0)
   assert.equal(total, N * 16)
