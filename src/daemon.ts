@@ -73,12 +73,11 @@ function checkMountpoint (mountpoint: string): void {
 }
 
 /** Everything a mount checks before it daemonizes, so errors reach the user's terminal. */
-export function preflight (image: string, mountpoint: string, opts: MountOptions): void {
+export function preflight (image: string, mountpoint: string): void {
   checkMountpoint(mountpoint)
   // the worker runs the full quick_check; here only the cheap header/superblock checks
   const img = openImage(image, { readonly: true, check: false })
   img.db.close()
-  void opts
 }
 
 type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void

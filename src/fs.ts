@@ -2,7 +2,6 @@
 // synchronous and runs inside one SQLite transaction (better-sqlite3), so a
 // crash leaves the last committed state and no operation is half applied.
 import type Database from 'better-sqlite3'
-import { constants } from 'os'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData } from './filedata'
@@ -620,4 +619,3 @@ export class FolioFs {
   }
 }
 
-export const errnoConstants = constants.errno
