@@ -8,11 +8,8 @@ RUN apt-get update \
       fuse3 attr e2fsprogs xfsprogs python3 make g++ patch \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/foliofs
-COPY package.json package-lock.json tsconfig.json ./
-COPY native ./native
-RUN npm ci --no-audit --no-fund --ignore-scripts \
- && npm rebuild better-sqlite3 \
- && node native/build-binding.js
 COPY . .
+# the README's set-up command: npm ci builds better-sqlite3 and the patched
+# fuse-native from source against this image's Node headers
 RUN npm run setup
 CMD ["npm", "test"]

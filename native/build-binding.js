@@ -45,7 +45,11 @@ function built () {
 
 function build () {
   const args = [nodeGyp(), 'rebuild', '--release']
-  if (fs.existsSync('/usr/include/node/node_api.h')) args.push('--nodedir=/usr')
+  // build against the running node's own headers (no header download): /usr on Debian, /usr/local in node images
+  const prefix = path.resolve(path.dirname(process.execPath), '..')
+  for (const dir of [process.env.npm_config_nodedir, prefix, '/usr']) {
+    if (dir && fs.existsSync(path.join(dir, 'include', 'node', 'node_api.h'))) { args.push(`--nodedir=${dir}`); break }
+  }
   log(`building fuse-native: node ${args.slice(1).join(' ')}`)
   execFileSync(process.execPath, args, { cwd: pkgDir, stdio: ['ignore', 'inherit', 'inherit'] })
   // fuse.node NEEDs libfuse.so.2; the shipped library is copied as libfuse.so.

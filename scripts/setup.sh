@@ -27,8 +27,11 @@ if [ -n "$missing" ]; then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
-# native addons build against the local Node headers (no prebuilt downloads)
-if [ -f /usr/include/node/node_api.h ]; then export npm_config_nodedir=/usr; fi
+# native addons build against the running Node's own headers (no prebuilt or header downloads)
+prefix=$(node -p 'require("path").resolve(process.execPath, "../..")')
+for dir in "$prefix" /usr; do
+	if [ -f "$dir/include/node/node_api.h" ]; then export npm_config_nodedir=$dir; break; fi
+done
 npm ci --no-audit --no-fund
 npm run build
 

@@ -388,6 +388,7 @@ export class BtreeTrans implements LockOwner {
     this.ops = []
     this.unlockAll()
     this.paths = []
+    tree.cache.trim()
     tree.stats.commits++
     return { freed }
   }

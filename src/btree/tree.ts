@@ -86,6 +86,11 @@ export class NodeCache {
     this.nodes.delete(id)
   }
 
+  /** enforce the bound (after a commit created or cleaned nodes) */
+  trim (): void {
+    if (this.nodes.size > this.maxNodes) this.evict()
+  }
+
   /** drop the least recently used clean, unlocked nodes down to 7/8 of the bound */
   private evict (): void {
     const victims = [...this.nodes.values()].filter(n => !n.dirty && !n.lock.held()).sort((a, b) => a.lastUse - b.lastUse)

@@ -268,6 +268,19 @@ test('running out of paths restarts the transaction (too_many_paths)', () => {
   assert.equal(tree.snapshotStats().restarts.too_many_paths, 1)
 })
 
+test('the node cache stays within its bound and reloads evicted nodes from their pages', () => {
+  const file = path.join(tmpdir(), 't.db')
+  const { db, tree } = openTree(file, { cacheNodes: 16 })
+  for (let k = 0; k < 400; k++) writeRange(tree, 1 + (k % 4), k * 2, 1)
+  for (let ino = 1; ino <= 4; ino++) assert.equal(dump(tree, ino).length, 100)
+  const s = tree.snapshotStats()
+  assert.ok(tree.meta.height >= 3, `height ${tree.meta.height}`)
+  assert.ok(s.cachedNodes <= 16, `cache holds ${s.cachedNodes} nodes`)
+  assert.ok(s.nodeReads > 0, 'evicted nodes were read back from SQLite')
+  assert.deepEqual(tree.verify(), [])
+  db.close()
+})
+
 test('a commit that fails in SQLite leaves tree, allocator and image unchanged', () => {
   const file = path.join(tmpdir(), 't.db')
   const { db, tree } = openTree(file)
