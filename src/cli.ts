@@ -70,7 +70,12 @@ function statsOfImage (image: string): Record<string, unknown> {
       blockSize: img.sb.blockSize,
       capacityBlocks: st.blocks,
       usedBlocks: folio.used,
-      inodes: st.files - st.ffree
+      inodes: st.files - st.ffree,
+      btree: {
+        height: folio.data.tree.meta.height,
+        nodes: folio.db.prepare('SELECT count(*) FROM btree_nodes').pluck().get(),
+        freeFragments: folio.data.tree.alloc.fragments
+      }
     }
   } finally {
     folio.close()

@@ -5,7 +5,7 @@ import Database from 'better-sqlite3'
 import { ExtentTree, type TreeOptions } from '../../src/btree/tree'
 import { BtreeNode, deserializeNode, serializeNode, type Extent } from '../../src/btree/node'
 import { BtreeError } from '../../src/btree/errors'
-import { commitDo, dropLocksDo, lockrestartDo, lockrestartDoSync, MAX_PATHS, HARD_RESTARTS } from '../../src/btree/trans'
+import { commitDo, dropLocksDo, lockrestartDo, lockrestartDoSync, nonblockingOrDrop, MAX_PATHS, HARD_RESTARTS } from '../../src/btree/trans'
 import { rng, tmpdir } from './helpers'
 
 function openTree (file: string, opts: TreeOptions = {}): { db: Database.Database, tree: ExtentTree } {
@@ -252,6 +252,33 @@ test('a transaction that awaits while holding locks is caught, and does not bloc
   await assert.rejects(bad, (e: unknown) => e instanceof BtreeError && e.code === 'lock_held_across_await')
   assert.equal(dump(tree, 1).length, 1, 'the offending transaction did not commit')
   assert.equal(tree.snapshotStats().lockHeldAcrossAwait, 1)
+})
+
+test('dropLocksDo relocks without restarting when nothing changed; nonblockingOrDrop falls back once', async () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  writeRange(tree, 1, 0, 10)
+  let lockedInside: boolean | null = null
+  await lockrestartDo(tree.trans(), async t => {
+    t.lookup(1, 0)
+    await dropLocksDo(t, async () => { lockedInside = t.locked; await sleep(2) })
+    assert.equal(t.locked, true, 'relocked after the wait')
+  })
+  assert.equal(lockedInside, false, 'no node lock is held while waiting')
+  assert.equal(tree.snapshotStats().restarts.relock, 0)
+  // contention on the fast path: the blocking step runs unlocked, then the step restarts
+  let tries = 0
+  let blockingRan = 0
+  const got = await lockrestartDo(tree.trans(), async t => {
+    const e = t.lookup(1, 3)
+    return await nonblockingOrDrop(t, () => (++tries === 1 ? undefined : e), async () => {
+      assert.equal(t.locked, false)
+      blockingRan++
+    })
+  })
+  assert.equal(got?.off, 0)
+  assert.equal(tries, 2)
+  assert.equal(blockingRan, 1)
+  assert.equal(tree.snapshotStats().restarts.drop_locks, 1)
 })
 
 test('running out of paths restarts the transaction (too_many_paths)', () => {
