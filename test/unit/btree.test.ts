@@ -76,19 +76,24 @@ test('overwrites cut existing extents at the front, back and middle and free exa
   assert.equal(tree.alloc.free, (1 << 20) - 100)
 })
 
-test('allocation follows the file: appends stay one extent even when files interleave', () => {
+test('allocation continues the file: an append takes the block after its last extent, not the first free one', () => {
   const { tree } = openTree(path.join(tmpdir(), 't.db'))
-  for (let k = 0; k < 20; k++) {
-    writeRange(tree, 10, k * 8, 8)
-    writeRange(tree, 11, k * 8, 8)
-  }
-  // the second file could not stay next to its previous extent (the first file took it), so it fragments;
-  // the hint still keeps every extent of file 10 adjacent to its predecessor where the space is free
-  const a = dump(tree, 10)
-  assert.equal(a.reduce((s, e) => s + e.len, 0), 160)
-  writeRange(tree, 12, 0, 64)
-  writeRange(tree, 12, 64, 64)
-  assert.equal(dump(tree, 12).length, 1, 'contiguous append merges into one extent')
+  writeRange(tree, 10, 0, 8) // pblk 0..7
+  writeRange(tree, 11, 0, 8) // pblk 8..15
+  writeRange(tree, 12, 0, 8) // pblk 16..23
+  writeRange(tree, 13, 0, 8) // pblk 24..31
+  punch(tree, 11, 0, 8) //     frees 8..15
+  punch(tree, 13, 0, 8) //     frees 24..31
+  writeRange(tree, 12, 8, 4) // continues 12 at 24 although 8..15 is the first free range
+  writeRange(tree, 10, 8, 4) // continues 10 at 8
+  assert.deepEqual(dump(tree, 12).map(e => [e.off, e.len, e.pblk]), [[0, 12, 16]])
+  assert.deepEqual(dump(tree, 10).map(e => [e.off, e.len, e.pblk]), [[0, 12, 0]])
+  // a new file with no extent to follow takes the first range that fits
+  writeRange(tree, 14, 0, 4)
+  assert.deepEqual(dump(tree, 14).map(e => [e.off, e.len, e.pblk]), [[0, 4, 12]])
+  // a sequential writer in small pieces ends up with one extent
+  for (let k = 0; k < 16; k++) writeRange(tree, 15, k * 8, 8)
+  assert.equal(dump(tree, 15).length, 1, 'contiguous appends merge into one extent')
 })
 
 for (const seed of [1234, 5, 77, 2026]) test(`randomized (seed ${seed}): thousands of ops match a block map model, with reopen in the middle`, () => {
