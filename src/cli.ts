@@ -11,7 +11,7 @@ import { FolioFs } from './fs'
 const USAGE = `usage:
   foliofs mkfs [--size SIZE] [--label LABEL] [--force] IMAGE
   foliofs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground] [--log FILE]
-  foliofs umount MOUNTPOINT
+  foliofs umount [--lazy] MOUNTPOINT
   foliofs fsck IMAGE
   foliofs stats MOUNTPOINT|IMAGE
 mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, attr_timeout=S, entry_timeout=S, debug,
@@ -124,8 +124,8 @@ async function main (argv: string[]): Promise<number> {
     case 'umount':
     case 'unmount': {
       const p = parseArgs(rest, [])
-      need(p, 1, [])
-      await umount(p.pos[0])
+      need(p, 1, ['lazy'])
+      await umount(p.pos[0], { lazy: p.flags.has('lazy') })
       return 0
     }
     case 'fsck': {

@@ -98,6 +98,13 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     get fuse () { return holder.fuse },
     extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: opts.readonly })
   })
+  // libfuse calls destroy when the session ends: unmounted (umount(8),
+  // fusermount3 -u, or a lazy unmount once the last open file is closed)
+  let sessionEnded = (): void => {}
+  ops.destroy = (cb: (err: number) => void) => {
+    cb(0)
+    setImmediate(() => sessionEnded())
+  }
   const extra = ['big_writes', 'use_ino', 'default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
   // libfuse's high-level API gives each hard link its own kernel inode: cached
   // attributes (nlink, size) of one name would go stale when another changes
@@ -127,7 +134,6 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     const finish = (code: number): void => {
       if (closing) return
       closing = true
-      clearInterval(poll)
       try { folio.close() } catch (err) { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) }
       removeRecord(mountpoint, process.pid)
       resolve(code)
@@ -146,14 +152,10 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     process.on('SIGINT', () => shutdown('SIGINT'))
     process.on('SIGTERM', () => shutdown('SIGTERM'))
     process.on('SIGHUP', () => shutdown('SIGHUP'))
-    // an external umount(8)/fusermount3 -u ends the mount without telling fuse-native
-    const poll = setInterval(() => {
-      const m = findMount(mountpoint)
-      if (!m || !m.fstype.startsWith('fuse')) {
-        debug('mount of %s is gone; closing image', mountpoint)
-        finish(0)
-      }
-    }, 500)
+    sessionEnded = () => {
+      debug('session of %s ended; closing image', mountpoint)
+      finish(0)
+    }
   })
 }
 
@@ -216,8 +218,12 @@ export function startBackground (image: string, mountpoint: string, optArgs: str
   })
 }
 
-/** `foliofs umount`: ask the worker to flush and unmount; clear dead mounts. */
-export async function umount (mountpoint: string, timeoutMs = 60000): Promise<void> {
+/**
+ * `foliofs umount`: unmount like umount(8) (a busy filesystem is refused),
+ * then wait for the daemon to close the image. A dead mount is cleared.
+ * With lazy, detach now; the daemon exits once the last open file closes.
+ */
+export async function umount (mountpoint: string, opts: { lazy?: boolean, timeoutMs?: number } = {}): Promise<void> {
   const mp = path.resolve(mountpoint)
   const rec = readRecord(mp)
   const m = findMount(mp)
@@ -226,12 +232,21 @@ export async function umount (mountpoint: string, timeoutMs = 60000): Promise<vo
     throw new ImageError(`${mp}: not mounted`, EXIT.USAGE)
   }
   if (!m.fstype.startsWith('fuse')) throw new ImageError(`${mp}: not a foliofs mount (${m.fstype})`, EXIT.USAGE)
-  if (rec && alive(rec.worker)) {
-    process.kill(rec.worker, 'SIGTERM')
-    const deadline = Date.now() + timeoutMs
-    while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 50))
-    if (alive(rec.worker)) throw new ImageError(`${mp}: daemon ${rec.worker} did not exit in time`, EXIT.BUSY)
+  if (isStale(mp)) {
+    unmountPath(mp, true)
+    removeRecord(mp)
+    return
   }
-  if (findMount(mp)) unmountPath(mp, isStale(mp))
-  removeRecord(mp)
+  try {
+    unmountPath(mp, opts.lazy === true)
+  } catch (err) {
+    if (/busy/i.test((err as Error).message)) {
+      throw new ImageError(`${mp}: target is busy (files or directories in use); close them, or use --lazy`, EXIT.BUSY)
+    }
+    throw err
+  }
+  if (opts.lazy || !rec) return
+  const deadline = Date.now() + (opts.timeoutMs ?? 60000)
+  while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
+  if (alive(rec.worker)) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} has not exited yet`, EXIT.BUSY)
 }
