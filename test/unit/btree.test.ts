@@ -242,6 +242,40 @@ test('many interleaved transactions with injected restarts: no deadlock, bounded
   assert.equal(s.lockHeldAcrossAwait, 0)
 })
 
+test('a transaction starved by a stream of conflicting commits is serialized and finishes (no livelock)', async () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  writeRange(tree, 1, 0, 4)
+  let stop = false
+  let churn = 0
+  // a writer that keeps changing the leaf the slow transaction reads
+  const writer = (async () => {
+    while (!stop) {
+      await lockrestartDo(tree.trans(), t => {
+        t.deleteRange(1, 100, 200)
+        const a = t.alloc(1, 0)
+        assert.ok(a)
+        t.insertExtent({ ino: 1, off: 100 + (churn++ % 50), len: 1, pblk: a.pblk, flags: 0 })
+        t.commit()
+      })
+      await sleep(1)
+    }
+  })()
+  const slow = tree.trans()
+  await commitDo(slow, async t => {
+    const e = t.lookup(1, 0)
+    await dropLocksDo(t, () => sleep(10)) // long I/O: the writer commits meanwhile
+    const a = t.alloc(1, 0)
+    assert.ok(a && e)
+    t.insertExtent({ ino: 2, off: 0, len: 1, pblk: a.pblk, flags: 0 })
+  })
+  stop = true
+  await writer
+  assert.ok(slow.restarts >= 8, `restarts ${slow.restarts}`)
+  assert.ok(slow.restarts < 20, `bounded: ${slow.restarts}`)
+  assert.ok(tree.snapshotStats().serializedTransactions >= 1)
+  assert.equal(dump(tree, 2).length, 1)
+})
+
 test('a transaction that awaits while holding locks is caught, and does not block others', async () => {
   const { tree } = openTree(path.join(tmpdir(), 't.db'))
   writeRange(tree, 1, 0, 10)
