@@ -7,7 +7,7 @@ import createDebug from 'debug'
 import { EXIT, ImageError, openImage } from './image'
 import { FolioFs } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
-import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
+import { alive, ensureFusermount, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
 
 const debug = createDebug('foliofs:daemon')
 
@@ -84,6 +84,7 @@ type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
 
 /** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
 export async function runWorker (image: string, mountpoint: string, opts: MountOptions, notify: Notify): Promise<number> {
+  ensureFusermount()
   const Fuse = require('fuse-native')
   image = path.resolve(image)
   mountpoint = path.resolve(mountpoint)

@@ -147,7 +147,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
       const t = nowTime()
       db.prepare(`INSERT INTO inodes (ino, mode, uid, gid, nlink, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns)
                   VALUES (?, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?, ?)`)
-        .run(ROOT_INO, 0o040755, opts.uid ?? 0, opts.gid ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
+        .run(ROOT_INO, 0o040755, opts.uid ?? process.getuid?.() ?? 0, opts.gid ?? process.getgid?.() ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
     })()
     ExtentTree.open(db, { totalBlocks: sb.capacityBlocks }) // empty root node, whole device free
     // at rest an image is a plain rollback-journal database: read-only opens

@@ -40,7 +40,7 @@ export function isStale (mountpoint: string): boolean {
   }
 }
 
-function which (cmd: string): string | null {
+export function which (cmd: string): string | null {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/bin', '/usr/sbin', '/sbin'])) {
     const p = path.join(dir, cmd)
     try {
@@ -110,4 +110,20 @@ export function alive (pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
+}
+
+/**
+ * libfuse 2 (inside fuse-native) mounts as non-root through a helper it
+ * calls `fusermount`; Debian's fuse3 ships it as `fusermount3` only. Put a
+ * private `fusermount` -> `fusermount3` link first in PATH when needed.
+ */
+export function ensureFusermount (): void {
+  if (which('fusermount')) return
+  const fm3 = which('fusermount3')
+  if (!fm3) return
+  const dir = path.join(runDir(), 'bin')
+  fs.mkdirSync(dir, { recursive: true })
+  const link = path.join(dir, 'fusermount')
+  try { fs.symlinkSync(fm3, link) } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e }
+  process.env.PATH = `${dir}:${process.env.PATH ?? '/usr/bin:/bin'}`
 }

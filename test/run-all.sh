@@ -15,11 +15,12 @@ upass=${upass:-0}; ufail=${ufail:-0}
 [ "$urc" -eq 0 ] || [ "$ufail" -gt 0 ] || ufail=1
 bash test/check 2>&1 | tee /tmp/foliofs-check.$$
 src=${PIPESTATUS[0]}
-spass=$(sed -n 's/^shell tests: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' /tmp/foliofs-check.$$)
-sfail=$(sed -n 's/^shell tests: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' /tmp/foliofs-check.$$)
+spass=$(sed -n 's/^shell tests: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) not run$/\1/p' /tmp/foliofs-check.$$)
+sfail=$(sed -n 's/^shell tests: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) not run$/\2/p' /tmp/foliofs-check.$$)
+sskip=$(sed -n 's/^shell tests: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) not run$/\3/p' /tmp/foliofs-check.$$)
 rm -f /tmp/foliofs-check.$$
-spass=${spass:-0}; sfail=${sfail:-0}
+spass=${spass:-0}; sfail=${sfail:-0}; sskip=${sskip:-0}
 [ "$src" -eq 0 ] || [ "$sfail" -gt 0 ] || sfail=1
-echo "unit: $upass passed, $ufail failed; shell: $spass passed, $sfail failed"
-echo "$((upass + spass)) passed, $((ufail + sfail)) failed"
+echo "unit: $upass passed, $ufail failed; shell: $spass passed, $sfail failed, $sskip not run"
+echo "$((upass + spass)) passed, $((ufail + sfail)) failed, $sskip skipped"
 [ $((ufail + sfail)) -eq 0 ]
