@@ -72,9 +72,8 @@ function statsOfImage (image: string): Record<string, unknown> {
       usedBlocks: folio.used,
       inodes: st.files - st.ffree,
       btree: {
-        height: folio.data.tree.meta.height,
-        nodes: folio.db.prepare('SELECT count(*) FROM btree_nodes').pluck().get(),
-        freeFragments: folio.data.tree.alloc.fragments
+        ...folio.data.summary(),
+        nodes: folio.db.prepare('SELECT count(*) FROM btree_nodes').pluck().get()
       }
     }
   } finally {

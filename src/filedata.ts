@@ -9,7 +9,7 @@ import { BLOCK_SIZE } from './image'
 import { ExtentTree, type TreeOptions, type TreeStats } from './btree/tree'
 import { lockrestartDoSync } from './btree/trans'
 import type { Range } from './btree/alloc'
-import type { Extent } from './btree/node'
+import { EXT_WRITTEN, type Extent } from './btree/node'
 
 const END = Number.MAX_SAFE_INTEGER
 
@@ -29,6 +29,11 @@ export class FileData {
 
   get used (): number { return this.tree.alloc.total - this.tree.alloc.free }
   get stats (): TreeStats { return this.tree.snapshotStats() }
+
+  /** shape of the tree and free space, for `foliofs stats` */
+  summary (): { height: number, freeFragments: number } {
+    return { height: this.tree.meta.height, freeFragments: this.tree.alloc.fragments }
+  }
 
   /** Re-read tree and free space from the image (after a failed outer commit). */
   reload (): void {
@@ -86,7 +91,7 @@ export class FileData {
         for (let cur = b; cur < end;) {
           const r = t.alloc(end - cur, hint)
           if (!r) throw fsErr('ENOSPC')
-          t.insertExtent({ ino, off: cur, len: r.len, pblk: r.pblk, flags: 0 })
+          t.insertExtent({ ino, off: cur, len: r.len, pblk: r.pblk, flags: EXT_WRITTEN })
           for (let k = 0; k < r.len; k++) { map.set(cur + k, r.pblk + k); fresh.add(cur + k) }
           cur += r.len
           added += r.len

@@ -1,6 +1,6 @@
 // Read-only consistency check of an image: SQLite's own integrity check,
 // then the filesystem invariants (links, parents, reachability, block counts).
-import { openImage, ROOT_INO } from './image'
+import { BLOCK_SIZE, openImage, ROOT_INO } from './image'
 import { ExtentTree } from './btree/tree'
 import { lockrestartDoSync } from './btree/trans'
 
@@ -52,19 +52,19 @@ export function fsck (image: string): FsckReport {
     const mappedPblk = new Set<number>()
     if (tree) {
       const t = tree
-      const all: Array<{ ino: number, off: number, len: number, pblk: number }> = []
-      for (const ino of inodes.keys()) all.push(...lockrestartDoSync(t.trans(), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER)))
-      for (const e of all) {
-        const m = mapped.get(e.ino) ?? { blocks: 0, end: 0 }
-        m.blocks += e.len
-        m.end = Math.max(m.end, e.off + e.len)
-        mapped.set(e.ino, m)
-        for (let b = 0; b < e.len; b++) mappedPblk.add(e.pblk + b)
-      }
       let total = 0
-      for (const m of mapped.values()) total += m.blocks
-      const allExtents = (db.prepare('SELECT count(*) FROM btree_nodes').pluck().get() as number) > 0
-      if (allExtents && total !== t.alloc.total - t.alloc.free) errors.push(`space accounting: ${total} blocks mapped by inodes, ${t.alloc.total - t.alloc.free} in use`)
+      for (const ino of inodes.keys()) {
+        const m = { blocks: 0, end: 0 }
+        for (const e of lockrestartDoSync(t.trans(), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))) {
+          m.blocks += e.len
+          m.end = Math.max(m.end, e.off + e.len)
+          for (let b = 0; b < e.len; b++) mappedPblk.add(e.pblk + b)
+        }
+        if (m.blocks) mapped.set(ino, m)
+        total += m.blocks
+      }
+      const inUse = t.alloc.total - t.alloc.free
+      if (total !== inUse) errors.push(`space accounting: ${total} blocks mapped by inodes, ${inUse} in use`)
     }
     let blocks = 0
     for (const pblk of db.prepare('SELECT pblk FROM blocks').pluck().iterate() as Iterable<number>) {
@@ -89,7 +89,7 @@ export function fsck (image: string): FsckReport {
       if (!seen.has(ino) && !orphans.has(ino)) errors.push(`inode ${ino} is not reachable from the root`)
       const m = mapped.get(ino)
       if (tree && (m?.blocks ?? 0) !== i.blocks) errors.push(`inode ${ino}: block count ${i.blocks}, extents map ${m?.blocks ?? 0}`)
-      if (m && m.end > Math.ceil(i.size / 4096)) errors.push(`inode ${ino}: extent beyond size ${i.size}`)
+      if (m && m.end > Math.ceil(i.size / BLOCK_SIZE)) errors.push(`inode ${ino}: extent beyond size ${i.size}`)
     }
     return { errors, inodes: inodes.size, dirents, blocks }
   } finally {

@@ -136,7 +136,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     inodes: st.files - st.ffree,
     openHandles: fs.openHandles(),
     ops: { ...fs.counters },
-    btree: { ...fs.data.stats, height: fs.data.tree.meta.height, freeFragments: fs.data.tree.alloc.fragments },
+    btree: { ...fs.data.stats, ...fs.data.summary() },
     ...ctx.extraStats()
   }
 }

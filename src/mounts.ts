@@ -40,7 +40,7 @@ export function isStale (mountpoint: string): boolean {
   }
 }
 
-export function which (cmd: string): string | null {
+function which (cmd: string): string | null {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/bin', '/usr/sbin', '/sbin'])) {
     const p = path.join(dir, cmd)
     try {

@@ -140,10 +140,6 @@ export class Allocator {
     return i >= 0 && pblk < this.starts[i] + this.lens[i]
   }
 
-  ranges (): Range[] {
-    return this.starts.map((s, i) => ({ pblk: s, len: this.lens[i] }))
-  }
-
   /** write changed rows (inside the caller's SQLite transaction) */
   private stmts: { del: Database.Statement, put: Database.Statement } | null = null
 

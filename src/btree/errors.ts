@@ -27,7 +27,6 @@ export type BtreeErrCode =
   | 'lock_held_across_await' // debug check: a transaction awaited while holding node locks
   | 'trans_misuse' //           API used out of order (e.g. update after commit)
   | 'node_corrupt' //           a page failed its checksum or structure checks
-  | 'no_space' //               the allocator has no free block
   | 'restart_limit' //          a transaction restarted past the hard bound
 
 export class BtreeError extends Error {

@@ -48,24 +48,29 @@ export class BtreePath {
 type Locker = (node: BtreeNode) => void
 type Loader = (id: number) => BtreeNode
 
-/**
- * Descend from the root to the leaf position of the last key <= p.pos.
- * Separators are lower bounds of their child, so that key may sit at the end
- * of the previous leaf: step back into it when the leaf has none <= pos.
- */
-function pathSeek (p: BtreePath, rootId: number, load: Loader, lock: Locker): void {
-  p.levels = []
+/** Root-to-leaf levels routed by pos; the leaf index is the last key <= pos in that leaf, or -1. */
+function descend (pos: Pos, rootId: number, load: Loader, lock: Locker): Level[] {
+  const levels: Level[] = []
   let node = load(rootId)
   for (;;) {
     lock(node)
     if (node.isLeaf) {
-      p.levels.push({ node, seq: node.seq, idx: node.seekLE(p.pos) })
-      break
+      levels.push({ node, seq: node.seq, idx: node.seekLE(pos) })
+      return levels
     }
-    const i = node.childIndex(p.pos)
-    p.levels.push({ node, seq: node.seq, idx: i })
+    const i = node.childIndex(pos)
+    levels.push({ node, seq: node.seq, idx: i })
     node = load(node.children[i])
   }
+}
+
+/**
+ * Position a path at the last key <= p.pos. Separators are lower bounds of
+ * their child, so that key may sit at the end of the previous leaf: step
+ * back into it when the leaf has none <= pos.
+ */
+function pathSeek (p: BtreePath, rootId: number, load: Loader, lock: Locker): void {
+  p.levels = descend(p.pos, rootId, load, lock)
   if (p.leaf.idx < 0) pathRetreat(p, load, lock)
 }
 
@@ -174,6 +179,11 @@ export class BtreeTrans implements LockOwner {
     if (!node.lock.trylock(this, type)) {
       throw new TransRestart('would_deadlock', `node ${node.id} ${type} held by another transaction`)
     }
+    this.noteHeld(node, type)
+  }
+
+  /** record a lock just taken; the first one arms the debug watchdog */
+  private noteHeld (node: BtreeNode, type: LockType): void {
     this.held.push({ node, type })
     if (this.held.length === 1) this.armWatchdog()
   }
@@ -206,10 +216,7 @@ export class BtreeTrans implements LockOwner {
       for (const lv of p.levels) {
         if (!ok) break
         ok = cache.peek(lv.node.id) === lv.node && lv.node.seq === lv.seq && lv.node.lock.trylock(this, p.lockType)
-        if (ok) {
-          this.held.push({ node: lv.node, type: p.lockType })
-          if (this.held.length === 1) this.armWatchdog()
-        }
+        if (ok) this.noteHeld(lv.node, p.lockType)
       }
       if (!ok) {
         this.unlockAll()
@@ -231,19 +238,20 @@ export class BtreeTrans implements LockOwner {
   /** start (or restart) the transaction body: drop locks, paths, queued work */
   begin (): void {
     this.checkPoison()
-    this.unlockAll()
-    this.paths = []
-    this.ops = []
-    this.rollbackAllocs()
+    this.reset()
   }
 
   /** end of lockrestartDo: nothing stays locked or reserved */
   end (): void {
+    this.reset()
+    this.tree.releaseSerial(this)
+  }
+
+  private reset (): void {
     this.unlockAll()
     this.paths = []
     this.ops = []
     this.rollbackAllocs()
-    this.tree.releaseSerial(this)
   }
 
   noteRestart (reason: RestartReason): void {
@@ -347,8 +355,6 @@ export class BtreeTrans implements LockOwner {
     this.ops.push({ kind: 'delete', ino, start, end })
   }
 
-  get pendingOps (): number { return this.ops.length }
-
   /**
    * Apply the queued updates under write locks and write every dirtied node,
    * the tree meta and the free-space changes in one SQLite transaction (the
@@ -437,15 +443,11 @@ class Mutator {
     this.freedNodes.push(n)
   }
 
-  private descend (pos: Pos): Array<{ node: BtreeNode, idx: number }> {
-    const stack: Array<{ node: BtreeNode, idx: number }> = []
-    let node = this.trans.load(this.tree.meta.rootId)
-    for (;;) {
-      if (node.isLeaf) { stack.push({ node, idx: node.seekLE(pos) }); return stack }
-      const i = node.childIndex(pos)
-      stack.push({ node, idx: i })
-      node = this.trans.load(node.children[i])
-    }
+  private readonly load: Loader = id => this.trans.load(id)
+
+  /** routing stack for pos; nodes are write-locked only when modified (mutate) */
+  private descend (pos: Pos): Level[] {
+    return descend(pos, this.tree.meta.rootId, this.load, () => {})
   }
 
   private cap (n: BtreeNode): number { return n.isLeaf ? this.leafCap : this.intCap }
@@ -461,7 +463,7 @@ class Mutator {
   }
 
   /** is stack[k] the rightmost node of its level? */
-  private rightmost (stack: Array<{ node: BtreeNode, idx: number }>, k: number): boolean {
+  private rightmost (stack: Level[], k: number): boolean {
     for (let j = 0; j < k; j++) if (stack[j].idx !== stack[j].node.children.length - 1) return false
     return true
   }
@@ -471,7 +473,7 @@ class Mutator {
    * the right edge of the tree (sequential writes), move only the new entry
    * (SQLite's balance_quick) so left nodes stay full instead of half full.
    */
-  private split (stack: Array<{ node: BtreeNode, idx: number }>, k: number, appended: boolean): void {
+  private split (stack: Level[], k: number, appended: boolean): void {
     const node = stack[k].node
     const mid = appended && this.rightmost(stack, k) ? node.count - 1 : node.count >> 1
     const right = this.newNode(node.level)
@@ -508,7 +510,7 @@ class Mutator {
     this.rebalance(stack, stack.length - 1)
   }
 
-  private rebalance (stack: Array<{ node: BtreeNode, idx: number }>, k: number): void {
+  private rebalance (stack: Level[], k: number): void {
     const node = stack[k].node
     if (k === 0) {
       if (!node.isLeaf && node.children.length === 1) {
@@ -531,7 +533,7 @@ class Mutator {
     this.mutate(parent)
     this.mutate(node)
     if (pi > 0) {
-      const left = this.trans.load(parent.children[pi - 1])
+      const left = this.load(parent.children[pi - 1])
       this.mutate(left)
       if (left.count > min) {
         if (node.isLeaf) {
@@ -554,7 +556,7 @@ class Mutator {
       parent.children.splice(pi, 1)
       this.freeNode(node)
     } else {
-      const right = this.trans.load(parent.children[pi + 1])
+      const right = this.load(parent.children[pi + 1])
       this.mutate(right)
       if (right.count > min) {
         if (node.isLeaf) {
@@ -580,21 +582,22 @@ class Mutator {
     this.rebalance(stack, k - 1)
   }
 
-  /** extents of ino overlapping [start, end), read at commit time */
   private seek (pos: Pos): BtreePath {
     const p = new BtreePath('read', pos)
-    pathSeek(p, this.tree.meta.rootId, id => this.trans.load(id), () => {})
+    pathSeek(p, this.tree.meta.rootId, this.load, () => {})
     return p
   }
 
+  /** extents of ino overlapping [start, end), read at commit time */
   private overlapping (ino: number, start: number, end: number): Extent[] {
     const p = this.seek({ ino, off: start })
+    const next = (): Extent | null => pathAdvance(p, this.load, () => {}) ? p.current() : null
     const out: Extent[] = []
     let e = p.current()
-    if (!e || e.ino !== ino || e.off + e.len <= start) e = pathAdvance(p, id => this.trans.load(id), () => {}) ? p.current() : null
+    if (!e || e.ino !== ino || e.off + e.len <= start) e = next()
     while (e && e.ino === ino && e.off < end) {
       if (e.off + e.len > start) out.push({ ...e })
-      e = pathAdvance(p, id => this.trans.load(id), () => {}) ? p.current() : null
+      e = next()
     }
     return out
   }

@@ -4,7 +4,7 @@
 import type Database from 'better-sqlite3'
 import { Allocator } from './alloc'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
-import { BtreeNode, cmpPos, deserializeNode, serializeNode, type Extent, type Pos } from './node'
+import { BtreeNode, cmpPos, deserializeNode, interiorCapacity, leafCapacity, serializeNode, type Extent, type Pos } from './node'
 import { BtreeTrans } from './trans'
 
 export const BTREE_SCHEMA = `
@@ -257,8 +257,8 @@ export class ExtentTree {
   verify (): string[] {
     const errors: string[] = []
     const seen = new Set<number>()
-    const leafCap = Math.floor((this.pageSize - 16) / 32)
-    const intCap = Math.floor((this.pageSize - 16) / 24)
+    const leafCap = leafCapacity(this.pageSize)
+    const intCap = interiorCapacity(this.pageSize)
     let prev: Extent | null = null
     let mapped = 0
     const walk = (id: number, level: number, lo: Pos | null, hi: Pos | null, isRoot: boolean): void => {
