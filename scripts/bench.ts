@@ -6,8 +6,9 @@ import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import { ExtentTree } from '../src/btree/tree'
-import { lockrestartDoSync } from '../src/btree/trans'
+import { ExtentTree, lockrestartDoSync, transGet } from '../src/btree'
+import { mkfs, openImage } from '../src/image'
+import { FolioFs } from '../src/fs'
 import { rng } from '../src/rng'
 
 function arg (name: string, def: number): number {
@@ -20,6 +21,7 @@ const LOOKUPS = arg('lookups', 200_000)
 const COMMITS = arg('commits', 20_000)
 const BATCH = 1000
 const FILES = 1000
+const TRUNCATES = [100_000, arg('truncate-extents', 1_000_000)]
 
 function openDb (file: string): Database.Database {
   const db = new Database(file)
@@ -41,7 +43,58 @@ const extentOf = (k: number): { ino: number, off: number } => ({ ino: 1 + Math.f
 
 interface Row { name: string, tree: number, sql: number, unit: string }
 
-function main (): void {
+interface TruncateResult { extents: number, secs: number, steps: number, maxStepMs: number, maxLoopGapMs: number, rssMiB: number }
+
+/**
+ * Truncate a file of n one-block extents to 0 through the filesystem
+ * (FolioFs.truncate: bounded B-tree transactions). Free space is as
+ * fragmented as it gets: a second file owns every other physical block.
+ * Measures the total time, the longest single step (synchronous stretch)
+ * and the longest gap of a 1 ms timer (how long other work had to wait).
+ */
+async function truncateBench (dir: string, n: number): Promise<TruncateResult> {
+  const img = path.join(dir, `truncate-${n}.img`)
+  mkfs(img, { capacityBytes: 4 * n * 4096 })
+  const folio = new FolioFs(openImage(img))
+  const creds = { uid: 0, gid: 0 }
+  const victim = folio.create('/victim', 0o644, creds)
+  const other = folio.create('/other', 0o644, creds)
+  const tree = folio.data.tree
+  for (let b = 0; b < n; b += 10_000) {
+    lockrestartDoSync(transGet(tree), t => {
+      for (let k = b; k < Math.min(b + 10_000, n); k++) {
+        for (const [ino, pblk] of [[victim, 2 * k], [other, 2 * k + 1]]) {
+          const a = t.alloc(1, pblk)
+          if (!a || a.pblk !== pblk) throw new Error('bench layout: allocation did not follow the hint')
+          t.insertExtent({ ino, off: 2 * k, len: 1, pblk, flags: 0 })
+        }
+      }
+      t.commit()
+    })
+  }
+  await folio.truncate(victim, 2 * n * 4096) // size covering the extents
+  const steps0 = tree.stats.steps
+  tree.stats.maxStepMs = 0
+  let last = performance.now()
+  let maxGap = 0
+  const probe = setInterval(() => {
+    const now = performance.now()
+    maxGap = Math.max(maxGap, now - last - 1)
+    last = now
+  }, 1)
+  const t0 = performance.now()
+  await folio.truncate(victim, 0)
+  const secs = (performance.now() - t0) / 1000
+  clearInterval(probe)
+  const rssMiB = process.memoryUsage().rss / 2 ** 20
+  const r = { extents: n, secs, steps: tree.stats.steps - steps0, maxStepMs: tree.stats.maxStepMs, maxLoopGapMs: Math.max(0, maxGap), rssMiB }
+  const left = await folio.data.extents(victim)
+  if (left.length !== 0 || (await folio.data.extents(other)).length !== n) throw new Error('truncate bench: wrong result')
+  folio.close()
+  return r
+}
+
+async function main (): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'foliofs-bench-'))
   const rows: Row[] = []
   try {
@@ -50,7 +103,7 @@ function main (): void {
     const tree = ExtentTree.open(tdb, { totalBlocks: 2 ** 40, cacheNodes: 16384 })
     const tInsert = time(() => {
       for (let b = 0; b < EXTENTS; b += BATCH) {
-        lockrestartDoSync(tree.trans(), t => {
+        lockrestartDoSync(transGet(tree), t => {
           for (let k = b; k < Math.min(b + BATCH, EXTENTS); k++) {
             const { ino, off } = extentOf(k)
             const a = t.alloc(1, 0)
@@ -66,18 +119,18 @@ function main (): void {
     const tLookup = time(() => {
       for (let i = 0; i < LOOKUPS; i++) {
         const { ino, off } = extentOf(Math.floor(r1() * EXTENTS))
-        const e = lockrestartDoSync(tree.trans(), t => t.lookup(ino, off))
+        const e = lockrestartDoSync(transGet(tree), t => t.lookup(ino, off))
         if (e) hits++
       }
     })
     if (hits !== LOOKUPS) throw new Error(`tree lookups found ${hits}/${LOOKUPS}`)
     let n = 0
     const tScan = time(() => {
-      for (let ino = 1; ino <= 100; ino++) n += lockrestartDoSync(tree.trans(), t => t.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER)).length
+      for (let ino = 1; ino <= 100; ino++) n += lockrestartDoSync(transGet(tree), t => t.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER)).length
     })
     const tCommit = time(() => {
       for (let i = 0; i < COMMITS; i++) {
-        lockrestartDoSync(tree.trans(), t => {
+        lockrestartDoSync(transGet(tree), t => {
           const a = t.alloc(1, 0)
           if (!a) throw new Error('no space')
           t.insertExtent({ ino: FILES + 1, off: 2 * i, len: 1, pblk: a.pblk, flags: 0 })
@@ -139,9 +192,14 @@ function main (): void {
     }
     console.log(`database size after the run: btree ${(size('tree.db') / 2 ** 20).toFixed(1)} MiB, sqlite ${(size('sql.db') / 2 ** 20).toFixed(1)} MiB`)
     console.log(`btree stats: ${stats.commits} commits, node reads ${stats.nodeReads}, node writes ${stats.nodeWrites}, restarts ${JSON.stringify(stats.restarts)}`)
+    console.log('truncate to 0 of a file of one-block extents, free space fully fragmented (bounded steps, event loop probed by a 1 ms timer):')
+    for (const n of TRUNCATES) {
+      const r = await truncateBench(dir, n)
+      console.log(`  ${String(n).padStart(8)} extents  ${r.secs.toFixed(2).padStart(6)} s  ${Math.round(n / r.secs).toString().padStart(8)} extents/s  ${r.steps} steps  longest step ${r.maxStepMs.toFixed(1)} ms  longest timer delay ${r.maxLoopGapMs.toFixed(1)} ms  rss ${r.rssMiB.toFixed(0)} MiB`)
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })
   }
 }
 
-main()
+main().catch(err => { console.error(err); process.exit(1) })

@@ -71,10 +71,7 @@ function statsOfImage (image: string): Record<string, unknown> {
       capacityBlocks: st.blocks,
       usedBlocks: folio.used,
       inodes: st.files - st.ffree,
-      btree: {
-        ...folio.data.summary(),
-        nodes: folio.db.prepare('SELECT count(*) FROM btree_nodes').pluck().get()
-      }
+      btree: folio.data.summary()
     }
   } finally {
     folio.close()

@@ -1,11 +1,22 @@
-// FolioFs: the filesystem proper, independent of FUSE. Every operation is
-// synchronous and runs inside one SQLite transaction (better-sqlite3), so a
-// crash leaves the last committed state and no operation is half applied.
+// FolioFs: the filesystem proper, independent of FUSE.
+//
+// Namespace and attribute operations are synchronous and run inside one
+// SQLite transaction (tx()), so a crash leaves the last committed state.
+// Operations on file data (read, write, truncate, freeing an inode) are
+// async B-tree transactions: the B-tree commit is their SQLite transaction
+// and the inode update runs in its hook, re-reading the inode there (never
+// trusting a value read before an await). They never run inside tx().
+//
+// Writes and truncates of one inode are serialized (withInode, like the
+// VFS's i_rwsem). Truncation and freeing run in bounded steps; an inode
+// being truncated or freed is recorded in `orphans` first, and recovery at
+// the next mount finishes the job (nlink 0: free it; else: cut everything
+// past its size), as ext4's orphan list does.
 import type Database from 'better-sqlite3'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
-import { FileData } from './filedata'
-import type { TreeOptions } from './btree/tree'
+import { FileData, type TruncateStep } from './filedata'
+import type { TreeOptions } from './btree'
 
 export const S_IFMT = 0o170000
 export const S_IFDIR = 0o040000
@@ -92,6 +103,8 @@ export class FolioFs {
   private readonly openCount = new Map<number, number>()
   private readonly hidden = new Map<string, number>()
   private nextFh = 1
+  /** per-inode serialization of data operations (write, truncate) */
+  private readonly inodeLocks = new Map<number, Promise<void>>()
   /** mount -o noatime: never update atime on read */
   noatime = false
   /** file data: extent B-tree + blocks table */
@@ -106,7 +119,7 @@ export class FolioFs {
     this.readonly = img.readonly
     this.q = this.prepare()
     this.data = new FileData(this.db, { ...treeOpts, totalBlocks: img.sb.capacityBlocks })
-    if (!this.readonly) this.reapOrphans()
+    if (!this.readonly) this.recoverOrphans()
   }
 
   private prepare () {
@@ -131,6 +144,7 @@ export class FolioFs {
       setOwner: db.prepare('UPDATE inodes SET uid = ?, gid = ?, mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       setParent: db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?'),
       setSize: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+      addBlocks: db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?'),
       delXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
       getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
@@ -143,18 +157,27 @@ export class FolioFs {
     }
   }
 
-  /** Run fn in one SQLite transaction (one commit). */
+  /** Run fn in one SQLite transaction (one commit). fn must not touch file data (B-tree commits refuse to nest). */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
-    const commits = this.data.tree.stats.commits
+    const r = this.db.transaction(fn)()
+    this.counters.commits++
+    return r
+  }
+
+  /** Run fn with ino's data operations serialized (cf. i_rwsem). */
+  private async withInode<T> (ino: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.inodeLocks.get(ino)
+    let release!: () => void
+    const mine = new Promise<void>(resolve => { release = resolve })
+    const tail = prev ? prev.then(() => mine) : mine
+    this.inodeLocks.set(ino, tail)
+    if (prev) await prev
     try {
-      const r = this.db.transaction(fn)()
-      this.counters.commits++
-      return r
-    } catch (err) {
-      // a B-tree commit inside a rolled-back transaction: its in-memory state is ahead of the image
-      if (this.data.tree.stats.commits !== commits) this.data.reload()
-      throw err
+      return await fn()
+    } finally {
+      release()
+      if (this.inodeLocks.get(ino) === tail) this.inodeLocks.delete(ino)
     }
   }
 
@@ -287,45 +310,79 @@ export class FolioFs {
     })
   }
 
-  /** Drop one link to ino; free it when no link and no open handle remain. */
-  private dropLink (ino: number, t: Time): void {
+  /**
+   * Drop one link to ino (inside tx). When no link remains, the inode
+   * becomes an orphan; one with no open handle is returned, to be freed by
+   * reap() once the transaction committed (its data may take many steps).
+   */
+  private dropLink (ino: number, t: Time): number | null {
     const i = this.inode(ino)
     const nlink = isDir(i.mode) ? 0 : i.nlink - 1
-    if (nlink > 0) {
-      this.q.setNlink.run(nlink, t.sec, t.nsec, ino)
-      return
+    this.q.setNlink.run(nlink, t.sec, t.nsec, ino)
+    if (nlink > 0) return null
+    if ((i.mode & S_IFMT) !== S_IFREG) { // no data: free it right here
+      if ((this.openCount.get(ino) ?? 0) === 0) { this.deleteInodeRow(ino); return null }
     }
-    if ((this.openCount.get(ino) ?? 0) > 0) {
-      this.q.setNlink.run(0, t.sec, t.nsec, ino)
-      this.q.addOrphan.run(ino)
-      return
-    }
-    this.freeInode(ino)
+    this.q.addOrphan.run(ino)
+    return (this.openCount.get(ino) ?? 0) > 0 ? null : ino
   }
 
-  private freeInode (ino: number): void {
-    if ((this.inode(ino).mode & S_IFMT) === S_IFREG) this.data.free(ino)
+  private deleteInodeRow (ino: number): void {
     this.q.delXattrs.run(ino)
     this.q.delInode.run(ino)
     this.q.delOrphan.run(ino)
   }
 
-  /** Free inodes that were unlinked while open when the last mount ended. */
-  private reapOrphans (): void {
-    const orphans = this.q.allOrphans.all() as number[]
-    if (orphans.length) this.tx(() => { for (const ino of orphans) this.freeInode(ino) })
+  /** commit hook of each step freeing an orphan: the last one deletes the inode */
+  private reapStep (ino: number): TruncateStep {
+    return (freed, _first, last) => {
+      this.q.addBlocks.run(-freed, ino)
+      if (last) this.deleteInodeRow(ino)
+    }
   }
 
-  unlink (path: string): void {
+  /** commit hook of each step of a truncate to size */
+  private truncateStep (ino: number, size: number, t: Time): TruncateStep {
+    return (freed, first, last) => {
+      if (first) this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
+      else this.q.addBlocks.run(-freed, ino)
+      if (first && !last) this.q.addOrphan.run(ino) // a crash now: recovery finishes the truncate
+      if (last && !first && this.inode(ino).nlink > 0) this.q.delOrphan.run(ino)
+    }
+  }
+
+  /** Free an orphan's data and then the inode itself, in bounded steps. */
+  private async reap (ino: number | null): Promise<void> {
+    if (ino === null || this.readonly) return
+    await this.data.truncate(ino, 0, this.reapStep(ino))
+  }
+
+  /**
+   * At mount, before anything else runs: finish what the last mount left in
+   * `orphans`: free unlinked inodes, finish interrupted truncates.
+   */
+  private recoverOrphans (): void {
+    for (const ino of this.q.allOrphans.all() as number[]) {
+      const i = this.q.getInode.get(ino) as Inode | undefined
+      if (!i) { this.tx(() => this.q.delOrphan.run(ino)); continue }
+      if (i.nlink === 0) this.data.truncateSync(ino, 0, this.reapStep(ino))
+      else this.data.truncateSync(ino, i.size, (freed, _first, last) => {
+        this.q.addBlocks.run(-freed, ino)
+        if (last) this.q.delOrphan.run(ino)
+      })
+    }
+  }
+
+  async unlink (path: string): Promise<void> {
     const { parent, name } = splitPath(path)
     const hiddenIno = this.hidden.get(name)
     if (hiddenIno !== undefined) {
       // libfuse's final unlink of a file we already unlinked at its hide-rename
       this.hidden.delete(name)
-      this.freeIfUnused(hiddenIno)
+      await this.freeIfUnused(hiddenIno)
       return
     }
-    this.tx(() => {
+    await this.reap(this.tx(() => {
       const pino = this.dirIno(parent)
       const ino = this.q.lookup.get(pino, name) as number | undefined
       if (ino === undefined) throw fsErr('ENOENT', path)
@@ -333,8 +390,8 @@ export class FolioFs {
       const t = nowTime()
       this.q.delDirent.run(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
-      this.dropLink(ino, t)
-    })
+      return this.dropLink(ino, t)
+    }))
   }
 
   rmdir (path: string): void {
@@ -350,22 +407,22 @@ export class FolioFs {
       this.q.delDirent.run(pino, name)
       this.q.addNlink.run(-1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
-      this.dropLink(ino, t)
+      this.dropLink(ino, t) // a directory has no data: freed right here
     })
   }
 
-  rename (src: string, dst: string): void {
+  async rename (src: string, dst: string): Promise<void> {
     const s = splitPath(src)
     const d = splitPath(dst)
     if (HIDDEN_NAME.test(d.name) && !this.hidden.has(d.name)) {
       const ino = this.resolve(src)
       if (!isDir(this.inode(ino).mode)) {
-        this.unlink(src)
+        await this.unlink(src)
         this.hidden.set(d.name, ino)
         return
       }
     }
-    this.tx(() => {
+    await this.reap(this.tx(() => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
       const ino = this.q.lookup.get(sp, s.name) as number | undefined
@@ -373,7 +430,7 @@ export class FolioFs {
       const srcInode = this.inode(ino)
       const srcIsDir = isDir(srcInode.mode)
       const existing = this.q.lookup.get(dp, d.name) as number | undefined
-      if (existing === ino) return // same file: POSIX says do nothing
+      if (existing === ino) return null // same file: POSIX says do nothing
       if (srcIsDir) {
         // refuse to move a directory below itself
         for (let a = dp; ; a = this.inode(a).parent) {
@@ -382,6 +439,7 @@ export class FolioFs {
         }
       }
       const t = nowTime()
+      let gone: number | null = null
       if (existing !== undefined) {
         const ex = this.inode(existing)
         if (isDir(ex.mode)) {
@@ -392,7 +450,7 @@ export class FolioFs {
           throw fsErr('ENOTDIR', dst)
         }
         this.q.delDirent.run(dp, d.name)
-        this.dropLink(existing, t)
+        gone = this.dropLink(existing, t)
       }
       this.q.delDirent.run(sp, s.name)
       this.q.insDirent.run(dp, d.name, ino)
@@ -404,7 +462,8 @@ export class FolioFs {
       this.q.touchC.run(t.sec, t.nsec, ino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, sp)
       if (dp !== sp) this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, dp)
-    })
+      return gone
+    }))
   }
 
   readdir (path: string): { names: string[], stats: Stat[] } {
@@ -472,13 +531,13 @@ export class FolioFs {
     return h
   }
 
-  private freeIfUnused (ino: number): void {
+  private async freeIfUnused (ino: number): Promise<void> {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
     const row = this.q.getInode.get(ino) as Inode | undefined
-    if (row && row.nlink === 0) this.tx(() => this.freeInode(ino))
+    if (row && row.nlink === 0) await this.reap(ino)
   }
 
-  release (fh: number): void {
+  async release (fh: number): Promise<void> {
     const h = this.handles.get(fh)
     if (!h) return
     this.handles.delete(fh)
@@ -488,19 +547,20 @@ export class FolioFs {
       return
     }
     this.openCount.delete(h.ino)
-    this.freeIfUnused(h.ino)
+    await this.freeIfUnused(h.ino)
   }
 
   openHandles (): number {
     return this.handles.size
   }
 
-  read (ino: number, buf: Buffer, len: number, pos: number): number {
+  async read (ino: number, buf: Buffer, len: number, pos: number): Promise<number> {
     const i = this.inode(ino)
     if (isDir(i.mode)) throw fsErr('EISDIR')
     if (pos >= i.size || len <= 0) return 0
-    const n = Math.min(len, i.size - pos)
-    this.data.read(ino, buf, pos, n)
+    await this.data.read(ino, buf, pos, Math.min(len, i.size - pos))
+    // the size now, not before the await (a truncate may have run meanwhile)
+    const n = Math.max(0, Math.min(len, ((this.q.getInode.get(ino) as Inode | undefined)?.size ?? 0) - pos))
     this.counters.reads++
     this.counters.bytesRead += n
     this.touchAtime(i)
@@ -516,16 +576,17 @@ export class FolioFs {
     if (older) this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
-  write (ino: number, data: Buffer, pos: number): number {
+  async write (ino: number, data: Buffer, pos: number): Promise<number> {
     const len = data.length
     if (len === 0) return 0
     if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
-    return this.tx(() => {
-      const i = this.inode(ino)
-      if (isDir(i.mode)) throw fsErr('EISDIR')
-      this.data.write(ino, data, pos, added => {
+    if (this.readonly) throw fsErr('EROFS')
+    return await this.withInode(ino, async () => {
+      if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR')
+      await this.data.write(ino, data, pos, added => {
+        // inside the commit: the size as it is now
         const t = nowTime()
-        this.q.setSize.run(Math.max(i.size, pos + len), added, t.sec, t.nsec, t.sec, t.nsec, ino)
+        this.q.setSize.run(Math.max(this.inode(ino).size, pos + len), added, t.sec, t.nsec, t.sec, t.nsec, ino)
       })
       this.counters.writes++
       this.counters.bytesWritten += len
@@ -533,15 +594,16 @@ export class FolioFs {
     })
   }
 
-  truncate (ino: number, size: number): void {
+  async truncate (ino: number, size: number): Promise<void> {
     if (size < 0) throw fsErr('EINVAL')
     if (size > MAX_FILE_SIZE) throw fsErr('EFBIG')
-    this.tx(() => {
+    if (this.readonly) throw fsErr('EROFS')
+    await this.withInode(ino, async () => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
-      const freed = size < i.size ? this.data.truncate(ino, size) : 0
       const t = nowTime()
-      this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
+      if (size >= i.size) this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
+      else await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
     })
   }
 
@@ -598,7 +660,7 @@ export class FolioFs {
 
   statfs (): StatFs {
     const total = this.sb.capacityBlocks
-    const free = this.data.tree.alloc.free
+    const free = this.data.free
     const files = (this.q.countInodes.get() as number)
     const maxFiles = 1 << 30
     return {

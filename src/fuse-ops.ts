@@ -19,31 +19,36 @@ export interface OpsContext {
   extraStats: () => Record<string, unknown>
 }
 
-/** Run fn; reply cb(0, ...result) or cb(-errno). */
-function reply (name: string, cb: Cb, fn: () => unknown[] | void): void {
-  let res: unknown[] | void
+function fail (name: string, cb: Cb, err: unknown): void {
+  const n = toNegErrno(err)
+  if (n === -5) debug('%s: EIO from %o', name, err)
+  cb(n)
+}
+
+/** Run fn (sync or async); reply cb(0, ...result) or cb(-errno), exactly once. */
+function reply (name: string, cb: Cb, fn: () => unknown[] | void | Promise<unknown[] | void>): void {
+  let res: unknown[] | void | Promise<unknown[] | void>
   try {
     res = fn()
   } catch (err) {
-    const n = toNegErrno(err)
-    if (n === -5) debug('%s: EIO from %o', name, err)
-    cb(n)
+    fail(name, cb, err)
     return
   }
-  cb(0, ...(res ?? []))
+  if (res instanceof Promise) res.then(r => cb(0, ...(r ?? [])), err => fail(name, cb, err))
+  else cb(0, ...(res ?? []))
 }
 
 /** Like reply, but the result itself is the first callback argument (read/write/ioctl). */
-function replyValue (name: string, cb: Cb, fn: () => number): void {
-  let n: number
+function replyValue (name: string, cb: Cb, fn: () => number | Promise<number>): void {
+  let n: number | Promise<number>
   try {
     n = fn()
   } catch (err) {
-    const e = toNegErrno(err)
-    if (e === -5) debug('%s: EIO from %o', name, err)
-    n = e
+    fail(name, cb, err)
+    return
   }
-  cb(n)
+  if (n instanceof Promise) n.then(v => cb(v), err => fail(name, cb, err))
+  else cb(n)
 }
 
 export function makeOps (ctx: OpsContext): Record<string, Cb> {
@@ -72,13 +77,13 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       if ((fs.inode(i).mode & 0o170000) !== 0o040000) throw fsErr('ENOTDIR')
       return [fs.open(i, flags, true)]
     }),
-    releasedir: (_path: string, fd: number, cb: Cb) => reply('releasedir', cb, () => { fs.release(fd) }),
+    releasedir: (_path: string, fd: number, cb: Cb) => reply('releasedir', cb, async () => { await fs.release(fd) }),
     open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [fs.open(ino(path), flags)]),
     create: (path: string, mode: number, flags: number, cb: Cb) => reply('create', cb, () => {
       const i = fs.create(path, mode, creds())
       return [fs.open(i, flags)]
     }),
-    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, () => { fs.release(fd) }),
+    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, async () => { await fs.release(fd) }),
     flush: (_path: string, _fd: number, cb: Cb) => cb(0),
     fsync: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsync', cb, () => { fs.fsync() }),
     fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, () => { fs.fsync() }),
@@ -86,17 +91,17 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       replyValue('read', cb, () => fs.read(fileIno(path, fd), buf, len, pos)),
     write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       replyValue('write', cb, () => fs.write(fileIno(path, fd), buf.subarray(0, len), pos)),
-    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, () => { fs.truncate(ino(path), size) }),
+    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, async () => { await fs.truncate(ino(path), size) }),
     ftruncate: (path: string | null, fd: number, size: number, cb: Cb) =>
-      reply('ftruncate', cb, () => { fs.truncate(fileIno(path, fd), size) }),
+      reply('ftruncate', cb, async () => { await fs.truncate(fileIno(path, fd), size) }),
     utimens: (path: string | null, atime: Time, mtime: Time, cb: Cb) =>
       reply('utimens', cb, () => { fs.utimens(ino(path), atime, mtime) }),
     readlink: (path: string, cb: Cb) => reply('readlink', cb, () => [fs.readlink(path)]),
     chown: (path: string | null, uid: number, gid: number, cb: Cb) => reply('chown', cb, () => { fs.chown(ino(path), uid, gid) }),
     chmod: (path: string | null, mode: number, cb: Cb) => reply('chmod', cb, () => { fs.chmod(ino(path), mode) }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
-    unlink: (path: string, cb: Cb) => reply('unlink', cb, () => { fs.unlink(path) }),
-    rename: (src: string, dst: string, cb: Cb) => reply('rename', cb, () => { fs.rename(src, dst) }),
+    unlink: (path: string, cb: Cb) => reply('unlink', cb, async () => { await fs.unlink(path) }),
+    rename: (src: string, dst: string, cb: Cb) => reply('rename', cb, async () => { await fs.rename(src, dst) }),
     link: (src: string, dst: string, cb: Cb) => reply('link', cb, () => { fs.link(src, dst) }),
     symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => { fs.symlink(target, path, creds()) }),
     mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => { fs.mkdir(path, mode, creds()) }),

@@ -1,160 +1,172 @@
-// Free-space map and block allocator. Free space is a sorted list of
-// disjoint [start, start+len) ranges, persisted in the free_space table
-// (only changed rows are written, in the commit's SQLite transaction).
-// Allocation prefers the block right after the file's previous extent, then
-// the first range after that hint that fits, so files stay contiguous.
+// Free-space map and block allocator.
+//
+// Two range sets:
+//   avail   - what alloc() may hand out: free blocks minus every live
+//             transaction's reservations. In memory only.
+//   durable - exactly the rows of the free_space table (start INTEGER
+//             PRIMARY KEY, len): free as of the last committed transaction.
+//
+// A reservation (alloc) comes out of `avail` at once, so no two
+// transactions get the same blocks, but `durable` changes only when the
+// reserving transaction commits (commitUse). Persisting writes only the rows
+// of `durable` that changed, so one transaction's commit can never write
+// another's uncommitted reservation as used (a crash would leak it). A
+// transaction that restarts or ends without committing hands its
+// reservations back with unreserve().
+//
+// Blocks freed by a commit go to `durable` inside the commit and to `avail`
+// once the commit succeeded (committed()): until then they still hold live
+// data that the commit may roll back to.
+//
+// Invariant (verify): mapped blocks + durable.total = total, when no
+// commit is in flight; avail is durable minus outstanding reservations.
+//
+// Allocation prefers the block right after the file's previous extent
+// (hint), then the first range after the hint that fits, so files stay
+// contiguous; failing that, the longest range.
 import type Database from 'better-sqlite3'
+import { RangeSet, carve, merge, type Range } from './rangeset'
 
-export interface Range { pblk: number, len: number }
+export type { Range }
 
 export class Allocator {
-  private starts: number[] = []
-  private lens: number[] = []
-  private freeCount = 0
-  private readonly changed = new Set<number>()
+  private readonly avail = new RangeSet()
+  private readonly durable = new RangeSet(true)
   readonly total: number
+  private stmts: Record<'del' | 'put' | 'delMany' | 'putMany', Database.Statement> | null = null
 
-  constructor (total: number) {
+  private constructor (total: number) {
     this.total = total
   }
 
   static load (db: Database.Database, total: number, initialized: boolean): Allocator {
     const a = new Allocator(total)
     if (!initialized) {
-      a.insertRange(0, total)
-      a.freeCount = total
+      a.durable.insert(0, total)
+      a.avail.insert(0, total)
       return a
     }
     for (const r of db.prepare('SELECT start, len FROM free_space ORDER BY start').iterate() as Iterable<{ start: number, len: number }>) {
-      a.starts.push(r.start)
-      a.lens.push(r.len)
-      a.freeCount += r.len
+      a.durable.insert(r.start, r.len)
+      a.avail.insert(r.start, r.len)
     }
+    a.durable.changed?.clear()
     return a
   }
 
-  get free (): number { return this.freeCount }
-  get fragments (): number { return this.starts.length }
-
-  /** index of the last range with start <= pblk, or -1 */
-  private findLE (pblk: number): number {
-    let lo = 0
-    let hi = this.starts.length - 1
-    let ans = -1
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1
-      if (this.starts[mid] <= pblk) { ans = mid; lo = mid + 1 } else hi = mid - 1
-    }
-    return ans
-  }
-
-  private setRange (i: number, start: number, len: number): void {
-    this.changed.add(this.starts[i])
-    this.starts[i] = start
-    this.lens[i] = len
-    this.changed.add(start)
-  }
-
-  private removeRange (i: number): void {
-    this.changed.add(this.starts[i])
-    this.starts.splice(i, 1)
-    this.lens.splice(i, 1)
-  }
-
-  private insertRange (start: number, len: number): void {
-    const i = this.findLE(start) + 1
-    this.starts.splice(i, 0, start)
-    this.lens.splice(i, 0, len)
-    this.changed.add(start)
-  }
-
-  /** take [pblk, pblk+len) out of range i (which must contain it) */
-  private carve (i: number, pblk: number, len: number): Range {
-    const s = this.starts[i]
-    const l = this.lens[i]
-    const endR = s + l
-    if (pblk === s && len === l) this.removeRange(i)
-    else if (pblk === s) this.setRange(i, s + len, l - len)
-    else if (pblk + len === endR) this.setRange(i, s, l - len)
-    else {
-      this.setRange(i, s, pblk - s)
-      this.insertRange(pblk + len, endR - pblk - len)
-    }
-    this.freeCount -= len
-    return { pblk, len }
-  }
+  /** blocks that can be allocated now */
+  get free (): number { return this.avail.total }
+  /** blocks free as of the last commit (what the image says) */
+  get durableFree (): number { return this.durable.total }
+  /** free ranges (fragmentation) */
+  get fragments (): number { return this.durable.size }
 
   /**
-   * Allocate up to `want` contiguous blocks, preferring `hint`. Returns a
+   * Reserve up to `want` contiguous blocks, preferring `hint`. Returns a
    * shorter range when no free range is long enough; null when full.
    */
   alloc (want: number, hint = 0): Range | null {
-    if (want <= 0 || this.starts.length === 0) return null
+    const s = this.avail
+    if (want <= 0 || s.size === 0) return null
     hint = Math.max(0, Math.min(hint, this.total - 1))
-    const i = this.findLE(hint)
-    const atHint = i >= 0 && hint < this.starts[i] + this.lens[i] ? this.starts[i] + this.lens[i] - hint : 0
-    if (atHint >= want) return this.carve(i, hint, want)
-    let best = -1
-    const n = this.starts.length
-    for (let k = 0; k < n; k++) {
-      const j = (i + 1 + k) % n // first fit, scanning forward from the hint and wrapping
-      if (this.lens[j] >= want) return this.carve(j, this.starts[j], want)
-      if (best < 0 || this.lens[j] > this.lens[best]) best = j
+    const at = s.findLE(hint)
+    const atHint = at && hint < s.end(at) ? s.end(at) - hint : 0
+    let r: Range
+    if (atHint >= want) r = { pblk: hint, len: want }
+    else {
+      const fit = s.firstFit(at ? s.next(at) : s.first(), want)
+      if (fit) r = { pblk: s.start(fit), len: want }
+      else if (atHint > 0) r = { pblk: hint, len: atHint } // continue the file where it is
+      else {
+        const big = s.longest() as NonNullable<ReturnType<RangeSet['longest']>>
+        r = { pblk: s.start(big), len: s.len(big) }
+      }
     }
-    // nothing fits whole: continue the file where it is if possible, else the largest piece
-    if (atHint > 0) return this.carve(i, hint, atHint)
-    return this.carve(best, this.starts[best], this.lens[best])
+    carve(s, r.pblk, r.len)
+    return r
   }
 
-  /** take exactly [pblk, pblk+len), which must be free (undo of a release) */
-  take (pblk: number, len: number): void {
-    const i = this.findLE(pblk)
-    if (i < 0 || pblk + len > this.starts[i] + this.lens[i]) throw new Error(`take of [${pblk}, +${len}): not free`)
-    this.carve(i, pblk, len)
+  /** hand a reservation back (its transaction restarted or ended uncommitted) */
+  unreserve (r: Range): void {
+    this.mergeOrThrow(this.avail, r, 'unreserve')
   }
 
-  /** return [pblk, pblk+len) to the free map, merging with its neighbours */
-  release (pblk: number, len: number): void {
-    if (len <= 0) return
-    if (pblk < 0 || pblk + len > this.total) throw new Error(`free of [${pblk}, +${len}) outside the device`)
-    const i = this.findLE(pblk)
-    if (i >= 0 && this.starts[i] + this.lens[i] > pblk) throw new Error(`double free of block ${pblk}`)
-    if (i + 1 < this.starts.length && this.starts[i + 1] < pblk + len) throw new Error(`double free of block ${this.starts[i + 1]}`)
-    const mergeLeft = i >= 0 && this.starts[i] + this.lens[i] === pblk
-    const mergeRight = i + 1 < this.starts.length && this.starts[i + 1] === pblk + len
-    if (mergeLeft && mergeRight) {
-      this.setRange(i, this.starts[i], this.lens[i] + len + this.lens[i + 1])
-      this.removeRange(i + 1)
-    } else if (mergeLeft) {
-      this.setRange(i, this.starts[i], this.lens[i] + len)
-    } else if (mergeRight) {
-      this.setRange(i + 1, pblk, len + this.lens[i + 1])
-    } else {
-      this.insertRange(pblk, len)
-    }
-    this.freeCount += len
+  /** inside a commit: reserved blocks are now mapped */
+  commitUse (r: Range): void {
+    if (!carve(this.durable, r.pblk, r.len)) throw new Error(`commit of [${r.pblk}, +${r.len}): not free in the free-space map`)
   }
 
+  /** inside a commit: blocks no longer mapped */
+  commitFree (r: Range): void {
+    if (r.pblk < 0 || r.pblk + r.len > this.total) throw new Error(`free of [${r.pblk}, +${r.len}) outside the device`)
+    this.mergeOrThrow(this.durable, r, 'free')
+  }
+
+  /** undo commitUse/commitFree after the commit's SQLite transaction failed */
+  undoUse (r: Range): void { this.mergeOrThrow(this.durable, r, 'undo') }
+  undoFree (r: Range): void { carve(this.durable, r.pblk, r.len) }
+
+  /** the commit is in the image: its freed blocks may be handed out */
+  committed (freed: Range[]): void {
+    for (const r of freed) this.mergeOrThrow(this.avail, r, 'release')
+  }
+
+  private mergeOrThrow (s: RangeSet, r: Range, what: string): void {
+    if (r.len <= 0) return
+    const dup = merge(s, r.pblk, r.len)
+    if (dup >= 0) throw new Error(`${what} of [${r.pblk}, +${r.len}): block ${dup} is already free`)
+  }
+
+  /** is pblk free in the image (not mapped by a committed extent)? */
   isFree (pblk: number): boolean {
-    const i = this.findLE(pblk)
-    return i >= 0 && pblk < this.starts[i] + this.lens[i]
+    return this.durable.containing(pblk) !== null
   }
 
-  /** write changed rows (inside the caller's SQLite transaction) */
-  private stmts: { del: Database.Statement, put: Database.Statement } | null = null
+  /** the first block of [pblk, pblk+len) that is free in the image, or -1 */
+  firstFreeIn (pblk: number, len: number): number {
+    const d = this.durable
+    const a = d.findLE(pblk)
+    if (a && d.end(a) > pblk) return pblk
+    const b = a ? d.next(a) : d.first()
+    return b && d.start(b) < pblk + len ? d.start(b) : -1
+  }
 
+  /**
+   * Write the changed rows of `durable` (inside the commit's SQLite
+   * transaction). Many changes go as two statements over a JSON array
+   * (a truncate step changes thousands of rows; one statement per row
+   * cost more than the rest of the step).
+   */
   persist (db: Database.Database): void {
-    if (this.changed.size === 0) return
+    const changed = this.durable.changed as Set<number>
+    if (changed.size === 0) return
     this.stmts ??= {
       del: db.prepare('DELETE FROM free_space WHERE start = ?'),
-      put: db.prepare('INSERT OR REPLACE INTO free_space (start, len) VALUES (?, ?)')
+      put: db.prepare('INSERT OR REPLACE INTO free_space (start, len) VALUES (?, ?)'),
+      delMany: db.prepare('DELETE FROM free_space WHERE start IN (SELECT value FROM json_each(?))'),
+      putMany: db.prepare('INSERT OR REPLACE INTO free_space (start, len) SELECT value ->> 0, value ->> 1 FROM json_each(?)')
     }
-    const { del, put } = this.stmts
-    for (const s of this.changed) {
-      const i = this.findLE(s)
-      if (i >= 0 && this.starts[i] === s) put.run(s, this.lens[i])
-      else del.run(s)
+    const st = this.stmts
+    const dels: number[] = []
+    const puts: Array<[number, number]> = []
+    for (const s of changed) {
+      const a = this.durable.findLE(s)
+      if (a && this.durable.start(a) === s) puts.push([s, this.durable.len(a)])
+      else dels.push(s)
     }
-    this.changed.clear()
+    if (dels.length > 4) st.delMany.run(JSON.stringify(dels))
+    else for (const s of dels) st.del.run(s)
+    if (puts.length > 4) st.putMany.run(JSON.stringify(puts))
+    else for (const [s, l] of puts) st.put.run(s, l)
+  }
+
+  /** the SQLite transaction that persisted the changes committed */
+  persisted (): void {
+    this.durable.changed?.clear()
+  }
+
+  /** invariant violations of both sets (debug checks) */
+  check (): string[] {
+    return [...this.avail.check().map(e => `avail: ${e}`), ...this.durable.check().map(e => `durable: ${e}`)]
   }
 }

@@ -4,9 +4,7 @@
 export const RESTART_REASONS = [
   'relock', //           a dropped lock could not be re-taken: the node changed meanwhile
   'would_deadlock', //   a trylock failed; waiting while holding locks is forbidden
-  'too_many_paths', //   the transaction ran out of path slots
   'upgrade', //          intent -> write upgrade failed at commit
-  'drop_locks', //       a nonblocking step fell back to dropLocksDo and must redo its work
   'injected' //          fault injection
 ] as const
 
@@ -25,7 +23,9 @@ export const isRestart = (e: unknown): e is TransRestart => e instanceof TransRe
 
 export type BtreeErrCode =
   | 'lock_held_across_await' // debug check: a transaction awaited while holding node locks
-  | 'trans_misuse' //           API used out of order (e.g. update after commit)
+  | 'trans_misuse' //           API used out of order: tree access after a swallowed restart or
+  //                             inside dropLocksDo, a commit inside an outer SQLite transaction,
+  //                             a synchronous transaction while another holds locks
   | 'node_corrupt' //           a page failed its checksum or structure checks
   | 'restart_limit' //          a transaction restarted past the hard bound
 

@@ -47,6 +47,8 @@ export class BtreeNode {
   /** bumped on every write lock and unlock: odd while write locked */
   seq = 0
   dirty = false
+  /** transactions whose read set holds this node (the cache keeps pinned nodes) */
+  pins = 0
   /** node cache LRU clock */
   lastUse = 0
   readonly lock = new NodeLock()

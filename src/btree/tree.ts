@@ -1,11 +1,27 @@
-// The extent B-tree: nodes cached in memory (bounded, LRU over clean
-// unlocked nodes), persisted one page per row in btree_nodes; dirty nodes
-// are written in the same SQLite transaction as the commit that dirtied them.
+// The extent B-tree: its on-disk tables, meta, node cache, allocator,
+// statistics, fairness gate and structural verify().
+//
+// On disk (one SQLite database, the image):
+//   btree_nodes(id INTEGER PRIMARY KEY, page BLOB)  one node per row, page
+//                                                   format in node.ts
+//   btree_meta(key TEXT PRIMARY KEY, value INTEGER) root, height, next_id,
+//                                                   page_size, total_blocks
+//   free_space(start INTEGER PRIMARY KEY, len)      free block ranges,
+//                                                   disjoint, non-touching
+// Invariants: every node row is reachable from the root exactly once; all
+// leaves are at level 0 and the root at height-1; blocks mapped by extents
+// plus free_space lengths add up to total_blocks; a mapped block is never
+// in free_space. All three tables change only inside a commit's SQLite
+// transaction (trans.ts), so the image always holds one committed state.
+//
+// Transactions live in trans.ts (which imports this file, never the other
+// way round).
 import type Database from 'better-sqlite3'
 import { Allocator } from './alloc'
+import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
-import { BtreeNode, cmpPos, deserializeNode, interiorCapacity, leafCapacity, serializeNode, type Extent, type Pos } from './node'
-import { BtreeTrans } from './trans'
+import type { LockOwner } from './locks'
+import { BtreeNode, cmpPos, interiorCapacity, leafCapacity, type Extent, type Pos } from './node'
 
 export const BTREE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS btree_nodes (id INTEGER PRIMARY KEY, page BLOB NOT NULL);
@@ -32,87 +48,23 @@ export interface TreeOptions {
 
 export interface TreeStats {
   transactions: number
+  /** lockrestartDo steps run (a walk is many steps of one transaction) */
+  steps: number
   commits: number
+  /** restarts by reason, all transactions, ever */
   restarts: Record<RestartReason, number>
+  /** most restarts one step needed */
   maxRestartsOneTrans: number
   dropLocks: number
+  /** nonblockingOrDrop fell back to its blocking step */
+  slowpath: number
+  /** longest synchronous stretch of one step, ms (body up to its first await, commit) */
+  maxStepMs: number
   lockHeldAcrossAwait: number
   serializedTransactions: number
   nodeReads: number
   nodeWrites: number
   cachedNodes: number
-}
-
-export class NodeCache {
-  private readonly nodes = new Map<number, BtreeNode>()
-  private readonly get1: Database.Statement
-  private readonly put1: Database.Statement
-  private readonly del1: Database.Statement
-  private tick = 0
-  reads = 0
-  writes = 0
-
-  constructor (private readonly db: Database.Database, readonly pageSize: number, readonly maxNodes: number) {
-    this.get1 = db.prepare('SELECT page FROM btree_nodes WHERE id = ?').pluck()
-    this.put1 = db.prepare('INSERT OR REPLACE INTO btree_nodes (id, page) VALUES (?, ?)')
-    this.del1 = db.prepare('DELETE FROM btree_nodes WHERE id = ?')
-  }
-
-  /** the cached node object, if any (relock compares identity) */
-  peek (id: number): BtreeNode | undefined { return this.nodes.get(id) }
-
-  get (id: number): BtreeNode {
-    let n = this.nodes.get(id)
-    if (n) {
-      n.lastUse = ++this.tick
-      return n
-    }
-    const page = this.get1.get(id) as Buffer | undefined
-    if (!page) throw new BtreeError('node_corrupt', `node ${id} is referenced but missing`)
-    n = deserializeNode(id, page, this.pageSize)
-    n.lastUse = ++this.tick
-    this.reads++
-    this.nodes.set(id, n)
-    if (this.nodes.size > this.maxNodes) this.evict()
-    return n
-  }
-
-  add (n: BtreeNode): void {
-    n.lastUse = ++this.tick
-    this.nodes.set(n.id, n)
-  }
-
-  drop (id: number): void {
-    this.nodes.delete(id)
-  }
-
-  /** enforce the bound (after a commit created or cleaned nodes) */
-  trim (): void {
-    if (this.nodes.size > this.maxNodes) this.evict()
-  }
-
-  /** drop the least recently used clean, unlocked nodes down to 7/8 of the bound */
-  private evict (): void {
-    const victims = [...this.nodes.values()].filter(n => !n.dirty && !n.lock.held()).sort((a, b) => a.lastUse - b.lastUse)
-    const target = Math.floor(this.maxNodes * 7 / 8)
-    for (const n of victims) {
-      if (this.nodes.size <= target) break
-      this.nodes.delete(n.id)
-    }
-  }
-
-  write (n: BtreeNode): void {
-    this.put1.run(n.id, serializeNode(n, this.pageSize))
-    n.dirty = false
-    this.writes++
-  }
-
-  /** delete a freed node's row (inside the commit's SQLite transaction) */
-  erase (id: number): void {
-    this.del1.run(id)
-  }
-
-  get size (): number { return this.nodes.size }
 }
 
 interface Meta { rootId: number, height: number, nextId: number }
@@ -124,12 +76,12 @@ export class ExtentTree {
   readonly alloc: Allocator
   readonly opts: Required<Omit<TreeOptions, 'random'>> & { random: () => number }
   meta: Meta
-  /** bumped whenever the root pointer changes */
-  rootSeq = 0
   private nextTransId = 1
   readonly stats: TreeStats
+  /** transactions that hold node locks right now (a synchronous transaction may not start then) */
+  lockHolders = 0
   /** fairness: a transaction that restarted too often runs alone */
-  serialHolder: BtreeTrans | null = null
+  serialHolder: LockOwner | null = null
   private serialWaiters: Array<() => void> = []
 
   private constructor (db: Database.Database, opts: TreeOptions) {
@@ -148,7 +100,7 @@ export class ExtentTree {
     this.cache = new NodeCache(db, this.pageSize, this.opts.cacheNodes)
     const restarts = Object.fromEntries(RESTART_REASONS.map(r => [r, 0])) as Record<RestartReason, number>
     this.stats = {
-      transactions: 0, commits: 0, restarts, maxRestartsOneTrans: 0, dropLocks: 0, lockHeldAcrossAwait: 0,
+      transactions: 0, steps: 0, commits: 0, restarts, maxRestartsOneTrans: 0, dropLocks: 0, slowpath: 0, maxStepMs: 0, lockHeldAcrossAwait: 0,
       serializedTransactions: 0, nodeReads: 0, nodeWrites: 0, cachedNodes: 0
     }
     const m = this.readMeta()
@@ -212,9 +164,10 @@ export class ExtentTree {
     this.written = null
   }
 
-  trans (): BtreeTrans {
+  /** id for a new transaction (trans.ts) */
+  newTransId (): number {
     this.stats.transactions++
-    return new BtreeTrans(this, this.nextTransId++)
+    return this.nextTransId++
   }
 
   newNode (level: number): BtreeNode {
@@ -228,20 +181,20 @@ export class ExtentTree {
     this.stats.restarts[reason]++
   }
 
-  async waitSerial (trans: BtreeTrans): Promise<void> {
+  async waitSerial (trans: LockOwner): Promise<void> {
     while (this.serialHolder !== null && this.serialHolder !== trans) {
       await new Promise<void>(resolve => this.serialWaiters.push(resolve))
     }
   }
 
-  takeSerial (trans: BtreeTrans): void {
+  takeSerial (trans: LockOwner): void {
     if (this.serialHolder === null) {
       this.serialHolder = trans
       this.stats.serializedTransactions++
     }
   }
 
-  releaseSerial (trans: BtreeTrans): void {
+  releaseSerial (trans: LockOwner): void {
     if (this.serialHolder !== trans) return
     this.serialHolder = null
     const w = this.serialWaiters
@@ -277,9 +230,8 @@ export class ExtentTree {
           if (prev && cmpPos(prev, e) >= 0) errors.push(`node ${id}: keys out of order at ${e.ino}:${e.off}`)
           if (prev && prev.ino === e.ino && prev.off + prev.len > e.off) errors.push(`extents overlap at ${e.ino}:${e.off}`)
           if (e.len <= 0) errors.push(`extent ${e.ino}:${e.off} has length ${e.len}`)
-          for (let b = 0; b < e.len; b++) {
-            if (this.alloc.isFree(e.pblk + b)) { errors.push(`extent ${e.ino}:${e.off} maps free block ${e.pblk + b}`); break }
-          }
+          const f = this.alloc.firstFreeIn(e.pblk, e.len)
+          if (f >= 0) errors.push(`extent ${e.ino}:${e.off} maps free block ${f}`)
           mapped += e.len
           prev = e
         }
@@ -292,8 +244,21 @@ export class ExtentTree {
     walk(this.meta.rootId, this.meta.height - 1, null, null, true)
     const rows = this.db.prepare('SELECT id FROM btree_nodes').pluck().all() as number[]
     for (const id of rows) if (!seen.has(id)) errors.push(`node ${id} stored but unreachable`)
-    if (mapped + this.alloc.free > this.alloc.total) errors.push(`space accounting: ${mapped} mapped + ${this.alloc.free} free > ${this.alloc.total}`)
+    const free = this.alloc.durableFree
+    if (mapped + free !== this.alloc.total) errors.push(`space accounting: ${mapped} mapped + ${free} free != ${this.alloc.total}`)
+    for (const e of this.alloc.check()) errors.push(`free space: ${e}`)
+    this.cache.trim()
     return errors
+  }
+
+  /** blocks mapped by committed extents */
+  usedBlocks (): number {
+    return this.alloc.total - this.alloc.durableFree
+  }
+
+  /** shape of the tree and free space (stats) */
+  summary (): { height: number, nodes: number, freeFragments: number, freeBlocks: number } {
+    return { height: this.meta.height, nodes: this.cache.stored(), freeFragments: this.alloc.fragments, freeBlocks: this.alloc.free }
   }
 
   snapshotStats (): TreeStats {
