@@ -169,10 +169,12 @@ export class Applier {
     const parent = stack[k - 1].node
     const pi = stack[k - 1].idx
     if (node.count === 0) {
-      // an empty node just leaves its parent (also when it is an only child;
-      // keys[0] of a node is never used for routing, so no separator to fix)
+      // an empty node just leaves its parent (also when it is an only
+      // child). Removing child 0 keeps keys[0]: it is the parent's lower
+      // bound, and keys routed to the parent below the next separator land
+      // in the new child 0 (raising keys[0] broke key order at the next split)
       this.mutate(parent)
-      parent.keys.splice(pi, 1)
+      parent.keys.splice(pi === 0 && parent.keys.length > 1 ? 1 : pi, 1)
       parent.children.splice(pi, 1)
       this.freeNode(node)
       this.rebalance(stack, k - 1)

@@ -237,8 +237,12 @@ export class ExtentTree {
         }
         return
       }
+      if (n.keys.length !== n.children.length) errors.push(`node ${id}: ${n.keys.length} keys for ${n.children.length} children`)
+      for (let i = 1; i < n.keys.length; i++) if (cmpPos(n.keys[i - 1], n.keys[i]) >= 0) errors.push(`node ${id}: separators out of order at ${i}`)
+      // keys[0] bounds child 0 from below too (except in the root, where it is -infinity)
+      if (!isRoot && lo && cmpPos(n.keys[0], lo) < 0) errors.push(`node ${id}: first separator below its parent's`)
       for (let i = 0; i < n.children.length; i++) {
-        walk(n.children[i], level - 1, i === 0 ? lo : n.keys[i], i + 1 < n.keys.length ? n.keys[i + 1] : hi, false)
+        walk(n.children[i], level - 1, i === 0 ? (isRoot ? lo : n.keys[0]) : n.keys[i], i + 1 < n.keys.length ? n.keys[i + 1] : hi, false)
       }
     }
     walk(this.meta.rootId, this.meta.height - 1, null, null, true)

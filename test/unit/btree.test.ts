@@ -94,9 +94,10 @@ test('allocation continues the file: an append takes the block after its last ex
   assert.equal(dump(tree, 15).length, 1, 'contiguous appends merge into one extent')
 })
 
-for (const seed of [1234, 5, 77, 2026]) test(`randomized (seed ${seed}): thousands of ops match a block map model, with reopen in the middle`, () => {
+const RANDOMIZED: Array<[number, number]> = [[1234, 4096], [5, 4096], [77, 4096], [2026, 4096], [77, 8], [2026, 8]]
+for (const [seed, cacheNodes] of RANDOMIZED) test(`randomized (seed ${seed}, ${cacheNodes}-node cache): thousands of ops match a block map model, with reopen in the middle`, () => {
   const file = path.join(tmpdir(), 't.db')
-  let { db, tree } = openTree(file)
+  let { db, tree } = openTree(file, { cacheNodes })
   const model = new Map<string, { pblk: number, flags: number }>() // "ino:off" -> block
   const r = rng(seed)
   const inos = [1, 2, 3, 5, 8]
@@ -169,7 +170,7 @@ for (const seed of [1234, 5, 77, 2026]) test(`randomized (seed ${seed}): thousan
     if (k % 500 === 499) check()
     if (k === 1500) {
       db.close()
-      ;({ db, tree } = openTree(file))
+      ;({ db, tree } = openTree(file, { cacheNodes }))
       check()
     }
   }
@@ -178,6 +179,51 @@ for (const seed of [1234, 5, 77, 2026]) test(`randomized (seed ${seed}): thousan
   model.clear()
   check()
   assert.equal(tree.meta.height, 1)
+  db.close()
+})
+
+for (const [seed, cacheNodes] of [[11, 4096], [12, 8]] as Array<[number, number]>) test(`randomized huge commits (seed ${seed}, ${cacheNodes}-node cache): hundreds of queued updates per commit match the model`, () => {
+  const file = path.join(tmpdir(), 't.db')
+  let { db, tree } = openTree(file, { cacheNodes, debugChecks: false })
+  let model = new Map<string, number>() // "ino:off" -> pblk
+  const r = rng(seed)
+  const inos = [1, 2, 3]
+  for (let c = 0; c < 24; c++) {
+    const next = new Map(model)
+    lockrestartDoSync(transGet(tree), t => {
+      next.clear()
+      for (const [k, v] of model) next.set(k, v)
+      for (let k = 0; k < 400; k++) {
+        const ino = inos[Math.floor(r() * inos.length)]
+        const off = Math.floor(r() * 4000)
+        const len = 1 + Math.floor(r() * 40)
+        if (r() < 0.6) {
+          for (let done = 0; done < len;) {
+            const a = t.alloc(len - done, r() < 0.7 ? t.allocHint(ino, off + done) : Math.floor(r() * (1 << 20)))
+            assert.ok(a)
+            t.insertExtent({ ino, off: off + done, len: a.len, pblk: a.pblk, flags: 0 })
+            for (let b = 0; b < a.len; b++) next.set(`${ino}:${off + done + b}`, a.pblk + b)
+            done += a.len
+          }
+        } else {
+          t.deleteRange(ino, off, off + len)
+          for (let b = off; b < off + len; b++) next.delete(`${ino}:${b}`)
+        }
+      }
+      t.commit()
+    })
+    model = next
+    if (c % 6 === 5) { db.close(); ({ db, tree } = openTree(file, { cacheNodes, debugChecks: false })) }
+    let mapped = 0
+    for (const ino of inos) {
+      for (const e of dump(tree, ino)) {
+        for (let b = 0; b < e.len; b++) assert.equal(model.get(`${ino}:${e.off + b}`), e.pblk + b, `block ${ino}:${e.off + b}`)
+        mapped += e.len
+      }
+    }
+    assert.equal(mapped, model.size)
+    assert.deepEqual(tree.verify(), [])
+  }
   db.close()
 })
 
