@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import * as path from 'path'
 import { mkfs, openImage } from '../../src/image'
 import { FolioFs } from '../../src/fs'
+import { fsck } from '../../src/fsck'
 import { FsError } from '../../src/errno'
 import { rng, tmpdir } from './helpers'
 
@@ -107,4 +108,38 @@ test('ENOSPC refuses the whole write and keeps the accounting right', async () =
   await fs.truncate(ino, 0)
   assert.equal(fs.used, 0)
   fs.close()
+})
+
+test('a truncate or unlink interrupted by a crash between its steps is finished at the next mount', async () => {
+  const { img, fs } = fresh(1 << 30)
+  const a = fs.create('/a', 0o644, root)
+  const b = fs.create('/b', 0o644, root)
+  const n = 2500 // one-block extents with holes between them: several truncate steps
+  const block = Buffer.alloc(4096, 9)
+  for (let k = 0; k < n; k++) { await fs.write(a, block, k * 8192); await fs.write(b, block, k * 8192) }
+  // crash right after the first step of the truncate (the next step finds the image closed)
+  const t = fs.truncate(a, 100 * 8192)
+  setImmediate(() => fs.db.close())
+  await assert.rejects(t)
+  const interrupted = async (ino: number, more: number): Promise<void> => { // a read-only open does not recover
+    const ro = new FolioFs(openImage(img, { readonly: true }))
+    assert.ok((await ro.data.extents(ino)).length > more, 'the crash left work for recovery')
+    ro.close()
+  }
+  await interrupted(a, 100)
+  let again = new FolioFs(openImage(img))
+  assert.equal(again.stat(a).size, 100 * 8192)
+  assert.equal(again.stat(a).blocks, 100 * 8)
+  assert.equal((await again.data.extents(a)).length, 100)
+  // the same for an unlink: the first step commits, the rest is left to recovery
+  const u = again.unlink('/b')
+  setImmediate(() => again.db.close())
+  await assert.rejects(u)
+  await interrupted(b, 0)
+  again = new FolioFs(openImage(img))
+  assert.equal(code(() => again.stat(b)), 'ENOENT')
+  assert.equal((await again.data.extents(b)).length, 0)
+  assert.equal(again.used, 100)
+  again.close()
+  assert.deepEqual(fsck(img).errors, [])
 })
