@@ -80,6 +80,19 @@ export function preflight (image: string, mountpoint: string): void {
   img.db.close()
 }
 
+/**
+ * The libfuse options foliofs mounts with (also used by the benchmark's
+ * in-memory ceiling filesystem, so both run with the same options).
+ */
+export function fuseExtraOptions (opts: MountOptions): string[] {
+  const extra = ['big_writes', 'use_ino', 'default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
+  // libfuse's high-level API gives each hard link its own kernel inode: cached
+  // attributes (nlink, size) of one name would go stale when another changes
+  if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=0')
+  if (opts.readonly) extra.push('ro')
+  return extra
+}
+
 type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
 
 /** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
@@ -106,11 +119,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     cb(0)
     setImmediate(() => sessionEnded())
   }
-  const extra = ['big_writes', 'use_ino', 'default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
-  // libfuse's high-level API gives each hard link its own kernel inode: cached
-  // attributes (nlink, size) of one name would go stale when another changes
-  if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=0')
-  if (opts.readonly) extra.push('ro')
+  const extra = fuseExtraOptions(opts)
   const fuse = new Fuse(mountpoint, ops, {
     fsname: image.replace(/,/g, '_'),
     allowOther: opts.allowOther || process.getuid?.() === 0,
