@@ -42,8 +42,8 @@ export class FileData {
 
   /** blocks mapped by committed extents */
   get used (): number { return this.tree.usedBlocks() }
-  /** blocks that can be allocated now */
-  get free (): number { return this.tree.alloc.free }
+  /** free blocks (statfs): allocatable now, or after the checkpoint an allocation runs when it needs them */
+  get free (): number { return this.tree.alloc.free + this.tree.alloc.pending }
   get stats (): TreeStats { return this.tree.snapshotStats() }
 
   /** shape of the tree and free space, for `foliofs stats` */
@@ -52,6 +52,23 @@ export class FileData {
   }
 
   /** delete the block rows of freed ranges: short ranges in one statement, long ones by range */
+  /**
+   * Make every commit durable (sync the WAL by a checkpoint), so blocks freed
+   * by them may be reused. Synchronous; no SQLite transaction may be open.
+   */
+  checkpoint (): void {
+    this.db.pragma('wal_checkpoint(PASSIVE)')
+    this.tree.markDurable()
+  }
+
+  /** reserve up to want blocks; when the device is full only because frees are not durable yet, checkpoint and retry */
+  private allocOrReclaim (t: BtreeTrans, want: number, hint: number): Range | null {
+    const r = t.alloc(want, hint)
+    if (r !== null || this.tree.alloc.pending === 0) return r
+    this.checkpoint()
+    return t.alloc(want, hint)
+  }
+
   private dropRows (freed: Range[]): void {
     const single: number[] = []
     for (const r of freed) {
@@ -106,7 +123,7 @@ export class FileData {
         while (end <= last && !map.has(end)) end++
         let hint = t.allocHint(ino, b)
         for (let cur = b; cur < end;) {
-          const r = t.alloc(end - cur, hint)
+          const r = this.allocOrReclaim(t, end - cur, hint)
           if (!r) throw fsErr('ENOSPC')
           t.insertExtent({ ino, off: cur, len: r.len, pblk: r.pblk, flags: EXT_WRITTEN })
           for (let k = 0; k < r.len; k++) { map.set(cur + k, r.pblk + k); fresh.add(cur + k) }

@@ -610,7 +610,7 @@ export class FolioFs {
   /** Make everything committed so far durable (WAL synced and checkpointed). */
   fsync (): void {
     this.counters.fsyncs++
-    if (!this.readonly) this.db.pragma('wal_checkpoint(PASSIVE)')
+    if (!this.readonly) this.data.checkpoint()
   }
 
   // ---- extended attributes -------------------------------------------

@@ -14,9 +14,11 @@
 // transaction that restarts or ends without committing hands its
 // reservations back with unreserve().
 //
-// Blocks freed by a commit go to `durable` inside the commit and to `avail`
-// once the commit succeeded (committed()): until then they still hold live
-// data that the commit may roll back to.
+// Blocks freed by a commit go to `durable` inside the commit, then wait in
+// `pendingFree` until the commit is durable (markDurable(), after a WAL
+// sync): until then a crash brings back the mapping that points at them,
+// so their old contents must not be overwritten. Only then are they in
+// `avail` again.
 //
 // Invariant (verify): mapped blocks + durable.total = total, when no
 // commit is in flight; avail is durable minus outstanding reservations.
@@ -32,6 +34,9 @@ export type { Range }
 export class Allocator {
   private readonly avail = new RangeSet()
   private readonly durable = new RangeSet(true)
+  /** freed by commits that may not be durable yet */
+  private pendingFree: Range[] = []
+  private pendingBlocks = 0
   readonly total: number
   private stmts: Record<'del' | 'put' | 'delMany' | 'putMany', Database.Statement> | null = null
 
@@ -56,6 +61,8 @@ export class Allocator {
 
   /** blocks that can be allocated now */
   get free (): number { return this.avail.total }
+  /** blocks freed by commits that are not known durable yet (free after the next markDurable) */
+  get pending (): number { return this.pendingBlocks }
   /** blocks free as of the last commit (what the image says) */
   get durableFree (): number { return this.durable.total }
   /** free ranges (fragmentation) */
@@ -106,9 +113,16 @@ export class Allocator {
   undoUse (r: Range): void { this.mergeOrThrow(this.durable, r, 'undo') }
   undoFree (r: Range): void { carve(this.durable, r.pblk, r.len) }
 
-  /** the commit is in the image: its freed blocks may be handed out */
+  /** the commit is in the image (not necessarily durable): its freed blocks wait for markDurable */
   committed (freed: Range[]): void {
-    for (const r of freed) this.mergeOrThrow(this.avail, r, 'release')
+    for (const r of freed) { this.pendingFree.push(r); this.pendingBlocks += r.len }
+  }
+
+  /** every commit so far is durable: blocks they freed may be handed out */
+  markDurable (): void {
+    for (const r of this.pendingFree) this.mergeOrThrow(this.avail, r, 'release')
+    this.pendingFree = []
+    this.pendingBlocks = 0
   }
 
   private mergeOrThrow (s: RangeSet, r: Range, what: string): void {

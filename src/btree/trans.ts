@@ -66,6 +66,8 @@ export class BtreeTrans implements LockOwner {
   private locksTaken = false
   private ops: ExtentOp[] = []
   private reserved: Range[] = []
+  /** reservations made by an earlier step and handed to this one (adopt) */
+  private adopted: Range[] = []
   private lockEpoch = 0
   private poisoned: BtreeError | null = null
   /** the reason of a restart this transaction raised and nobody has handled yet */
@@ -223,6 +225,7 @@ export class BtreeTrans implements LockOwner {
     this.ops = []
     for (const r of this.reserved) this.tree.alloc.unreserve(r)
     this.reserved = []
+    this.adopted = [] // still the caller's: it adopts them again on a retry, or unreserves them
   }
 
   /** count a restart of the current step; serialize or fail past the bounds */
@@ -285,6 +288,24 @@ export class BtreeTrans implements LockOwner {
     return r
   }
 
+  /**
+   * Hand this step's reservations to the caller: they outlive the step and
+   * stay out of `avail` until a later step adopt()s and commits them, or
+   * the caller gives them back with unreserve(). Call it last in a body
+   * (a restart before it returns still hands them back).
+   */
+  detachReserved (): Range[] {
+    const r = this.reserved
+    this.reserved = []
+    return r
+  }
+
+  /** Take over reservations a detachReserved() returned; the commit makes them durable. */
+  adoptReserved (rs: Range[]): void {
+    this.checkUsable()
+    for (const r of rs) this.adopted.push(r)
+  }
+
   // ---- updates ---------------------------------------------------------
 
   /** intent-lock the path to pos (conflicts surface now, not at commit) */
@@ -333,6 +354,7 @@ export class BtreeTrans implements LockOwner {
       tree.db.transaction(() => {
         ap.persist()
         for (const r of this.reserved) { alloc.commitUse(r); used.push(r) }
+        for (const r of this.adopted) { alloc.commitUse(r); used.push(r) }
         for (const r of freed) { alloc.commitFree(r); released.push(r) }
         alloc.persist(tree.db)
         if (hook) hook(freed)
@@ -346,8 +368,10 @@ export class BtreeTrans implements LockOwner {
     }
     alloc.persisted()
     alloc.committed(freed)
+    if (tree.commitsDurable) alloc.markDurable()
     ap.finish()
     this.reserved = [] // owned by committed extents now
+    this.adopted = []
     this.ops = []
     this.reset()
     tree.cache.trim()

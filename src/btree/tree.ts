@@ -44,6 +44,13 @@ export interface TreeOptions {
   injectMaxPerTrans?: number
   /** PRNG for injection (tests pass a seeded one) */
   random?: () => number
+  /**
+   * Treat every commit as durable (reuse freed blocks at once). Default:
+   * asked from SQLite (false in WAL mode unless synchronous=FULL, which
+   * better-sqlite3's WAL default is not). Only for owners that never read
+   * a crashed image back (tests of the tree alone, benchmarks).
+   */
+  commitsDurable?: boolean
 }
 
 export interface TreeStats {
@@ -74,12 +81,18 @@ export class ExtentTree {
   readonly pageSize: number
   readonly cache: NodeCache
   readonly alloc: Allocator
-  readonly opts: Required<Omit<TreeOptions, 'random'>> & { random: () => number }
+  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable'>> & { random: () => number }
   meta: Meta
   private nextTransId = 1
   readonly stats: TreeStats
   /** transactions that hold node locks right now (a synchronous transaction may not start then) */
   lockHolders = 0
+  /**
+   * Is every commit durable when it returns? Not in WAL mode with
+   * synchronous=NORMAL (the mounted filesystem): there the owner calls
+   * markDurable() after a WAL sync, and blocks freed by commits wait for it.
+   */
+  readonly commitsDurable: boolean
   /** fairness: a transaction that restarted too often runs alone */
   serialHolder: LockOwner | null = null
   private serialWaiters: Array<() => void> = []
@@ -97,6 +110,8 @@ export class ExtentTree {
       random: opts.random ?? Math.random
     }
     this.pageSize = this.opts.pageSize
+    const wal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal'
+    this.commitsDurable = opts.commitsDurable ?? (!wal || Number(db.pragma('synchronous', { simple: true })) >= 2)
     this.cache = new NodeCache(db, this.pageSize, this.opts.cacheNodes)
     const restarts = Object.fromEntries(RESTART_REASONS.map(r => [r, 0])) as Record<RestartReason, number>
     this.stats = {
@@ -253,6 +268,11 @@ export class ExtentTree {
     for (const e of this.alloc.check()) errors.push(`free space: ${e}`)
     this.cache.trim()
     return errors
+  }
+
+  /** the owner synced the WAL: everything committed so far is durable */
+  markDurable (): void {
+    this.alloc.markDurable()
   }
 
   /** blocks mapped by committed extents */

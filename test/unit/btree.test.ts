@@ -9,7 +9,7 @@ import { rng, tmpdir } from './helpers'
 function openTree (file: string, opts: TreeOptions = {}): { db: Database.Database, tree: ExtentTree } {
   const db = new Database(file)
   db.pragma('journal_mode = WAL')
-  return { db, tree: ExtentTree.open(db, { pageSize: 256, totalBlocks: 1 << 20, debugChecks: true, ...opts }) }
+  return { db, tree: ExtentTree.open(db, { pageSize: 256, totalBlocks: 1 << 20, debugChecks: true, commitsDurable: true, ...opts }) }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
@@ -377,6 +377,18 @@ test('the node cache stays within its bound and reloads evicted nodes from their
   assert.ok(s.nodeReads > 0, 'evicted nodes were read back from SQLite')
   assert.deepEqual(tree.verify(), [])
   db.close()
+})
+
+test('blocks freed by a commit are reused only once the commits are durable', () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'), { commitsDurable: false, totalBlocks: 64 })
+  writeRange(tree, 1, 0, 64) // the whole device
+  punch(tree, 1, 0, 16)
+  assert.equal(tree.alloc.free, 0, 'freed, but the freeing commit may not be durable yet')
+  assert.equal(tree.alloc.pending, 16)
+  assert.equal(lockrestartDoSync(transGet(tree), t => t.alloc(1, 0)), null)
+  tree.markDurable()
+  assert.equal(tree.alloc.free, 16)
+  assert.deepEqual(tree.verify(), [])
 })
 
 test('a commit that fails in SQLite leaves tree, allocator and image unchanged', () => {

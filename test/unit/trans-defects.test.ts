@@ -12,7 +12,7 @@ import { tmpdir } from './helpers'
 function openTree (file: string, opts: TreeOptions = {}): { db: Database.Database, tree: ExtentTree } {
   const db = new Database(file)
   db.pragma('journal_mode = WAL')
-  return { db, tree: ExtentTree.open(db, { pageSize: 256, totalBlocks: 1 << 20, debugChecks: true, ...opts }) }
+  return { db, tree: ExtentTree.open(db, { pageSize: 256, totalBlocks: 1 << 20, debugChecks: true, commitsDurable: true, ...opts }) }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
