@@ -226,8 +226,7 @@ async function main (argv: string[]): Promise<number> {
       const p = parseArgs(rest, [])
       need('fsck', p, 1, [])
       const shown = progress(`fsck ${p.pos[0]}`)
-      let report
-      try { report = fsck(p.pos[0], shown.update) } finally { shown.end() }
+      const report = ended(() => fsck(p.pos[0], shown.update), shown.end)
       for (const line of report.errors) console.log(`error: ${line}`)
       console.log(`foliofs fsck ${p.pos[0]}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} data blocks, ${report.errors.length} errors`)
       return report.errors.length ? EXIT.FSCK_ERRORS : 0
