@@ -1,4 +1,4 @@
-// foliofs command line: mkfs, mount, umount, fsck, stats.
+// foliofs command line: mkfs, mount, umount, fsck, stats, help, --version.
 import * as fs from 'fs'
 import * as path from 'path'
 import { execFileSync } from 'child_process'
@@ -7,15 +7,103 @@ import { fsck } from './fsck'
 import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, runDir } from './mounts'
 import { FolioFs } from './fs'
+import { progress } from './progress'
+
+/** Run fn, then end (also when fn throws). */
+function ended<T> (fn: () => T, end: () => void): T {
+  try { return fn() } finally { end() }
+}
+
+function words (key: string): string {
+  return key.replace(/([a-z])([A-Z])/g, '$1 $2').replace(/_/g, ' ').toLowerCase()
+}
+
+function bytes (n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let k = 0
+  while (n >= 1024 && k < units.length - 1) { n /= 1024; k++ }
+  return `${k ? n.toFixed(1) : n} ${units[k]}`
+}
+
+/** `foliofs stats` as a two-column table; nested objects become indented sections. */
+function table (o: Record<string, unknown>, indent = ''): string[] {
+  const keys = Object.keys(o)
+  const width = Math.max(0, ...keys.map(k => words(k).length)) + 2
+  const rows: string[] = []
+  const blockSize = typeof o.blockSize === 'number' ? o.blockSize : 0
+  for (const k of keys) {
+    const v = o[k]
+    if (v !== null && typeof v === 'object') {
+      rows.push(`${indent}${words(k)}`, ...table(v as Record<string, unknown>, indent + '  '))
+      continue
+    }
+    let text = typeof v === 'boolean' ? (v ? 'yes' : 'no') : String(v)
+    if (blockSize && typeof v === 'number' && k === 'capacityBlocks') text += `  (${bytes(v * blockSize)})`
+    if (blockSize && typeof v === 'number' && k === 'usedBlocks' && typeof o.capacityBlocks === 'number') {
+      text += `  (${bytes(v * blockSize)}, ${(100 * v / o.capacityBlocks).toFixed(1)}%)`
+    }
+    rows.push(`${indent}${words(k).padEnd(width)}${text}`)
+  }
+  return rows
+}
+
+const MOUNT_OPTIONS = `mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, attr_timeout=S, entry_timeout=S, debug,
+  inject_restarts=P (fault injection: B-tree transaction restarts with probability P), debug_checks`
+
+/** Each command's one-line synopsis and what `foliofs help COMMAND` adds to it. */
+const COMMANDS: Record<string, { usage: string, help: string }> = {
+  mkfs: {
+    usage: 'foliofs mkfs [--size SIZE] [--label LABEL] [--force] IMAGE',
+    help: `Create an empty foliofs image. SIZE is the logical capacity (default 8G;
+suffixes K, M, G, T); --force replaces an existing file. Shows its progress
+on stderr when that is a terminal.`
+  },
+  mount: {
+    usage: 'foliofs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground] [--log FILE]',
+    help: `Mount IMAGE on MOUNTPOINT. Returns once the mount is live; a supervisor
+keeps the FUSE worker running in the background (log: /run/foliofs/, or
+--log FILE). --foreground (-f) runs the worker in the terminal until it is
+unmounted or gets SIGINT/SIGTERM.
+${MOUNT_OPTIONS}`
+  },
+  umount: {
+    usage: 'foliofs umount [--lazy] MOUNTPOINT',
+    help: `Unmount like umount(8): a busy filesystem is refused (exit 6); waits for
+the daemon to close the image. --lazy detaches at once; the daemon exits
+after the last open file is closed.`
+  },
+  fsck: {
+    usage: 'foliofs fsck IMAGE',
+    help: `Check an unmounted image read-only: SQLite integrity, the extent B-tree,
+links, reachability and block accounting. Exit 8 when errors are found.
+Shows its progress on stderr when that is a terminal.`
+  },
+  stats: {
+    usage: 'foliofs stats [--json] MOUNTPOINT|IMAGE',
+    help: `Counters of a mounted filesystem (through its private ioctl) or of an
+unmounted image, as a table; --json prints them as JSON for scripts.`
+  },
+  help: {
+    usage: 'foliofs help [COMMAND]',
+    help: 'Show the usage of all commands, or the details of one.'
+  }
+}
 
 const USAGE = `usage:
-  foliofs mkfs [--size SIZE] [--label LABEL] [--force] IMAGE
-  foliofs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground] [--log FILE]
-  foliofs umount [--lazy] MOUNTPOINT
-  foliofs fsck IMAGE
-  foliofs stats MOUNTPOINT|IMAGE
-mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, attr_timeout=S, entry_timeout=S, debug,
-  inject_restarts=P (fault injection: B-tree transaction restarts with probability P), debug_checks`
+${Object.values(COMMANDS).map(c => `  ${c.usage}`).join('\n')}
+  foliofs --version
+${MOUNT_OPTIONS}`
+
+function version (): string {
+  const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function helpOf (cmd: string): string {
+  const c = COMMANDS[cmd === 'unmount' ? 'umount' : cmd]
+  if (!c) throw new ImageError(`help: unknown command '${cmd}' (commands: ${Object.keys(COMMANDS).join(', ')})`, EXIT.USAGE)
+  return `usage: ${c.usage}\n\n${c.help}`
+}
 
 interface Parsed { pos: string[], flags: Map<string, string | true>, o: string[] }
 
@@ -47,9 +135,10 @@ function parseArgs (args: string[], valued: string[]): Parsed {
   return p
 }
 
-function need (p: Parsed, n: number, allowed: string[]): void {
-  if (p.pos.length !== n) throw new ImageError(USAGE, EXIT.USAGE)
-  for (const f of p.flags.keys()) if (!allowed.includes(f)) throw new ImageError(`unknown flag --${f}\n${USAGE}`, EXIT.USAGE)
+function need (cmd: string, p: Parsed, n: number, allowed: string[]): void {
+  const usage = `usage: ${COMMANDS[cmd].usage} (see: foliofs help ${cmd})`
+  for (const f of p.flags.keys()) if (!allowed.includes(f)) throw new ImageError(`unknown flag --${f}; ${usage}`, EXIT.USAGE)
+  if (p.pos.length !== n) throw new ImageError(usage, EXIT.USAGE)
 }
 
 function ioctlTool (): string {
@@ -80,22 +169,28 @@ function statsOfImage (image: string): Record<string, unknown> {
 
 async function main (argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
+  if (cmd && COMMANDS[cmd === 'unmount' ? 'umount' : cmd] && (rest.includes('--help') || rest.includes('-h'))) {
+    console.log(helpOf(cmd))
+    return 0
+  }
   switch (cmd) {
     case 'mkfs': {
       const p = parseArgs(rest, ['size', 'label'])
-      need(p, 1, ['size', 'label', 'force'])
+      need('mkfs', p, 1, ['size', 'label', 'force'])
       const size = p.flags.get('size')
-      const sb = mkfs(p.pos[0], {
+      const shown = progress(`mkfs ${p.pos[0]}`)
+      const sb = ended(() => mkfs(p.pos[0], {
         capacityBytes: typeof size === 'string' ? parseSize(size) : undefined,
         label: typeof p.flags.get('label') === 'string' ? p.flags.get('label') as string : undefined,
-        force: p.flags.has('force')
-      })
+        force: p.flags.has('force'),
+        progress: shown.update
+      }), shown.end)
       console.log(`foliofs: created ${p.pos[0]}: uuid ${sb.uuid}, ${sb.capacityBlocks} blocks of ${sb.blockSize} bytes`)
       return 0
     }
     case 'mount': {
       const p = parseArgs(rest, ['log'])
-      need(p, 2, ['foreground', 'log'])
+      need('mount', p, 2, ['foreground', 'log'])
       const [image, mountpoint] = p.pos
       const opts = parseMountOptions(p.o)
       if (p.flags.has('foreground')) {
@@ -120,21 +215,22 @@ async function main (argv: string[]): Promise<number> {
     case 'umount':
     case 'unmount': {
       const p = parseArgs(rest, [])
-      need(p, 1, ['lazy'])
+      need('umount', p, 1, ['lazy'])
       await umount(p.pos[0], { lazy: p.flags.has('lazy') })
       return 0
     }
     case 'fsck': {
       const p = parseArgs(rest, [])
-      need(p, 1, [])
-      const report = fsck(p.pos[0])
+      need('fsck', p, 1, [])
+      const shown = progress(`fsck ${p.pos[0]}`)
+      const report = ended(() => fsck(p.pos[0], shown.update), shown.end)
       for (const line of report.errors) console.log(`error: ${line}`)
       console.log(`foliofs fsck ${p.pos[0]}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} data blocks, ${report.errors.length} errors`)
       return report.errors.length ? EXIT.FSCK_ERRORS : 0
     }
     case 'stats': {
       const p = parseArgs(rest, [])
-      need(p, 1, ['json'])
+      need('stats', p, 1, ['json'])
       const target = p.pos[0]
       let st: fs.Stats
       try { st = fs.statSync(target) } catch { throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND) }
@@ -147,17 +243,25 @@ async function main (argv: string[]): Promise<number> {
       } else {
         stats = statsOfImage(target)
       }
-      console.log(JSON.stringify(stats, null, 2))
+      console.log(p.flags.has('json') ? JSON.stringify(stats, null, 2) : table(stats).join('\n'))
       return 0
     }
+    case '--version':
+    case '-V':
+    case 'version':
+      console.log(`foliofs ${version()}`)
+      return 0
+    case 'help':
+      if (rest.length > 1) throw new ImageError(`usage: ${COMMANDS.help.usage}`, EXIT.USAGE)
+      console.log(rest.length ? helpOf(rest[0]) : USAGE)
+      return 0
     case undefined:
     case '-h':
     case '--help':
-    case 'help':
       console.log(USAGE)
       return cmd === undefined ? EXIT.USAGE : 0
     default:
-      throw new ImageError(`unknown command '${cmd}'\n${USAGE}`, EXIT.USAGE)
+      throw new ImageError(`unknown command '${cmd}' (see: foliofs help)`, EXIT.USAGE)
   }
 }
 

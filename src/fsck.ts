@@ -5,14 +5,16 @@ import { ExtentTree, lockrestartDoSync, transGet } from './btree'
 
 export interface FsckReport { errors: string[], inodes: number, dirents: number, blocks: number }
 
-export function fsck (image: string): FsckReport {
+export function fsck (image: string, progress?: (phase: string, done?: number, total?: number) => void): FsckReport {
   const img = openImage(image, { readonly: true, check: false })
   const db = img.db
   const errors: string[] = []
   try {
+    progress?.('sqlite integrity check')
     const integrity = db.pragma('integrity_check', { simple: false }) as Array<{ integrity_check: string }>
     for (const r of integrity) if (r.integrity_check !== 'ok') errors.push(`sqlite: ${r.integrity_check}`)
 
+    progress?.('inodes and entries')
     const inodes = new Map<number, { mode: number, nlink: number, size: number, blocks: number, parent: number }>()
     for (const r of db.prepare('SELECT ino, mode, nlink, size, blocks, parent FROM inodes').iterate() as Iterable<{ ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number }>) {
       inodes.set(r.ino, r)
@@ -52,7 +54,9 @@ export function fsck (image: string): FsckReport {
     if (tree) {
       const t = tree
       let total = 0
+      let checked = 0
       for (const ino of inodes.keys()) {
+        progress?.('extents of inodes', checked++, inodes.size)
         const m = { blocks: 0, end: 0 }
         for (const e of lockrestartDoSync(transGet(t), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))) {
           m.blocks += e.len
@@ -65,6 +69,7 @@ export function fsck (image: string): FsckReport {
       const inUse = t.usedBlocks()
       if (total !== inUse) errors.push(`space accounting: ${total} blocks mapped by inodes, ${inUse} in use`)
     }
+    progress?.('data blocks, links, reachability')
     let blocks = 0
     for (const pblk of db.prepare('SELECT pblk FROM blocks').pluck().iterate() as Iterable<number>) {
       blocks++

@@ -100,6 +100,8 @@ export interface MkfsOptions {
   force?: boolean
   uid?: number
   gid?: number
+  /** told each phase as it starts (the CLI shows it on a terminal) */
+  progress?: (phase: string) => void
 }
 
 export function parseSize (s: string): number {
@@ -129,6 +131,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
   }
   const db = new Database(path)
   try {
+    opts.progress?.('schema, superblock, root directory')
     db.pragma('journal_mode = WAL')
     const sb: Superblock = {
       magic: MAGIC,
@@ -149,6 +152,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
                   VALUES (?, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?, ?)`)
         .run(ROOT_INO, 0o040755, opts.uid ?? process.getuid?.() ?? 0, opts.gid ?? process.getgid?.() ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
     })()
+    opts.progress?.('extent tree and free-space map')
     ExtentTree.open(db, { totalBlocks: sb.capacityBlocks }) // empty root node, whole device free
     // at rest an image is a plain rollback-journal database: read-only opens
     // (fsck, stats, mount checks) then never create -wal/-shm files beside it

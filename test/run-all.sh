@@ -3,7 +3,12 @@
 # tests through real mounts. Ends with one 'N passed, N failed' line.
 set -u
 cd "$(dirname "$0")/.."
-npm run -s build || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+if [ -x node_modules/.bin/tsc ]; then
+	npm run -s build || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+else # the runtime container image: built in its build stage, no compiler here
+	[ -f dist/src/cli.js ] || { echo "no TypeScript compiler and no dist/: run npm run setup"; echo "0 passed, 1 failed"; exit 1; }
+	echo "run-all: no TypeScript compiler here; testing the existing dist/"
+fi
 upass=0; ufail=0
 out=$(mktemp)
 node --test --test-reporter=spec dist/test/unit/ 2>&1 | tee "$out"
