@@ -28,4 +28,4 @@ echo "foliofs bench (fs): $MB MiB dd through the mount vs the image's own direct
 printf '%-34s foliofs %6s MB/s   baseline %6s MB/s\n' "sequential write (1 MiB, fsync)" "$w_f" "$w_b"
 printf '%-34s foliofs %6s MB/s   baseline %6s MB/s\n' "sequential read (1 MiB)" "$r_f" "$r_b"
 awk -v a="$t0" -v b="$t1" -v c="$t2" -v n="$files" 'BEGIN { printf "%-34s foliofs %6.3f s      baseline %6.3f s\n", "cp -a of " n " files", b - a, c - b }'
-"$root/bin/foliofs" stats "$d/mnt" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log("btree after the run: height "+j.btree.height+", "+j.btree.commits+" commits, restarts "+JSON.stringify(j.btree.restarts))})'
+"$root/bin/foliofs" stats --json "$d/mnt" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log("btree after the run: height "+j.btree.height+", "+j.btree.commits+" commits, restarts "+JSON.stringify(j.btree.restarts))})'
