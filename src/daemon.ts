@@ -4,7 +4,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { spawn } from 'child_process'
 import createDebug from 'debug'
-import { EXIT, ImageError, openImage } from './image'
+import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
 import { alive, ensureFusermount, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
@@ -20,6 +20,12 @@ export interface MountOptions {
   injectRestarts: number
   /** B-tree debug checks (awaits while holding node locks) */
   debugChecks: boolean
+  /** page cache size in bytes (-o cache_size=SIZE) */
+  cacheBytes?: number
+  /** -o sync: writes are durable when they return */
+  syncWrites: boolean
+  /** fault injection: writeback holds its folio locks this long after each run's I/O (-o writeback_delay_ms=N) */
+  writebackDelayMs: number
   /** options handed to the kernel mount / libfuse */
   fuseOptions: string[]
 }
@@ -30,7 +36,7 @@ const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users'
   'atime', 'relatime', 'strictatime', 'nodiratime', 'diratime', 'big_writes', 'default_permissions', 'loop'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
-  const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, injectRestarts: 0, debugChecks: false, fuseOptions: [] }
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, fuseOptions: [] }
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
@@ -45,6 +51,9 @@ export function parseMountOptions (opts: string[]): MountOptions {
       else if (key === 'noatime' && flag) o.noatime = true
       else if (key === 'debug_checks' && flag) o.debugChecks = true
       else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
+      else if (key === 'cache_size' && val !== undefined) o.cacheBytes = parseCacheSize(val, opt)
+      else if (key === 'writeback_delay_ms' && val !== undefined && /^\d{1,6}$/.test(val)) o.writebackDelayMs = Number(val)
+      else if (key === 'sync' && flag) { o.syncWrites = true; o.fuseOptions.push(key) }
       else if (PASS_THROUGH.has(key) && flag) o.fuseOptions.push(key)
       else if (IGNORED.has(key) && flag) continue
       else if (key.startsWith('x-')) continue // systemd/fstab annotations
@@ -53,6 +62,13 @@ export function parseMountOptions (opts: string[]): MountOptions {
     }
   }
   return o
+}
+
+function parseCacheSize (val: string, opt: string): number {
+  let n: number
+  try { n = parseSize(val) } catch { throw new ImageError(`malformed mount option '${opt}' (use e.g. cache_size=256M)`, EXIT.USAGE) }
+  if (n < 1024 * 1024) throw new ImageError(`mount option '${opt}': the page cache needs at least 1M`, EXIT.USAGE)
+  return n
 }
 
 function checkMountpoint (mountpoint: string): void {
@@ -103,7 +119,13 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   mountpoint = path.resolve(mountpoint)
   checkMountpoint(mountpoint)
   const img = openImage(image, { readonly: opts.readonly })
-  const folio = new FolioFs(img, { injectRestarts: opts.injectRestarts, debugChecks: opts.debugChecks || undefined })
+  const folio = new FolioFs(img, {
+    injectRestarts: opts.injectRestarts,
+    debugChecks: opts.debugChecks || undefined,
+    cacheBytes: opts.cacheBytes,
+    syncWrites: opts.syncWrites,
+    writebackDelayMs: opts.writebackDelayMs
+  })
   folio.noatime = opts.noatime
   const started = Date.now()
   const holder: { fuse: FuseLike } = { fuse: {} }
@@ -131,8 +153,8 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
 
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err: Error | null) => err ? reject(new ImageError(`mount failed: ${err.message}`, EXIT.MOUNT_FAILED)) : resolve())
-  }).catch(err => {
-    folio.close()
+  }).catch(async err => {
+    await folio.close()
     throw err
   })
   writeRecord({ image, mountpoint, worker: process.pid, supervisor: process.ppid })
@@ -144,9 +166,13 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     const finish = (code: number): void => {
       if (closing) return
       closing = true
-      try { folio.close() } catch (err) { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) }
-      removeRecord(mountpoint, process.pid)
-      resolve(code)
+      // writes back everything still dirty, then closes the image
+      folio.close()
+        .catch(err => { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) })
+        .finally(() => {
+          removeRecord(mountpoint, process.pid)
+          resolve(code)
+        })
     }
     const shutdown = (sig: string): void => {
       if (closing) return

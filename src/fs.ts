@@ -7,6 +7,13 @@
 // and the inode update runs in its hook, re-reading the inode there (never
 // trusting a value read before an await). They never run inside tx().
 //
+// File data goes through the daemon's page cache (src/pagecache/): writes
+// only dirty folios, writeback allocates and commits later (delalloc).
+// The size and times a write produces are kept in memory (`attrs`) until
+// writeback commits them; the on-disk size only ever covers data that was
+// written back (like ext4's i_disksize), so a crash never exposes blocks
+// that were never written. stat() sees the in-memory values.
+//
 // Writes and truncates of one inode are serialized (withInode, like the
 // VFS's i_rwsem). Truncation and freeing run in bounded steps; an inode
 // being truncated or freed is recorded in `orphans` first, and recovery at
@@ -16,7 +23,25 @@ import type Database from 'better-sqlite3'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
+import { DataArea } from './dataarea'
 import type { TreeOptions } from './btree'
+import { PageCache } from './pagecache/cache'
+import { BufferedIO } from './pagecache/io'
+import { Writeback } from './pagecache/writeback'
+
+export interface FsOptions extends TreeOptions {
+  /** page cache size in bytes (default 256 MiB) */
+  cacheBytes?: number
+  /** -o sync: every write is written back and made durable before it returns */
+  syncWrites?: boolean
+  /** fault injection: writeback holds a run's folio locks this long after its I/O */
+  writebackDelayMs?: number
+}
+
+export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+
+/** what a write changed that is not on disk yet */
+interface MemAttrs { size: number, mtime_s: number, mtime_ns: number, ctime_s: number, ctime_ns: number }
 
 export const S_IFMT = 0o170000
 export const S_IFDIR = 0o040000
@@ -107,19 +132,39 @@ export class FolioFs {
   private readonly inodeLocks = new Map<number, Promise<void>>()
   /** mount -o noatime: never update atime on read */
   noatime = false
-  /** file data: extent B-tree + blocks table */
+  /** file data: extent B-tree + data area */
   readonly data: FileData
+  readonly cache: PageCache
+  readonly io: BufferedIO
+  readonly writeback: Writeback
+  private readonly syncWrites: boolean
+  /** in-memory size and times of inodes with data not written back */
+  private readonly attrs = new Map<number, MemAttrs>()
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
 
-  constructor (img: OpenImage, treeOpts: TreeOptions = {}) {
+  constructor (img: OpenImage, opts: FsOptions = {}) {
     this.db = img.db
     this.sb = img.sb
     this.readonly = img.readonly
     this.q = this.prepare()
-    this.data = new FileData(this.db, { ...treeOpts, totalBlocks: img.sb.capacityBlocks })
-    if (!this.readonly) this.recoverOrphans()
+    const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
+    this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
+    const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
+    this.cache = new PageCache(cacheBytes)
+    this.io = new BufferedIO(this.cache, this.data, ino => this.sizeOf(ino))
+    this.writeback = new Writeback(this.cache, this.data, (ino, start, end, added, freed) => this.runCommitted(ino, end, added, freed), {
+      dirtyBackground: Math.floor(cacheBytes / 4),
+      dirtyLimit: Math.floor(cacheBytes / 2),
+      expireMs: 5000,
+      delayMs: opts.writebackDelayMs ?? 0
+    })
+    this.syncWrites = opts.syncWrites ?? false
+    if (!this.readonly) {
+      this.recoverOrphans()
+      this.writeback.start()
+    }
   }
 
   private prepare () {
@@ -145,6 +190,7 @@ export class FolioFs {
       setParent: db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?'),
       setSize: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       addBlocks: db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?'),
+      setAfterWriteback: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       delXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
       getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
@@ -183,10 +229,52 @@ export class FolioFs {
 
   // ---- inode helpers -------------------------------------------------
 
+  /** the inode as users see it: its row, with the size and times of data not written back yet */
   inode (ino: number): Inode {
     const row = this.q.getInode.get(ino) as Inode | undefined
     if (!row) throw fsErr('ENOENT', `inode ${ino}`)
-    return row
+    const a = this.attrs.get(ino)
+    if (!a) return row
+    const ctimeLater = a.ctime_s > row.ctime_s || (a.ctime_s === row.ctime_s && a.ctime_ns > row.ctime_ns)
+    return {
+      ...row,
+      size: a.size,
+      // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
+      blocks: row.blocks + this.cache.dirtyFrom(ino, Math.ceil(row.size / BLOCK_SIZE)),
+      mtime_s: a.mtime_s,
+      mtime_ns: a.mtime_ns,
+      ctime_s: ctimeLater ? a.ctime_s : row.ctime_s,
+      ctime_ns: ctimeLater ? a.ctime_ns : row.ctime_ns
+    }
+  }
+
+  /** the size now (page cache: never trust a size read before an await) */
+  private sizeOf (ino: number): number {
+    const a = this.attrs.get(ino)
+    if (a) return a.size
+    return (this.q.getInode.get(ino) as Inode | undefined)?.size ?? 0
+  }
+
+  /**
+   * Writeback committed blocks up to endBlock of ino (inside its commit):
+   * the on-disk size advances over written data only, blocks and times
+   * follow. Once nothing of the inode is dirty any more, its in-memory
+   * attributes are all on disk.
+   */
+  private runCommitted (ino: number, endBlock: number, added: number, freed: number): void {
+    const row = this.q.getInode.get(ino) as Inode | undefined
+    if (!row) throw new Error(`writeback of inode ${ino}, which no longer exists`)
+    const a = this.attrs.get(ino)
+    const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
+    const cur = this.inode(ino)
+    this.q.setAfterWriteback.run(size, added - freed, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+    if (a && size === a.size && this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino)
+  }
+
+  /** Write back ino's dirty data and make it and its mapping durable (ordered: data first). */
+  private async syncInode (ino: number): Promise<void> {
+    await this.writeback.inode(ino)
+    this.data.checkpoint()
   }
 
   stat (ino: number): Stat {
@@ -354,6 +442,8 @@ export class FolioFs {
   /** Free an orphan's data and then the inode itself, in bounded steps. */
   private async reap (ino: number | null): Promise<void> {
     if (ino === null || this.readonly) return
+    await this.io.dropFrom(ino, 0) // waits for writeback of its folios
+    this.attrs.delete(ino)
     await this.data.truncate(ino, 0, this.reapStep(ino))
   }
 
@@ -513,6 +603,8 @@ export class FolioFs {
       const a = pick(atime, i.atime_s, i.atime_ns)
       const m = pick(mtime, i.mtime_s, i.mtime_ns)
       this.q.setTimes.run(a.sec, a.nsec, m.sec, m.nsec, now.sec, now.nsec, ino)
+      const mem = this.attrs.get(ino)
+      if (mem) Object.assign(mem, { mtime_s: m.sec, mtime_ns: m.nsec, ctime_s: now.sec, ctime_ns: now.nsec })
     })
   }
 
@@ -558,9 +650,9 @@ export class FolioFs {
     const i = this.inode(ino)
     if (isDir(i.mode)) throw fsErr('EISDIR')
     if (pos >= i.size || len <= 0) return 0
-    await this.data.read(ino, buf, pos, Math.min(len, i.size - pos))
+    await this.io.read(ino, buf, pos, Math.min(len, i.size - pos))
     // the size now, not before the await (a truncate may have run meanwhile)
-    const n = Math.max(0, Math.min(len, ((this.q.getInode.get(ino) as Inode | undefined)?.size ?? 0) - pos))
+    const n = Math.max(0, Math.min(len, this.sizeOf(ino) - pos))
     this.counters.reads++
     this.counters.bytesRead += n
     this.touchAtime(i)
@@ -581,17 +673,37 @@ export class FolioFs {
     if (len === 0) return 0
     if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
     if (this.readonly) throw fsErr('EROFS')
+    await this.writeback.throttle() // dirty data over its limit: wait for writeback first
     return await this.withInode(ino, async () => {
-      if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR')
-      await this.data.write(ino, data, pos, added => {
-        // inside the commit: the size as it is now
-        const t = nowTime()
-        this.q.setSize.run(Math.max(this.inode(ino).size, pos + len), added, t.sec, t.nsec, t.sec, t.nsec, ino)
-      })
+      const i = this.inode(ino)
+      if (isDir(i.mode)) throw fsErr('EISDIR')
+      await this.reserveSpace(ino, pos, len)
+      if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
+      await this.io.write(ino, data, pos)
+      const t = nowTime()
+      const a = this.attrs.get(ino)
+      const size = Math.max(this.sizeOf(ino), pos + len)
+      if (a) Object.assign(a, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+      else this.attrs.set(ino, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
       this.counters.writes++
       this.counters.bytesWritten += len
+      if (this.syncWrites) await this.syncInode(ino)
       return len
     })
+  }
+
+  /**
+   * Delayed allocation must not promise space it cannot give: every dirty
+   * folio needs a new block at writeback (copy-on-write). Refuse a write
+   * (ENOSPC) that would dirty more than is free, after writing back what
+   * is dirty (overwrites free their old blocks) and making frees durable.
+   */
+  private async reserveSpace (ino: number, pos: number, len: number): Promise<void> {
+    const need = (): number => this.cache.dirtyFolios + this.io.newlyDirty(ino, pos, len)
+    if (need() <= this.data.free) return
+    await this.writeback.all().catch(() => {})
+    this.data.checkpoint()
+    if (need() > this.data.free) throw fsErr('ENOSPC')
   }
 
   async truncate (ino: number, size: number): Promise<void> {
@@ -602,15 +714,37 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
       const t = nowTime()
-      if (size >= i.size) this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
-      else await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
+      const a = this.attrs.get(ino)
+      if (size >= i.size) {
+        if (size > i.size) await this.io.zeroTail(ino, i.size) // the old last block's tail reads zeros
+        this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
+        if (a) Object.assign(a, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+        return
+      }
+      if (a) a.size = size // readers clamp to the new size from now on
+      else this.attrs.set(ino, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+      await this.io.dropFrom(ino, Math.ceil(size / BLOCK_SIZE)) // waits for writeback of those folios
+      await this.io.zeroTail(ino, size) // the new last block: zeros past size, written back later
+      await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
+      const m = this.attrs.get(ino)
+      if (m) Object.assign(m, { mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+      if (m && this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino)
     })
   }
 
-  /** Make everything committed so far durable (WAL synced and checkpointed). */
-  fsync (): void {
+  /** fsync: write back ino's data (if given), then make every commit durable. */
+  async fsync (ino?: number): Promise<void> {
     this.counters.fsyncs++
-    if (!this.readonly) this.data.checkpoint()
+    if (this.readonly) return
+    if (ino !== undefined) await this.writeback.inode(ino)
+    this.data.checkpoint()
+  }
+
+  /** syncfs: write back everything and make it durable */
+  async sync (): Promise<void> {
+    if (this.readonly) return
+    await this.writeback.all()
+    this.data.checkpoint()
   }
 
   // ---- extended attributes -------------------------------------------
@@ -660,7 +794,7 @@ export class FolioFs {
 
   statfs (): StatFs {
     const total = this.sb.capacityBlocks
-    const free = this.data.free
+    const free = Math.max(0, this.data.free - this.cache.dirtyFolios) // dirty data will need blocks
     const files = (this.q.countInodes.get() as number)
     const maxFiles = 1 << 30
     return {
@@ -672,12 +806,20 @@ export class FolioFs {
 
   get used (): number { return this.data.used }
 
-  close (): void {
+  /** write back everything, then close the image (checkpointed, a plain database at rest) */
+  async close (): Promise<void> {
+    this.writeback.stop()
     if (!this.readonly) {
-      // checkpoint and leave the image as a plain database at rest (see mkfs)
+      try {
+        await this.sync()
+      } catch (err) {
+        process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
+      }
+      // leave the image as a plain database at rest (see mkfs)
       try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
     }
     this.db.close()
+    this.data.area.close()
   }
 }
 

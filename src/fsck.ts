@@ -1,6 +1,10 @@
 // Read-only consistency check of an image: SQLite's own integrity check,
-// then the filesystem invariants (links, parents, reachability, block counts).
+// then the filesystem invariants (links, parents, reachability, block
+// counts), the extent tree, and the data area (present, of this image, and
+// holding every mapped block).
+import * as fs from 'fs'
 import { BLOCK_SIZE, openImage, ROOT_INO } from './image'
+import { dataAreaPath } from './dataarea'
 import { ExtentTree, lockrestartDoSync, transGet } from './btree'
 
 export interface FsckReport { errors: string[], inodes: number, dirents: number, blocks: number }
@@ -50,7 +54,9 @@ export function fsck (image: string, progress?: (phase: string, done?: number, t
       errors.push(`extent tree: ${(e as Error).message}`)
     }
     const mapped = new Map<number, { blocks: number, end: number }>()
-    const mappedPblk = new Set<number>()
+    // openImage checked the data area's header; every mapped block must lie inside it
+    const areaBlocks = Math.floor(fs.statSync(dataAreaPath(image)).size / BLOCK_SIZE)
+    let blocks = 0
     if (tree) {
       const t = tree
       let total = 0
@@ -61,20 +67,17 @@ export function fsck (image: string, progress?: (phase: string, done?: number, t
         for (const e of lockrestartDoSync(transGet(t), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))) {
           m.blocks += e.len
           m.end = Math.max(m.end, e.off + e.len)
-          for (let b = 0; b < e.len; b++) mappedPblk.add(e.pblk + b)
+          if (e.pblk < 1) errors.push(`inode ${ino}: extent at ${e.off} maps the data area's header`)
+          if (e.pblk + e.len > areaBlocks) errors.push(`inode ${ino}: extent at ${e.off} maps blocks past the end of the data area (${e.pblk + e.len} > ${areaBlocks})`)
         }
         if (m.blocks) mapped.set(ino, m)
         total += m.blocks
       }
+      blocks = total
       const inUse = t.usedBlocks()
       if (total !== inUse) errors.push(`space accounting: ${total} blocks mapped by inodes, ${inUse} in use`)
     }
-    progress?.('data blocks, links, reachability')
-    let blocks = 0
-    for (const pblk of db.prepare('SELECT pblk FROM blocks').pluck().iterate() as Iterable<number>) {
-      blocks++
-      if (tree && !mappedPblk.has(pblk)) errors.push(`data block ${pblk} is not mapped by any extent`)
-    }
+    progress?.('links, reachability')
     // reachability from the root
     const seen = new Set<number>([ROOT_INO])
     const stack = [ROOT_INO]

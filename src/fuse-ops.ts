@@ -85,8 +85,8 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     }),
     release: (_path: string, fd: number, cb: Cb) => reply('release', cb, async () => { await fs.release(fd) }),
     flush: (_path: string, _fd: number, cb: Cb) => cb(0),
-    fsync: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsync', cb, () => { fs.fsync() }),
-    fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, () => { fs.fsync() }),
+    fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => { await fs.fsync(fileIno(path, fd)) }),
+    fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, async () => { await fs.fsync() }),
     read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       replyValue('read', cb, () => fs.read(fileIno(path, fd), buf, len, pos)),
     write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
@@ -142,7 +142,34 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     openHandles: fs.openHandles(),
     ops: { ...fs.counters },
     btree: { ...fs.data.stats, ...fs.data.summary() },
+    pagecache: pageCacheStats(fs),
     ...ctx.extraStats()
+  }
+}
+
+/** page cache and writeback counters (foliofs stats) */
+export function pageCacheStats (fs: FolioFs): Record<string, number> {
+  const c = fs.cache
+  const lookups = c.stats.hits + c.stats.misses
+  return {
+    cacheBytes: c.maxBytes,
+    cachedBytes: c.bytes,
+    folios: c.folios,
+    dirtyBytes: c.dirtyBytes,
+    writebackBytes: c.writebackFolios * 4096,
+    hits: c.stats.hits,
+    misses: c.stats.misses,
+    hitRatio: lookups ? Math.round(c.stats.hits / lookups * 1000) / 1000 : 0,
+    readaheadFolios: c.stats.readaheadFolios,
+    evictions: c.stats.evictions,
+    writebackPasses: fs.writeback.stats.passes,
+    writebackRuns: fs.writeback.stats.runs,
+    writebackBytes_total: fs.writeback.stats.bytes,
+    writebackErrors: fs.writeback.stats.errors,
+    throttled: fs.writeback.stats.throttled,
+    dataReads: fs.data.area.stats.reads,
+    dataWrites: fs.data.area.stats.writes,
+    dataSyncs: fs.data.area.stats.syncs
   }
 }
 

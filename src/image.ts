@@ -1,36 +1,25 @@
-// The foliofs image: one SQLite database. This module owns the on-disk
-// schema, mkfs, and the checks that refuse anything that is not a healthy
-// foliofs image before a single byte of it is written.
+// The foliofs image: one SQLite database (superblock, inodes, dirents,
+// xattrs, orphans, the extent B-tree and free space) plus its data area,
+// IMAGE-data (dataarea.ts), which holds file data. This module owns the
+// on-disk schema, mkfs, and the checks that refuse anything that is not a
+// healthy foliofs image before a single byte of it is written.
+//
+// Format versions: 1 kept file data in a `blocks` table inside SQLite;
+// 2 keeps it in the data area (physical block 0 is the data area's header
+// and never allocated).
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
+import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
+import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
+
+export { BLOCK_SIZE, EXIT, ImageError }
 
 export const MAGIC = 'foliofs'
-export const FORMAT_VERSION = 1
-export const BLOCK_SIZE = 4096
+export const FORMAT_VERSION = 2
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
-
-/** Exit codes of the CLI for image problems. */
-export const EXIT = {
-  USAGE: 2,
-  NOT_FOUND: 3,
-  NOT_FOLIOFS: 4,
-  CORRUPT: 5,
-  BUSY: 6,
-  MOUNT_FAILED: 7,
-  FSCK_ERRORS: 8
-} as const
-
-export class ImageError extends Error {
-  readonly exitCode: number
-  constructor (message: string, exitCode: number) {
-    super(message)
-    this.name = 'ImageError'
-    this.exitCode = exitCode
-  }
-}
 
 export interface Superblock {
   magic: string
@@ -83,16 +72,12 @@ CREATE TABLE xattrs (
   value BLOB NOT NULL,
   PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
-CREATE TABLE blocks (
-  pblk INTEGER PRIMARY KEY,
-  bytes BLOB NOT NULL
-);
 CREATE TABLE orphans (
   ino INTEGER PRIMARY KEY
 );
 `
 
-const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'blocks', 'orphans', 'btree_nodes', 'btree_meta', 'free_space']
+const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'orphans', 'btree_nodes', 'btree_meta', 'free_space']
 
 export interface MkfsOptions {
   capacityBytes?: number
@@ -128,6 +113,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
     if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
     if (!opts.force) throw new ImageError(`${path}: already exists (use --force to overwrite)`, EXIT.USAGE)
     for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
+    fs.rmSync(dataAreaPath(path), { force: true })
   }
   const db = new Database(path)
   try {
@@ -153,7 +139,9 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
         .run(ROOT_INO, 0o040755, opts.uid ?? process.getuid?.() ?? 0, opts.gid ?? process.getgid?.() ?? 0, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
     })()
     opts.progress?.('extent tree and free-space map')
-    ExtentTree.open(db, { totalBlocks: sb.capacityBlocks }) // empty root node, whole device free
+    // empty root node; blocks 1.. free (block 0 is the data area's header)
+    ExtentTree.open(db, { totalBlocks: sb.capacityBlocks, firstBlock: 1 })
+    createDataArea(path, sb.uuid)
     // at rest an image is a plain rollback-journal database: read-only opens
     // (fsck, stats, mount checks) then never create -wal/-shm files beside it
     db.pragma('journal_mode = DELETE')
@@ -237,6 +225,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
   try {
     ro = new Database(path, { readonly: true, fileMustExist: true, timeout: 100 })
     const sb = readSuperblock(ro, path)
+    checkDataArea(path, sb.uuid)
     if (opts.check !== false) {
       const res = ro.pragma('quick_check', { simple: true })
       if (res !== 'ok') throw new ImageError(`${path}: corrupt image (${String(res)})`, EXIT.CORRUPT)

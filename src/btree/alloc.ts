@@ -44,11 +44,11 @@ export class Allocator {
     this.total = total
   }
 
-  static load (db: Database.Database, total: number, initialized: boolean): Allocator {
+  static load (db: Database.Database, total: number, initialized: boolean, firstBlock = 0): Allocator {
     const a = new Allocator(total)
     if (!initialized) {
-      a.durable.insert(0, total)
-      a.avail.insert(0, total)
+      a.durable.insert(firstBlock, total - firstBlock)
+      a.avail.insert(firstBlock, total - firstBlock)
       return a
     }
     for (const r of db.prepare('SELECT start, len FROM free_space ORDER BY start').iterate() as Iterable<{ start: number, len: number }>) {

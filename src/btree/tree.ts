@@ -34,6 +34,8 @@ export interface TreeOptions {
   pageSize?: number
   /** physical blocks the allocator manages */
   totalBlocks?: number
+  /** blocks below this are never allocated (a new tree only; stored in btree_meta) */
+  firstBlock?: number
   /** upper bound of cached nodes (dirty and locked nodes are never evicted) */
   cacheNodes?: number
   /** debug checks: catch awaits while holding node locks */
@@ -74,14 +76,16 @@ export interface TreeStats {
   cachedNodes: number
 }
 
-interface Meta { rootId: number, height: number, nextId: number }
+interface Meta { rootId: number, height: number, nextId: number, firstBlock: number }
 
 export class ExtentTree {
   readonly db: Database.Database
   readonly pageSize: number
   readonly cache: NodeCache
   readonly alloc: Allocator
-  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable'>> & { random: () => number }
+  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock'>> & { random: () => number }
+  /** blocks below it are never allocated */
+  readonly firstBlock: number
   meta: Meta
   private nextTransId = 1
   readonly stats: TreeStats
@@ -120,11 +124,12 @@ export class ExtentTree {
     }
     const m = this.readMeta()
     const initialized = m !== null
-    this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized)
+    this.firstBlock = m ? m.firstBlock : opts.firstBlock ?? 0
+    this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized, this.firstBlock)
     if (m) {
       this.meta = m
     } else {
-      this.meta = { rootId: 1, height: 1, nextId: 2 }
+      this.meta = { rootId: 1, height: 1, nextId: 2, firstBlock: this.firstBlock }
       const root = new BtreeNode(1, 0)
       root.dirty = true
       this.cache.add(root)
@@ -152,7 +157,7 @@ export class ExtentTree {
     if (m.page_size !== undefined && m.page_size !== this.pageSize) {
       throw new BtreeError('node_corrupt', `tree was created with ${m.page_size}-byte pages, opened with ${this.pageSize}`)
     }
-    return { rootId: m.root, height: m.height, nextId: m.next_id }
+    return { rootId: m.root, height: m.height, nextId: m.next_id, firstBlock: m.first_block ?? 0 }
   }
 
   private written: Meta | null = null
@@ -170,6 +175,7 @@ export class ExtentTree {
     if (!w) {
       this.putMeta.run('page_size', this.pageSize)
       this.putMeta.run('total_blocks', this.opts.totalBlocks)
+      this.putMeta.run('first_block', this.firstBlock)
     }
     this.written = { ...m }
   }
@@ -264,7 +270,7 @@ export class ExtentTree {
     const rows = this.db.prepare('SELECT id FROM btree_nodes').pluck().all() as number[]
     for (const id of rows) if (!seen.has(id)) errors.push(`node ${id} stored but unreachable`)
     const free = this.alloc.durableFree
-    if (mapped + free !== this.alloc.total) errors.push(`space accounting: ${mapped} mapped + ${free} free != ${this.alloc.total}`)
+    if (this.firstBlock + mapped + free !== this.alloc.total) errors.push(`space accounting: ${this.firstBlock} reserved + ${mapped} mapped + ${free} free != ${this.alloc.total}`)
     for (const e of this.alloc.check()) errors.push(`free space: ${e}`)
     this.cache.trim()
     return errors
@@ -277,7 +283,7 @@ export class ExtentTree {
 
   /** blocks mapped by committed extents */
   usedBlocks (): number {
-    return this.alloc.total - this.alloc.durableFree
+    return this.alloc.total - this.firstBlock - this.alloc.durableFree
   }
 
   /** shape of the tree and free space (stats) */

@@ -16,7 +16,22 @@ test('mkfs creates an image that validates; refuses to overwrite', () => {
   assert.equal(o.sb.label, 'lbl')
   o.db.close()
   assert.throws(() => mkfs(img), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.USAGE)
-  assert.deepEqual(fs.readdirSync(d), ['a.img'], 'no -wal/-shm left at rest')
+  assert.deepEqual(fs.readdirSync(d).sort(), ['a.img', 'a.img-data'], 'the image and its data area; no -wal/-shm left at rest')
+})
+
+test('an image without its data area, or with another image\'s, is refused as corrupt and left alone', () => {
+  const d = tmpdir()
+  const a = path.join(d, 'a.img')
+  const b = path.join(d, 'b.img')
+  mkfs(a, { capacityBytes: 16 << 20 })
+  mkfs(b, { capacityBytes: 16 << 20 })
+  fs.copyFileSync(`${b}-data`, `${a}-data`) // b's data area beside a
+  const before = fs.readFileSync(a)
+  assert.throws(() => openImage(a), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.CORRUPT && /belongs to another image/.test(e.message))
+  fs.rmSync(`${a}-data`)
+  assert.throws(() => openImage(a), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.CORRUPT && /data area .* is missing/.test(e.message))
+  assert.ok(fs.readFileSync(a).equals(before), 'the image was not modified')
+  assert.ok(!fs.existsSync(`${a}-data`), 'no empty data area was created')
 })
 
 test('openImage refuses non-images without touching them', () => {

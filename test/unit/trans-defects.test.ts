@@ -113,6 +113,7 @@ test('defect 5: an FS write started while an async transaction relocks does not 
   const fs = new FolioFs(openImage(img))
   const ino = fs.create('/f', 0o644, { uid: 0, gid: 0 })
   await fs.write(ino, Buffer.alloc(8192, 1), 0)
+  await fs.fsync(ino)
   const tree = fs.data.tree
   const gate = sleep(5)
   let b: Promise<number> | null = null
@@ -122,7 +123,13 @@ test('defect 5: an FS write started while an async transaction relocks does not 
       // b runs on the same promise, right after dropLocksDo's relock and
       // before this body resumes; it writes into a hole, so it must map a
       // block in the leaf this transaction holds read-locked
-      queueMicrotask(() => { b = gate.then(async () => await fs.write(ino, Buffer.alloc(4096, 2), 8192)) })
+      queueMicrotask(() => {
+        b = gate.then(async () => {
+          await fs.write(ino, Buffer.alloc(4096, 2), 8192)
+          await fs.fsync(ino) // writeback commits a mapping in that leaf
+          return 0
+        })
+      })
       return gate
     })
     t.lookup(ino, 1)
@@ -133,7 +140,7 @@ test('defect 5: an FS write started while an async transaction relocks does not 
   await fs.read(ino, buf, 12288, 0)
   assert.equal(buf[0], 1)
   assert.equal(buf[8192], 2)
-  fs.close()
+  await fs.close()
 })
 
 test('defect 6: another transaction\'s uncommitted reservation is never persisted by a commit', async () => {
@@ -192,6 +199,7 @@ test('defect 8: truncating a big fragmented file runs in bounded steps and lets 
   const block = Buffer.alloc(4096, 7)
   for (let k = 0; k < n; k++) await fs.write(ino, block, k * 8192)
   for (let k = 0; k < 100; k++) await fs.write(other, block, k * 8192)
+  await fs.sync()
   const commits0 = fs.data.tree.snapshotStats().commits
   let ranMeanwhile = false
   setImmediate(() => { ranMeanwhile = true })
@@ -202,7 +210,7 @@ test('defect 8: truncating a big fragmented file runs in bounded steps and lets 
   assert.equal(fs.stat(ino).blocks, 0)
   assert.equal(fs.stat(other).blocks, 100 * 8)
   assert.equal(fs.used, 100)
-  fs.close()
+  await fs.close()
 })
 
 test('defect 9: a body that swallows a restart is caught (verify_not_restarted)', async () => {

@@ -1,0 +1,131 @@
+// The data area: file data, in a file beside the image named IMAGE-data
+// (like SQLite's own -wal), read and written with asynchronous I/O on
+// libuv's thread pool, off the main thread.
+//
+// On-disk format:
+//   block 0 (4096 bytes)  header:
+//     0   16 bytes  magic "FOLIOFS-DATA\n\0\0\0"
+//     16  u32 BE    format version (1)
+//     20  36 bytes  uuid of the image (superblock.uuid), ASCII
+//   block n >= 1          physical block n of the extent tree: byte offset
+//                         n * 4096, which is what FIEMAP reports as
+//                         fe_physical. Block 0 is never allocated.
+// The file is sparse: blocks never written read as zeros and take no
+// space. A mapped block always lies below the end of the file (data is
+// written, and datasync'ed, before the commit that maps it).
+//
+// The image and its data area belong together: a missing data area, or
+// one of another image (uuid mismatch), is a corrupt image (exit 5), never
+// an empty filesystem.
+import * as fs from 'fs'
+import { promisify } from 'util'
+import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
+
+const MAGIC = Buffer.from('FOLIOFS-DATA\n\0\0\0', 'latin1')
+const VERSION = 1
+
+const readv = promisify(fs.readv)
+const writev = promisify(fs.writev)
+const fdatasync = promisify(fs.fdatasync)
+
+export const dataAreaPath = (image: string): string => `${image}-data`
+
+function header (uuid: string): Buffer {
+  const b = Buffer.alloc(BLOCK_SIZE)
+  MAGIC.copy(b, 0)
+  b.writeUInt32BE(VERSION, 16)
+  b.write(uuid, 20, 'ascii')
+  return b
+}
+
+/** mkfs: create the data area of a new image (replacing an old one) */
+export function createDataArea (image: string, uuid: string): void {
+  const p = dataAreaPath(image)
+  fs.rmSync(p, { force: true })
+  fs.writeFileSync(p, header(uuid), { mode: 0o600 })
+}
+
+/** check that image's data area exists and belongs to it; returns its path */
+export function checkDataArea (image: string, uuid: string): string {
+  const p = dataAreaPath(image)
+  let fd: number
+  try {
+    fd = fs.openSync(p, 'r')
+  } catch {
+    throw new ImageError(`${image}: corrupt image (data area ${p} is missing)`, EXIT.CORRUPT)
+  }
+  const b = Buffer.alloc(BLOCK_SIZE)
+  let n: number
+  try { n = fs.readSync(fd, b, 0, BLOCK_SIZE, 0) } finally { fs.closeSync(fd) }
+  if (n < 56 || !b.subarray(0, 16).equals(MAGIC)) throw new ImageError(`${image}: corrupt image (${p} is not a foliofs data area)`, EXIT.CORRUPT)
+  if (b.readUInt32BE(16) !== VERSION) throw new ImageError(`${image}: unsupported data area version ${b.readUInt32BE(16)}`, EXIT.NOT_FOLIOFS)
+  const got = b.toString('ascii', 20, 56)
+  if (got !== uuid) throw new ImageError(`${image}: corrupt image (data area ${p} belongs to another image: ${got})`, EXIT.CORRUPT)
+  return p
+}
+
+export interface DataAreaStats { reads: number, readBytes: number, writes: number, writeBytes: number, syncs: number }
+
+/** An open data area. Buffers passed to read/write must be BLOCK_SIZE each. */
+export class DataArea {
+  private fd: number
+  readonly stats: DataAreaStats = { reads: 0, readBytes: 0, writes: 0, writeBytes: 0, syncs: 0 }
+
+  private constructor (fd: number, readonly path: string) {
+    this.fd = fd
+  }
+
+  /** open (checked) for the image; synchronous, at mount */
+  static open (image: string, uuid: string, readonly: boolean): DataArea {
+    const p = checkDataArea(image, uuid)
+    return new DataArea(fs.openSync(p, readonly ? 'r' : 'r+'), p)
+  }
+
+  /** fill bufs (consecutive blocks) from physical block pblk */
+  async read (bufs: Buffer[], pblk: number): Promise<void> {
+    for (let k = 0; k < bufs.length; k += 1024) { // IOV_MAX
+      const part = bufs.slice(k, k + 1024)
+      const want = part.length * BLOCK_SIZE
+      const { bytesRead: n } = await readv(this.fd, part, (pblk + k) * BLOCK_SIZE)
+      if (n < want) { // past the end of the (sparse) file: zeros
+        let left = n
+        for (const b of part) {
+          if (left >= BLOCK_SIZE) { left -= BLOCK_SIZE; continue }
+          b.fill(0, left)
+          left = 0
+        }
+      }
+      this.stats.reads++
+      this.stats.readBytes += want
+    }
+  }
+
+  /** write bufs (consecutive blocks) at physical block pblk */
+  async write (bufs: Buffer[], pblk: number): Promise<void> {
+    if (pblk < 1) throw new Error(`write to data area block ${pblk}: block 0 is the header`)
+    for (let k = 0; k < bufs.length; k += 1024) {
+      const part = bufs.slice(k, k + 1024)
+      const want = part.length * BLOCK_SIZE
+      const { bytesWritten: n } = await writev(this.fd, part, (pblk + k) * BLOCK_SIZE)
+      if (n !== want) throw new Error(`short write to the data area: ${n} of ${want} bytes`)
+      this.stats.writes++
+      this.stats.writeBytes += want
+    }
+  }
+
+  /** make everything written so far durable (before the commits that map it) */
+  async datasync (): Promise<void> {
+    await fdatasync(this.fd)
+    this.stats.syncs++
+  }
+
+  /** bytes the data area file spans (fsck: mapped blocks must lie below) */
+  size (): number {
+    return fs.fstatSync(this.fd).size
+  }
+
+  close (): void {
+    if (this.fd >= 0) fs.closeSync(this.fd)
+    this.fd = -1
+  }
+}

@@ -1,0 +1,159 @@
+// The page cache: per-inode folio indexes, memory accounting and eviction.
+//
+// Every folio of every inode is in `byIno` (ino -> index -> folio) and in
+// `clock`, a Set in insertion order that the CLOCK hand walks: a folio
+// whose reference bit is set gets a second chance (bit cleared, moved to
+// the back); a clean, unlocked folio without it is evicted. Dirty folios,
+// folios under writeback and locked folios are never evicted; writers are
+// throttled instead (writeback.ts) so dirty data stays below its limit.
+//
+// Counters (dirty, writeback) are kept here, so every state change of a
+// folio goes through markDirty/clearDirty/setWriteback.
+import { BufferPool, Folio, FOLIO_SIZE } from './folio'
+
+export interface CacheStats {
+  hits: number
+  misses: number
+  evictions: number
+  readaheadFolios: number
+}
+
+export class PageCache {
+  private readonly byIno = new Map<number, Map<number, Folio>>()
+  private readonly clock = new Set<Folio>()
+  private readonly pool: BufferPool
+  private dirty = 0
+  private inWriteback = 0
+  /** dirty folios per inode (writeback picks inodes from here) */
+  private readonly dirtyByIno = new Map<number, Set<Folio>>()
+  readonly stats: CacheStats = { hits: 0, misses: 0, evictions: 0, readaheadFolios: 0 }
+
+  constructor (readonly maxBytes: number) {
+    this.pool = new BufferPool(Math.ceil(maxBytes / FOLIO_SIZE / 8))
+  }
+
+  get folios (): number { return this.clock.size }
+  get bytes (): number { return this.clock.size * FOLIO_SIZE }
+  get dirtyFolios (): number { return this.dirty }
+  get dirtyBytes (): number { return this.dirty * FOLIO_SIZE }
+  get writebackFolios (): number { return this.inWriteback }
+
+  /** the cached folio, if any (marks it referenced) */
+  get (ino: number, index: number): Folio | undefined {
+    const f = this.byIno.get(ino)?.get(index)
+    if (f) f.referenced = true
+    return f
+  }
+
+  /** the cached folio, or a new one (not uptodate, contents undefined) */
+  getOrCreate (ino: number, index: number): Folio {
+    let m = this.byIno.get(ino)
+    const f = m?.get(index)
+    if (f) { f.referenced = true; return f }
+    if (!m) { m = new Map(); this.byIno.set(ino, m) }
+    const n = new Folio(ino, index, this.pool.take())
+    m.set(index, n)
+    this.clock.add(n)
+    return n
+  }
+
+  markDirty (f: Folio): void {
+    if (f.dirty) return
+    f.dirty = true
+    f.dirtiedAt = Date.now()
+    this.dirty++
+    let set = this.dirtyByIno.get(f.ino)
+    if (!set) { set = new Set(); this.dirtyByIno.set(f.ino, set) }
+    set.add(f)
+  }
+
+  clearDirty (f: Folio): void {
+    if (!f.dirty) return
+    f.dirty = false
+    this.dirty--
+    const set = this.dirtyByIno.get(f.ino)
+    set?.delete(f)
+    if (set?.size === 0) this.dirtyByIno.delete(f.ino)
+  }
+
+  setWriteback (f: Folio, on: boolean): void {
+    if (f.writeback === on) return
+    f.writeback = on
+    this.inWriteback += on ? 1 : -1
+  }
+
+  /** inodes that have dirty folios */
+  dirtyInodes (): number[] {
+    return [...this.dirtyByIno.keys()]
+  }
+
+  dirtyCount (ino: number): number {
+    return this.dirtyByIno.get(ino)?.size ?? 0
+  }
+
+  /** dirty folios of ino with index in [from, to), ascending */
+  dirtyOf (ino: number, from = 0, to = Infinity): Folio[] {
+    const out: Folio[] = []
+    for (const f of this.dirtyByIno.get(ino) ?? []) if (f.index >= from && f.index < to) out.push(f)
+    return out.sort((a, b) => a.index - b.index)
+  }
+
+  /** how many of ino's dirty folios have index >= from (stat: blocks not allocated yet) */
+  dirtyFrom (ino: number, from: number): number {
+    let n = 0
+    for (const f of this.dirtyByIno.get(ino) ?? []) if (f.index >= from) n++
+    return n
+  }
+
+  /** the oldest dirtiedAt among ino's dirty folios (Infinity if none) */
+  oldestDirty (ino: number): number {
+    let t = Infinity
+    for (const f of this.dirtyByIno.get(ino) ?? []) if (f.dirtiedAt < t) t = f.dirtiedAt
+    return t
+  }
+
+  /** cached folios of ino with index in [from, to), in no particular order */
+  folioRange (ino: number, from: number, to = Infinity): Folio[] {
+    const out: Folio[] = []
+    for (const f of this.byIno.get(ino)?.values() ?? []) if (f.index >= from && f.index < to) out.push(f)
+    return out
+  }
+
+  /** remove a folio the caller holds locked (truncate, unlink); its lock stays with the caller */
+  remove (f: Folio): void {
+    if (f.dropped) return
+    this.clearDirty(f)
+    const m = this.byIno.get(f.ino)
+    m?.delete(f.index)
+    if (m && m.size === 0) this.byIno.delete(f.ino)
+    this.clock.delete(f)
+    f.dropped = true
+    f.uptodate = false
+    this.pool.give(f.data)
+  }
+
+  /**
+   * Evict clean, unlocked, idle folios (CLOCK) until the cache fits in
+   * maxBytes. Returns false if it cannot (everything left is dirty, under
+   * writeback or locked: the caller throttles writers).
+   */
+  evict (): boolean {
+    const max = Math.floor(this.maxBytes / FOLIO_SIZE)
+    if (this.clock.size <= max) return true
+    const target = max - Math.max(1, max >> 6) // a little headroom: evict in batches
+    let budget = this.clock.size * 2 // each folio seen at most twice
+    for (const f of this.clock) {
+      if (this.clock.size <= target || budget-- <= 0) break
+      if (f.dirty || f.writeback || f.isLocked) continue
+      if (f.referenced) {
+        f.referenced = false
+        this.clock.delete(f)
+        this.clock.add(f) // second chance: to the back
+        continue
+      }
+      this.remove(f)
+      this.stats.evictions++
+    }
+    return this.clock.size <= max
+  }
+}

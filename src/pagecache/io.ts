@@ -1,0 +1,182 @@
+// Buffered file I/O through the page cache (cf. bcachefs fs/vfs/buffered-io.c).
+//
+// write: lock each folio, fill it first if the write covers it only partly
+//   and it is not uptodate (read-modify-write; beyond EOF it is zeros),
+//   copy in, mark dirty, unlock. No B-tree transaction, no allocation, no
+//   SQLite write. Writeback gives the data its place later (delalloc).
+// read: copy uptodate folios; fill a run of missing ones with one mapping
+//   lookup and async reads (holes read as zeros without I/O); sequential
+//   readers get readahead that grows to READAHEAD_MAX folios.
+// Folios of blocks at or past EOF never hold stale bytes: truncate drops
+//   them and zeroes the tail of the last one; extending a file zeroes the
+//   tail of its old last block (zeroTail), since the data area may still
+//   hold bytes there that a crash left behind.
+import { FOLIO_SIZE, type Folio } from './folio'
+import type { PageCache } from './cache'
+import type { FileData } from '../filedata'
+
+const READAHEAD_MIN = 8 //  32 KiB
+const READAHEAD_MAX = 256 // 1 MiB
+
+interface ReadState { next: number, window: number }
+
+export class BufferedIO {
+  private readonly ra = new Map<number, ReadState>()
+
+  /** sizeOf(ino): the file's size now (never a value read before an await: truncate may run meanwhile) */
+  constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number) {}
+
+  /** fill folios (locked by the caller, consecutive indices) from the data area */
+  private async fill (ino: number, folios: Folio[]): Promise<void> {
+    const first = folios[0].index
+    const onDisk = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE) // blocks past EOF are zeros, no I/O
+    const n = Math.max(0, Math.min(folios.length, onDisk - first))
+    if (n > 0) await this.data.readBlocks(ino, first, folios.slice(0, n).map(f => f.data))
+    for (let k = n; k < folios.length; k++) folios[k].data.fill(0)
+    for (const f of folios) f.uptodate = true
+  }
+
+  /**
+   * Read bytes [pos, pos+n) of ino into buf (n already clamped to EOF).
+   * Folios being filled or written by someone else are waited for.
+   */
+  async read (ino: number, buf: Buffer, pos: number, n: number): Promise<void> {
+    if (n <= 0) return
+    const first = Math.floor(pos / FOLIO_SIZE)
+    const last = Math.floor((pos + n - 1) / FOLIO_SIZE)
+    const st = this.ra.get(ino)
+    const sequential = st !== undefined && first === st.next
+    const window = sequential ? Math.min(READAHEAD_MAX, st.window * 2) : READAHEAD_MIN
+    for (let idx = first; idx <= last;) {
+      let f = this.cache.get(ino, idx)
+      if (f && f.uptodate) {
+        this.cache.stats.hits++
+        this.copyOut(f, buf, pos, n)
+        idx++
+        continue
+      }
+      if (f) { // someone is filling or writing it: wait, then look again
+        await f.lock()
+        try {
+          if (!f.uptodate && !f.dropped) await this.fill(ino, [f])
+          if (!f.dropped) this.copyOut(f, buf, pos, n)
+        } finally { f.unlock() }
+        if (f.dropped) continue // truncated meanwhile: look it up again
+        idx++
+        continue
+      }
+      // a run of missing folios, extended by readahead when sequential
+      let end = idx + 1
+      const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
+      const limit = Math.max(last + 1, Math.min(eofBlock, last + 1 + (sequential ? window : 0)))
+      while (end < limit && !this.cache.get(ino, end)) end++
+      const run: Folio[] = []
+      for (let k = idx; k < end; k++) {
+        f = this.cache.getOrCreate(ino, k)
+        f.trylock() // new: always succeeds
+        run.push(f)
+      }
+      this.cache.stats.misses += Math.min(end, last + 1) - idx
+      this.cache.stats.readaheadFolios += Math.max(0, end - (last + 1))
+      try {
+        await this.fill(ino, run)
+        for (const g of run) if (g.index <= last) this.copyOut(g, buf, pos, n)
+      } catch (err) {
+        for (const g of run) this.cache.remove(g) // not uptodate: forget them
+        throw err
+      } finally {
+        for (const g of run) g.unlock()
+      }
+      idx = Math.min(end, last + 1)
+    }
+    this.ra.set(ino, { next: last + 1, window })
+    this.cache.evict()
+  }
+
+  private copyOut (f: Folio, buf: Buffer, pos: number, n: number): void {
+    const fstart = f.index * FOLIO_SIZE
+    const from = Math.max(pos, fstart)
+    const to = Math.min(pos + n, fstart + FOLIO_SIZE)
+    if (to > from) f.data.copy(buf, from - pos, from - fstart, to - fstart)
+  }
+
+  /** the folio for idx, locked and uptodate (filled from the data area if needed) */
+  private async lockedUptodate (ino: number, idx: number, whole: boolean): Promise<Folio> {
+    for (;;) {
+      const f = this.cache.getOrCreate(ino, idx)
+      if (!f.trylock()) await f.lock()
+      if (f.dropped) { f.unlock(); continue } // truncated while we waited
+      if (!f.uptodate) {
+        if (whole) f.data.fill(0)
+        else {
+          try {
+            await this.fill(ino, [f])
+          } catch (err) {
+            this.cache.remove(f)
+            f.unlock()
+            throw err
+          }
+        }
+      }
+      return f
+    }
+  }
+
+  /** Copy data into the cache at pos (the caller checked size limits and space). */
+  async write (ino: number, data: Buffer, pos: number): Promise<void> {
+    const len = data.length
+    const first = Math.floor(pos / FOLIO_SIZE)
+    const last = Math.floor((pos + len - 1) / FOLIO_SIZE)
+    for (let idx = first; idx <= last; idx++) {
+      const fstart = idx * FOLIO_SIZE
+      const from = Math.max(pos, fstart)
+      const to = Math.min(pos + len, fstart + FOLIO_SIZE)
+      const whole = from === fstart && to === fstart + FOLIO_SIZE
+      const f = await this.lockedUptodate(ino, idx, whole)
+      try {
+        data.copy(f.data, from - fstart, from - pos, to - pos)
+        f.uptodate = true
+        this.cache.markDirty(f)
+      } finally {
+        f.unlock()
+      }
+    }
+    this.cache.evict()
+  }
+
+  /** folios a write of [pos, pos+len) would newly make dirty (space accounting) */
+  newlyDirty (ino: number, pos: number, len: number): number {
+    const first = Math.floor(pos / FOLIO_SIZE)
+    const last = Math.floor((pos + len - 1) / FOLIO_SIZE)
+    let n = 0
+    for (let idx = first; idx <= last; idx++) if (!this.cache.get(ino, idx)?.dirty) n++
+    return n
+  }
+
+  /**
+   * Zero the bytes of the block containing offset size that lie at or past
+   * size, in a dirty folio (a shrink's new tail, or an extension's old one).
+   */
+  async zeroTail (ino: number, size: number): Promise<void> {
+    const off = size % FOLIO_SIZE
+    if (off === 0) return
+    const idx = Math.floor(size / FOLIO_SIZE)
+    const f = await this.lockedUptodate(ino, idx, false)
+    try {
+      f.data.fill(0, off)
+      this.cache.markDirty(f)
+    } finally {
+      f.unlock()
+    }
+  }
+
+  /** Drop every folio of ino at or past index from (waiting for their locks: writeback, readers). */
+  async dropFrom (ino: number, from: number): Promise<void> {
+    for (const f of this.cache.folioRange(ino, from)) {
+      await f.lock()
+      this.cache.remove(f)
+      f.unlock()
+    }
+    if (from === 0) this.ra.delete(ino)
+  }
+}

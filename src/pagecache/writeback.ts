@@ -1,0 +1,209 @@
+// Writeback with delayed allocation (cf. bcachefs fs/vfs/buffered-io.c):
+// dirty folios get their physical location only here.
+//
+// A run is a set of dirty folios of one inode with consecutive indices.
+// For each run:
+//   1. lock its folios (ascending), keep those still dirty, clear dirty and
+//      set writeback: a write arriving now waits for the folio lock, and
+//      one that came before the lock is in the data we write;
+//   2. allocate blocks for the whole run in one B-tree step (contiguous
+//      where possible, continuing the file), holding the reservation past
+//      the step (detachReserved);
+//   3. write the folios to the newly allocated blocks with async I/O,
+//      still holding the folio locks: copy-on-write, never in place, so a
+//      crash leaves the old data or the new, never a torn block;
+//   4. fdatasync the data area, so the data is durable before any commit
+//      that maps it (ordered mode);
+//   5. commit the new extents in one B-tree step (adoptReserved); the
+//      blocks they replace are freed, reusable once that commit is durable;
+//      the inode's on-disk size advances to the end of written data only;
+//   6. clear writeback and unlock.
+// On failure the folios are dirty again and the reservation is returned.
+//
+// Passes are serialized (one at a time): background passes (dirty data
+// older than expireMs, or more dirty data than dirtyBackground), fsync of
+// one inode, sync of everything (unmount, SIGTERM). Writers wait in
+// throttle() while dirty data exceeds dirtyLimit.
+import createDebug from 'debug'
+import type { FileData } from '../filedata'
+import type { Folio } from './folio'
+import type { PageCache } from './cache'
+
+const debug = createDebug('foliofs:writeback')
+
+/** folios per run at most (8 MiB) */
+export const MAX_RUN = 2048
+
+export interface WritebackLimits {
+  /** dirty bytes above which a background pass starts */
+  dirtyBackground: number
+  /** dirty bytes above which writers wait */
+  dirtyLimit: number
+  /** dirty data older than this is written back by the background timer */
+  expireMs: number
+  /** fault injection: hold a run's folio locks this long after writing it (FIEMAP contention tests) */
+  delayMs: number
+}
+
+export interface WritebackStats {
+  passes: number
+  runs: number
+  folios: number
+  bytes: number
+  throttled: number
+  errors: number
+}
+
+/** runs inside a run's commit: update the inode (on-disk size up to endBlock, blocks, times) */
+export type RunCommitted = (ino: number, startBlock: number, endBlock: number, addedBlocks: number, freedBlocks: number) => void
+
+export class Writeback {
+  private chain: Promise<void> = Promise.resolve()
+  private background: Promise<void> | null = null
+  private timer: NodeJS.Timeout | null = null
+  private waiters: Array<() => void> = []
+  lastError: Error | null = null
+  readonly stats: WritebackStats = { passes: 0, runs: 0, folios: 0, bytes: 0, throttled: 0, errors: 0 }
+
+  constructor (
+    private readonly cache: PageCache,
+    private readonly data: FileData,
+    private readonly committed: RunCommitted,
+    readonly limits: WritebackLimits
+  ) {}
+
+  /** run fn after every pass before it (passes never overlap) */
+  private serialize<T> (fn: () => Promise<T>): Promise<T> {
+    const p = this.chain.then(fn)
+    this.chain = p.then(() => {}, () => {})
+    return p
+  }
+
+  /** write back ino's dirty folios with index in [from, to) */
+  async inode (ino: number, from = 0, to = Infinity): Promise<void> {
+    await this.serialize(async () => { await this.pass([ino], from, to) })
+  }
+
+  /** write back everything dirty */
+  async all (): Promise<void> {
+    await this.serialize(async () => { await this.pass(this.cache.dirtyInodes()) })
+  }
+
+  private async pass (inos: number[], from = 0, to = Infinity): Promise<void> {
+    this.stats.passes++
+    let firstErr: unknown = null
+    for (const ino of inos) {
+      const dirty = this.cache.dirtyOf(ino, from, to)
+      for (let i = 0; i < dirty.length;) {
+        let j = i + 1
+        while (j < dirty.length && j - i < MAX_RUN && dirty[j].index === dirty[j - 1].index + 1) j++
+        try {
+          await this.writeRun(ino, dirty.slice(i, j))
+        } catch (err) {
+          firstErr ??= err
+        }
+        i = j
+      }
+    }
+    this.wakeWaiters()
+    if (firstErr) throw firstErr
+  }
+
+  private async writeRun (ino: number, run: Folio[]): Promise<void> {
+    for (const f of run) await f.lock()
+    const live: Folio[] = []
+    for (const f of run) {
+      if (!f.dropped && f.dirty) live.push(f)
+      else f.unlock()
+    }
+    try {
+      for (let i = 0; i < live.length;) { // still-dirty folios may no longer be consecutive
+        let j = i + 1
+        while (j < live.length && live[j].index === live[j - 1].index + 1) j++
+        await this.writeLocked(ino, live.slice(i, j))
+        i = j
+      }
+    } finally {
+      for (const f of live) f.unlock()
+    }
+  }
+
+  /** steps 2-5 for consecutive folios the caller holds locked */
+  private async writeLocked (ino: number, run: Folio[]): Promise<void> {
+    const start = run[0].index
+    for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
+    try {
+      const pieces = await this.data.allocRun(ino, start, run.length)
+      let committed = false
+      try {
+        let k = 0
+        for (const p of pieces) {
+          await this.data.area.write(run.slice(k, k + p.len).map(f => f.data), p.pblk)
+          k += p.len
+        }
+        await this.data.area.datasync()
+        if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
+        await this.data.commitRun(ino, start, pieces, (added, freed) => this.committed(ino, start, start + run.length, added, freed))
+        committed = true
+      } finally {
+        if (!committed) this.data.unreserve(pieces)
+      }
+      this.stats.runs++
+      this.stats.folios += run.length
+      this.stats.bytes += run.length * 4096
+    } catch (err) {
+      for (const f of run) if (!f.dropped) this.cache.markDirty(f)
+      this.stats.errors++
+      this.lastError = err as Error
+      debug('writeback of inode %d blocks %d+%d failed: %o', ino, start, run.length, err)
+      throw err
+    } finally {
+      for (const f of run) this.cache.setWriteback(f, false)
+    }
+  }
+
+  // ---- background writeback and throttling ------------------------------
+
+  /** start a background pass if one is due and none runs */
+  kick (force = false): void {
+    if (this.background) return
+    const now = Date.now()
+    const over = this.cache.dirtyBytes > this.limits.dirtyBackground
+    const inos = this.cache.dirtyInodes().filter(ino => force || over || now - this.cache.oldestDirty(ino) >= this.limits.expireMs)
+    if (inos.length === 0) return
+    this.background = this.serialize(async () => { await this.pass(inos) })
+      .catch(err => { debug('background writeback: %o', err) })
+      .finally(() => { this.background = null; this.wakeWaiters() })
+  }
+
+  /** writers call this first: wait while dirty data is over the limit */
+  async throttle (): Promise<void> {
+    if (this.cache.dirtyBytes <= this.limits.dirtyBackground) return
+    this.kick(true)
+    if (this.cache.dirtyBytes <= this.limits.dirtyLimit) return
+    this.stats.throttled++
+    while (this.cache.dirtyBytes > this.limits.dirtyBackground) {
+      this.kick(true)
+      if (!this.background) return // nothing can be written back (errors): do not hang writers
+      await new Promise<void>(resolve => this.waiters.push(resolve))
+    }
+  }
+
+  private wakeWaiters (): void {
+    const w = this.waiters
+    this.waiters = []
+    for (const wake of w) wake()
+  }
+
+  /** background timer: expire old dirty data once a second */
+  start (): void {
+    if (this.timer) return
+    this.timer = setInterval(() => this.kick(), 1000)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    if (this.timer) clearInterval(this.timer)
+    this.timer = null
+  }
+}
