@@ -1,0 +1,153 @@
+// The page cache through FolioFs (no FUSE): delayed allocation, writeback,
+// contiguity, memory bound, crash semantics.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as path from 'path'
+import { mkfs, openImage } from '../../src/image'
+import { FolioFs, type FsOptions } from '../../src/fs'
+import { fsck } from '../../src/fsck'
+import { rng, tmpdir } from './helpers'
+
+const root = { uid: 0, gid: 0 }
+const MiB = 1024 * 1024
+
+function fresh (opts: FsOptions = {}, capacity = 1 << 30): { img: string, fs: FolioFs } {
+  const img = path.join(tmpdir(), 'a.img')
+  mkfs(img, { capacityBytes: capacity })
+  return { img, fs: new FolioFs(openImage(img), opts) }
+}
+
+/** the inode's size as stored (not the in-memory one stat() shows) */
+const storedSize = (f: FolioFs, ino: number): number => f.db.prepare('SELECT size FROM inodes WHERE ino = ?').pluck().get(ino) as number
+
+const pattern = (seed: number, len: number): Buffer => {
+  const r = rng(seed)
+  const b = Buffer.alloc(len)
+  for (let i = 0; i < len; i += 4) b.writeUInt32LE(Math.floor(r() * 2 ** 32), i)
+  return b
+}
+
+test('a write is visible at once, gets no block until writeback, and a sequential file is one extent after fsync', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  const data = pattern(1, 64 * MiB)
+  for (let off = 0; off < data.length; off += 128 * 1024) await fs.write(ino, data.subarray(off, off + 128 * 1024), off)
+  assert.equal(fs.stat(ino).size, 64 * MiB, 'stat sees the size')
+  assert.equal(storedSize(fs, ino), 0, 'the stored size covers written-back data only')
+  assert.equal(fs.stat(ino).blocks, 64 * MiB / 512, 'and counts the blocks writeback will allocate')
+  const back = Buffer.alloc(1 * MiB)
+  assert.equal(await fs.read(ino, back, back.length, 7 * MiB), back.length)
+  assert.ok(back.equals(data.subarray(7 * MiB, 8 * MiB)), 'readers see data that is not written back')
+  assert.ok((await fs.data.extents(ino)).length < 64 * MiB / 4096, 'nothing like one extent per write')
+  await fs.fsync(ino)
+  const ex = await fs.data.extents(ino)
+  assert.equal(ex.length, 1, `one extent: ${JSON.stringify(ex.slice(0, 3))}`)
+  assert.equal(ex[0].len, 64 * MiB / 4096)
+  assert.equal(storedSize(fs, ino), 64 * MiB)
+  await fs.close()
+  const again = new FolioFs(openImage(img))
+  const all = Buffer.alloc(64 * MiB)
+  assert.equal(await again.read(ino, all, all.length, 0), all.length)
+  assert.ok(all.equals(data), 'identical after remount')
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('the on-disk size covers written-back data only: a crash loses unfsynced writes, never exposes unwritten blocks', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  const a = pattern(2, 1 * MiB)
+  await fs.write(ino, a, 0)
+  await fs.fsync(ino)
+  const b = pattern(3, 1 * MiB)
+  await fs.write(ino, b, 1 * MiB) // not fsynced
+  await fs.write(ino, pattern(4, 4096), 0) // overwrite, not fsynced
+  assert.equal(fs.stat(ino).size, 2 * MiB)
+  // crash: the process dies, nothing is written back
+  fs.db.close()
+  fs.data.area.close()
+  const again = new FolioFs(openImage(img))
+  assert.equal(again.stat(ino).size, 1 * MiB, 'size as of the fsync')
+  const got = Buffer.alloc(1 * MiB)
+  await again.read(ino, got, got.length, 0)
+  assert.ok(got.equals(a), 'the fsynced data, not the later overwrite, and no garbage')
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('a file larger than the cache streams through it: the cache stays bounded and writers are throttled', async () => {
+  const { img, fs } = fresh({ cacheBytes: 8 * MiB })
+  const ino = fs.create('/big', 0o644, root)
+  const chunk = pattern(5, 256 * 1024)
+  let maxBytes = 0
+  for (let off = 0; off < 48 * MiB; off += chunk.length) {
+    await fs.write(ino, chunk, off)
+    maxBytes = Math.max(maxBytes, fs.cache.bytes)
+  }
+  assert.ok(maxBytes <= 8 * MiB + 256 * 1024, `cache held ${maxBytes} bytes`)
+  assert.ok(fs.writeback.stats.throttled > 0, 'writers waited for writeback')
+  await fs.fsync(ino)
+  const back = Buffer.alloc(chunk.length)
+  for (const off of [0, 13 * MiB, 47 * MiB + 768 * 1024]) {
+    await fs.read(ino, back, back.length, off)
+    assert.ok(back.equals(chunk), `data at ${off}`)
+  }
+  assert.ok(fs.cache.bytes <= 8 * MiB)
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('two files written in parallel do not interleave block by block', async () => {
+  const { fs } = fresh()
+  const a = fs.create('/a', 0o644, root)
+  const b = fs.create('/b', 0o644, root)
+  const chunk = pattern(6, 128 * 1024)
+  for (let off = 0; off < 16 * MiB; off += chunk.length) {
+    await Promise.all([fs.write(a, chunk, off), fs.write(b, chunk, off)])
+  }
+  await fs.sync()
+  const ea = await fs.data.extents(a)
+  const eb = await fs.data.extents(b)
+  assert.ok(ea.length <= 2 && eb.length <= 2, `extents: a ${ea.length}, b ${eb.length}`)
+  await fs.close()
+})
+
+test('ENOSPC at write time, not lost at writeback; an overwrite of a full device needs room for its copy', async () => {
+  const { fs } = fresh({}, 256 * 4096)
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, Buffer.alloc(200 * 4096, 1), 0)
+  await assert.rejects(fs.write(ino, Buffer.alloc(100 * 4096, 2), 200 * 4096), (e: unknown) => (e as { code?: string }).code === 'ENOSPC')
+  assert.equal(fs.stat(ino).size, 200 * 4096)
+  await fs.fsync(ino)
+  assert.equal(fs.used, 200)
+  // 55 blocks free: an overwrite of 50 goes copy-on-write, then the old ones are freed
+  await fs.write(ino, Buffer.alloc(50 * 4096, 3), 0)
+  await fs.fsync(ino)
+  assert.equal(fs.used, 200)
+  const b = Buffer.alloc(4096)
+  await fs.read(ino, b, 4096, 49 * 4096)
+  assert.equal(b[0], 3)
+  await fs.close()
+})
+
+test('truncate drops folios past EOF and zeroes the tail; growing again reads zeros, also after a crash', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, Buffer.alloc(3 * 4096, 0xaa), 0)
+  await fs.fsync(ino)
+  await fs.truncate(ino, 4096 + 100)
+  await fs.truncate(ino, 3 * 4096)
+  const b = Buffer.alloc(3 * 4096)
+  await fs.read(ino, b, b.length, 0)
+  assert.ok(b.subarray(0, 4196).every(x => x === 0xaa))
+  assert.ok(b.subarray(4196).every(x => x === 0), 'zeros past the old EOF')
+  await fs.fsync(ino)
+  fs.db.close()
+  fs.data.area.close()
+  const again = new FolioFs(openImage(img))
+  const c = Buffer.alloc(3 * 4096)
+  await again.read(ino, c, c.length, 0)
+  assert.ok(c.equals(b))
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
