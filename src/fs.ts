@@ -239,8 +239,6 @@ export class FolioFs {
     return {
       ...row,
       size: a.size,
-      // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
-      blocks: row.blocks + this.cache.dirtyFrom(ino, Math.ceil(row.size / BLOCK_SIZE)),
       mtime_s: a.mtime_s,
       mtime_ns: a.mtime_ns,
       ctime_s: ctimeLater ? a.ctime_s : row.ctime_s,
@@ -278,7 +276,13 @@ export class FolioFs {
   }
 
   stat (ino: number): Stat {
-    return this.toStat(this.inode(ino))
+    const i = this.inode(ino)
+    if (this.attrs.has(ino)) {
+      // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
+      const stored = (this.q.getInode.get(ino) as Inode).size
+      i.blocks += this.cache.dirtyFrom(ino, Math.ceil(stored / BLOCK_SIZE))
+    }
+    return this.toStat(i)
   }
 
   toStat (i: Inode): Stat {
@@ -699,6 +703,8 @@ export class FolioFs {
    * is dirty (overwrites free their old blocks) and making frees durable.
    */
   private async reserveSpace (ino: number, pos: number, len: number): Promise<void> {
+    const most = Math.floor((pos + len - 1) / BLOCK_SIZE) - Math.floor(pos / BLOCK_SIZE) + 1
+    if (this.cache.dirtyFolios + most <= this.data.free) return // fits even if every folio is new
     const need = (): number => this.cache.dirtyFolios + this.io.newlyDirty(ino, pos, len)
     if (need() <= this.data.free) return
     await this.writeback.all().catch(() => {})

@@ -132,7 +132,13 @@ export class BufferedIO {
       const from = Math.max(pos, fstart)
       const to = Math.min(pos + len, fstart + FOLIO_SIZE)
       const whole = from === fstart && to === fstart + FOLIO_SIZE
-      const f = await this.lockedUptodate(ino, idx, whole)
+      // fast path, no await: a free folio that is uptodate or entirely overwritten
+      let f = this.cache.getOrCreate(ino, idx)
+      if (!f.trylock()) f = await this.lockedUptodate(ino, idx, whole)
+      else if (!f.uptodate) {
+        if (whole) f.data.fill(0)
+        else { f.unlock(); f = await this.lockedUptodate(ino, idx, whole) }
+      }
       try {
         data.copy(f.data, from - fstart, from - pos, to - pos)
         f.uptodate = true
