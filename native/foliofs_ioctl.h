@@ -10,4 +10,10 @@
 /* NUL-terminated JSON statistics of the serving daemon */
 #define FOLIOFS_IOC_STATS _IOC(_IOC_READ, FOLIOFS_IOC_MAGIC, 1, FOLIOFS_IOC_BUFSIZE)
 
+/* FIEMAP: struct fiemap followed by up to FOLIOFS_FIEMAP_MAX struct
+ * fiemap_extent, in and out. fm_reserved != 0 on return: that errno, with
+ * data (EBADR: the unsupported flags in fm_flags). */
+#define FOLIOFS_FIEMAP_MAX 291
+#define FOLIOFS_IOC_FIEMAP _IOC(_IOC_READ | _IOC_WRITE, FOLIOFS_IOC_MAGIC, 2, FOLIOFS_IOC_BUFSIZE)
+
 #endif

@@ -1,7 +1,8 @@
-// foliofs command line: mkfs, mount, umount, fsck, stats, help, --version.
+// foliofs command line: mkfs, mount, umount, fsck, stats, fiemap, preload, help, --version.
 import * as fs from 'fs'
+import * as os from 'os'
 import * as path from 'path'
-import { execFileSync } from 'child_process'
+import { execFileSync, spawnSync } from 'child_process'
 import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsck } from './fsck'
 import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground, umount } from './daemon'
@@ -47,8 +48,9 @@ function table (o: Record<string, unknown>, indent = ''): string[] {
   return rows
 }
 
-const MOUNT_OPTIONS = `mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, attr_timeout=S, entry_timeout=S, debug,
-  inject_restarts=P (fault injection: B-tree transaction restarts with probability P), debug_checks`
+const MOUNT_OPTIONS = `mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, cache_size=SIZE, attr_timeout=S,
+  entry_timeout=S, debug, inject_restarts=P (fault injection: B-tree transaction restarts with probability P),
+  debug_checks, writeback_delay_ms=N (fault injection: writeback holds its folio locks N ms longer)`
 
 /** Each command's one-line synopsis and what `foliofs help COMMAND` adds to it. */
 const COMMANDS: Record<string, { usage: string, help: string }> = {
@@ -82,6 +84,22 @@ Shows its progress on stderr when that is a terminal.`
     usage: 'foliofs stats [--json] MOUNTPOINT|IMAGE',
     help: `Counters of a mounted filesystem (through its private ioctl) or of an
 unmounted image, as a table; --json prints them as JSON for scripts.`
+  },
+  fiemap: {
+    usage: 'foliofs fiemap [--sync] [--json] FILE',
+    help: `Print how FILE on a foliofs mount is laid out (its FIEMAP), like
+filefrag -v: logical and physical blocks (4 KiB; physical = block of the
+data area IMAGE-data), length, flags. Data not written back yet shows as
+delalloc (no physical place yet); --sync writes the file back first.
+--json prints the extents (bytes) as JSON. Exit 4 if FILE is not on foliofs.`
+  },
+  preload: {
+    usage: 'foliofs preload COMMAND [ARGS...]',
+    help: `Run COMMAND with foliofs's LD_PRELOAD shim, which gives unmodified
+programs FS_IOC_FIEMAP on foliofs files (the kernel does not forward it to
+FUSE filesystems), e.g.  foliofs preload filefrag -v FILE  or
+foliofs preload xfs_io -c 'fiemap -v' FILE. Everything else passes through
+unchanged. Exits with COMMAND's status (127: not found).`
   },
   help: {
     usage: 'foliofs help [COMMAND]',
@@ -143,6 +161,50 @@ function need (cmd: string, p: Parsed, n: number, allowed: string[]): void {
 
 function ioctlTool (): string {
   return path.resolve(__dirname, '..', '..', 'native', 'build', 'foliofs-ioctl')
+}
+
+const preloadLib = (): string => path.resolve(__dirname, '..', '..', 'native', 'build', 'libfoliofs-preload.so')
+
+interface FiemapOut { logical: number, physical: number, length: number, flags: number }
+
+/** the whole map of file, paging through the private ioctl (291 extents a call) */
+function fiemapOf (file: string, sync: boolean): FiemapOut[] {
+  const out: FiemapOut[] = []
+  let start = 0
+  for (let first = true; ; first = false) {
+    const args = ['fiemap', '--start', String(start), '--count', '291']
+    if (sync && first) args.push('--flags', '1')
+    let text: string
+    try {
+      text = execFileSync(ioctlTool(), [...args, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    } catch (err) {
+      const e = err as { stdout?: string, stderr?: string }
+      const j = (() => { try { return JSON.parse(e.stdout ?? '') as { errno?: number, error?: string } } catch { return null } })()
+      if (j?.errno === 25 || j?.errno === 38 || j?.errno === 95) throw new ImageError(`${file}: not on a foliofs mount`, EXIT.NOT_FOLIOFS)
+      throw new ImageError(`${file}: ${j?.error ?? (e.stderr ?? String(err)).trim()}`, 1)
+    }
+    const r = JSON.parse(text) as { mapped: number, extents: FiemapOut[] }
+    out.push(...r.extents)
+    const last = r.extents[r.extents.length - 1]
+    if (!last || r.extents.length < 291 || (last.flags & 1)) return out
+    start = last.logical + last.length
+  }
+}
+
+const FE_FLAGS: Array<[number, string]> = [[0x1, 'last'], [0x2, 'unknown_loc'], [0x4, 'delalloc'], [0x800, 'unwritten'], [0x1000, 'merged']]
+
+function fiemapTable (file: string, extents: FiemapOut[]): string[] {
+  const size = fs.statSync(file).size
+  const rows = [`${file}: ${size} bytes, ${extents.length} extent${extents.length === 1 ? '' : 's'}`,
+    ' ext  logical blocks          physical blocks         length  flags']
+  extents.forEach((e, i) => {
+    const lb = e.logical / 4096
+    const n = e.length / 4096
+    const phys = e.flags & 0x2 ? '-' : `${e.physical / 4096}..${e.physical / 4096 + n - 1}`
+    const flags = FE_FLAGS.filter(([b]) => e.flags & b).map(([, w]) => w).join(',')
+    rows.push(`${String(i).padStart(4)}  ${`${lb}..${lb + n - 1}`.padEnd(22)}  ${phys.padEnd(22)}  ${String(n).padStart(6)}  ${flags}`)
+  })
+  return rows
 }
 
 function statsOfImage (image: string): Record<string, unknown> {
@@ -245,6 +307,27 @@ async function main (argv: string[]): Promise<number> {
       }
       console.log(p.flags.has('json') ? JSON.stringify(stats, null, 2) : table(stats).join('\n'))
       return 0
+    }
+    case 'fiemap': {
+      const p = parseArgs(rest, [])
+      need('fiemap', p, 1, ['sync', 'json'])
+      const file = p.pos[0]
+      if (!fs.existsSync(file)) throw new ImageError(`${file}: no such file`, EXIT.NOT_FOUND)
+      const extents = fiemapOf(file, p.flags.has('sync'))
+      console.log(p.flags.has('json') ? JSON.stringify({ file, size: fs.statSync(file).size, extents }, null, 2) : fiemapTable(file, extents).join('\n'))
+      return 0
+    }
+    case 'preload': {
+      if (rest.length === 0) throw new ImageError(`usage: ${COMMANDS.preload.usage}`, EXIT.USAGE)
+      const lib = preloadLib()
+      if (!fs.existsSync(lib)) throw new ImageError(`${lib} is missing (run npm run setup)`, EXIT.USAGE)
+      const env = { ...process.env, LD_PRELOAD: [lib, process.env.LD_PRELOAD].filter(Boolean).join(' ') }
+      const r = spawnSync(rest[0], rest.slice(1), { stdio: 'inherit', env })
+      if (r.error) {
+        process.stderr.write(`foliofs: ${rest[0]}: ${(r.error as NodeJS.ErrnoException).code === 'ENOENT' ? 'command not found' : r.error.message}\n`)
+        return 127
+      }
+      return r.status ?? 128 + (r.signal ? os.constants.signals[r.signal] : 0)
     }
     case '--version':
     case '-V':

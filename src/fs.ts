@@ -28,6 +28,7 @@ import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
+import { decodeRequest, encodeBadFlags, encodeReply, Fiemap, FIEMAP_FLAG_SYNC, FIEMAP_FLAGS_COMPAT, FIEMAP_MAX_PER_CALL } from './fiemap'
 
 export interface FsOptions extends TreeOptions {
   /** page cache size in bytes (default 256 MiB) */
@@ -137,6 +138,7 @@ export class FolioFs {
   readonly cache: PageCache
   readonly io: BufferedIO
   readonly writeback: Writeback
+  readonly fiemap: Fiemap
   private readonly syncWrites: boolean
   /** in-memory size and times of inodes with data not written back */
   private readonly attrs = new Map<number, MemAttrs>()
@@ -161,6 +163,7 @@ export class FolioFs {
       delayMs: opts.writebackDelayMs ?? 0
     })
     this.syncWrites = opts.syncWrites ?? false
+    this.fiemap = new Fiemap(this.data, this.cache)
     if (!this.readonly) {
       this.recoverOrphans()
       this.writeback.start()
@@ -744,6 +747,27 @@ export class FolioFs {
     if (this.readonly) return
     if (ino !== undefined) await this.writeback.inode(ino)
     this.data.checkpoint()
+  }
+
+  /**
+   * The private FIEMAP ioctl: buf is struct fiemap followed by room for
+   * FIEMAP_MAX_PER_CALL extents, in and out (see fiemap.ts). Linux's rules:
+   * unsupported flags: EBADR with them in fm_flags; fm_length 0: EINVAL;
+   * fm_start at or past the largest file size: EFBIG; a range running past
+   * it is cut there; fm_extent_count 0 counts the extents of the range.
+   */
+  async fiemapIoctl (ino: number, buf: Buffer): Promise<void> {
+    const req = decodeRequest(buf)
+    const bad = req.flags & ~FIEMAP_FLAGS_COMPAT
+    if (bad) { encodeBadFlags(buf, bad); return }
+    if (req.extentCount > FIEMAP_MAX_PER_CALL) throw fsErr('EINVAL', `fm_extent_count ${req.extentCount} > ${FIEMAP_MAX_PER_CALL}`)
+    if (req.length === 0) throw fsErr('EINVAL', 'fm_length 0')
+    if (req.start >= MAX_FILE_SIZE) throw fsErr('EFBIG')
+    const i = this.inode(ino)
+    if ((req.flags & FIEMAP_FLAG_SYNC) && (i.mode & S_IFMT) === S_IFREG && !this.readonly) await this.writeback.inode(ino)
+    const size = (i.mode & S_IFMT) === S_IFREG ? this.sizeOf(ino) : 0
+    const r = await this.fiemap.map(ino, size, req.start, Math.min(req.length, MAX_FILE_SIZE - req.start), req.extentCount)
+    encodeReply(buf, req.extentCount === 0 ? r.count : r.extents.length, r.extents)
   }
 
   /** syncfs: write back everything and make it durable */

@@ -3,7 +3,7 @@
 // result (fuse-native hangs on Error objects and times out on throws).
 import { FolioFs, type Stat, type Time } from './fs'
 import { fsErr, toNegErrno } from './errno'
-import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
+import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import createDebug from 'debug'
 
 const debug = createDebug('foliofs:ops')
@@ -113,12 +113,16 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     listxattr: (path: string | null, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(ino(path))]),
     removexattr: (path: string | null, name: string, cb: Cb) =>
       reply('removexattr', cb, () => { fs.removexattr(ino(path), name) }),
-    ioctl: (_path: string | null, _fd: number, cmd: number, data: Buffer, cb: Cb) =>
-      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data))
+    ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
+      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd)))
   }
 }
 
-function ioctl (ctx: OpsContext, cmd: number, data: Buffer): number {
+function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number): number | Promise<number> {
+  if (cmd === FOLIOFS_IOC_FIEMAP) {
+    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    return ctx.fs.fiemapIoctl(ino(), data).then(() => 0)
+  }
   if (cmd === FOLIOFS_IOC_STATS) {
     if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
     const json = Buffer.from(JSON.stringify(statsOf(ctx)))
@@ -143,6 +147,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     ops: { ...fs.counters },
     btree: { ...fs.data.stats, ...fs.data.summary() },
     pagecache: pageCacheStats(fs),
+    fiemap: { ...fs.fiemap.stats },
     ...ctx.extraStats()
   }
 }

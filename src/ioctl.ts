@@ -24,3 +24,6 @@ export const FOLIOFS_IOC_BUFSIZE = 16383
 
 /** Read the daemon's statistics as NUL-terminated JSON. */
 export const FOLIOFS_IOC_STATS = ioc(IOC_READ, FOLIOFS_IOC_MAGIC, 1, FOLIOFS_IOC_BUFSIZE)
+
+/** FIEMAP: struct fiemap + up to 291 struct fiemap_extent, in and out (see src/fiemap.ts) */
+export const FOLIOFS_IOC_FIEMAP = ioc(IOC_READ | IOC_WRITE, FOLIOFS_IOC_MAGIC, 2, FOLIOFS_IOC_BUFSIZE)

@@ -45,6 +45,11 @@ export class PageCache {
     return f
   }
 
+  /** the cached folio, if any, without marking it referenced (FIEMAP, SEEK_DATA: lookups that are not uses) */
+  peek (ino: number, index: number): Folio | undefined {
+    return this.byIno.get(ino)?.get(index)
+  }
+
   /** the cached folio, or a new one (not uptodate, contents undefined) */
   getOrCreate (ino: number, index: number): Folio {
     let m = this.byIno.get(ino)

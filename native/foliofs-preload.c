@@ -1,0 +1,131 @@
+/* libfoliofs-preload.so: FS_IOC_FIEMAP for unmodified programs on foliofs.
+ *
+ * The kernel never forwards FS_IOC_FIEMAP to a FUSE daemon (it answers
+ * EOPNOTSUPP itself). Loaded with LD_PRELOAD (`foliofs preload CMD...`),
+ * this library catches ioctl(fd, FS_IOC_FIEMAP, ...) on FUSE files and asks
+ * the daemon through the private restricted ioctl FOLIOFS_IOC_FIEMAP
+ * instead, paging by fm_start through buffers of FOLIOFS_FIEMAP_MAX
+ * extents, and fills the caller's struct fiemap whatever its size.
+ *
+ * Transparent everywhere else: any other request, any file that is not on
+ * FUSE, and a FUSE daemon that does not know the private ioctl (ENOTTY,
+ * ENOSYS, EOPNOTSUPP on the first call) all get the real ioctl.
+ *
+ * Errors: the daemon reports EBADR (unsupported fm_flags) through
+ * fm_reserved, since a failing FUSE ioctl copies nothing back; here it
+ * becomes -1/EBADR with the unsupported bits in fm_flags, as on ext4.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/vfs.h>
+#include <linux/fs.h>
+#include <linux/fiemap.h>
+#include "foliofs_ioctl.h"
+
+#define FUSE_SUPER_MAGIC 0x65735546
+
+typedef int (*ioctl_fn)(int, unsigned long, ...);
+
+static int real_ioctl(int fd, unsigned long req, void *arg)
+{
+	static ioctl_fn next;
+
+	if (!next)
+		next = (ioctl_fn)dlsym(RTLD_NEXT, "ioctl");
+	if (!next) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return next(fd, req, arg);
+}
+
+static int on_fuse(int fd)
+{
+	struct statfs s;
+
+	return fstatfs(fd, &s) == 0 && (unsigned long)s.f_type == FUSE_SUPER_MAGIC;
+}
+
+/* 1: answered (ret/errno set); 0: not foliofs, use the real ioctl */
+static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
+{
+	static __thread union {
+		struct fiemap fm;
+		char raw[FOLIOFS_IOC_BUFSIZE];
+	} buf;
+	struct fiemap *req = &buf.fm;
+	uint64_t start = user->fm_start;
+	uint64_t end = user->fm_length > UINT64_MAX - start ? UINT64_MAX : start + user->fm_length;
+	uint32_t want = user->fm_extent_count;
+	uint32_t got = 0;
+	int first = 1;
+
+	for (;;) {
+		uint32_t ask = want == 0 ? 0 : (want - got > FOLIOFS_FIEMAP_MAX ? FOLIOFS_FIEMAP_MAX : want - got);
+		uint32_t n;
+
+		memset(req, 0, sizeof(*req));
+		req->fm_start = start;
+		req->fm_length = end - start;
+		req->fm_flags = first ? user->fm_flags : (user->fm_flags & ~FIEMAP_FLAG_SYNC);
+		req->fm_extent_count = ask;
+		if (real_ioctl(fd, FOLIOFS_IOC_FIEMAP, &buf) < 0) {
+			if (first && (errno == ENOTTY || errno == ENOSYS || errno == EOPNOTSUPP))
+				return 0; /* some other FUSE filesystem */
+			*ret = -1;
+			return 1;
+		}
+		if (req->fm_reserved) { /* an error that carries data (EBADR) */
+			user->fm_flags = req->fm_flags;
+			user->fm_mapped_extents = 0;
+			errno = (int)req->fm_reserved;
+			*ret = -1;
+			return 1;
+		}
+		first = 0;
+		n = req->fm_mapped_extents;
+		if (want == 0) { /* count only: the daemon counted the whole range */
+			user->fm_mapped_extents = n;
+			break;
+		}
+		if (n > ask)
+			n = ask;
+		memcpy(&user->fm_extents[got], req->fm_extents, (size_t)n * sizeof(struct fiemap_extent));
+		got += n;
+		if (n < ask || n == 0 || got >= want)
+			break; /* the range is done, or the caller's buffer is full */
+		if (req->fm_extents[n - 1].fe_flags & FIEMAP_EXTENT_LAST)
+			break;
+		start = req->fm_extents[n - 1].fe_logical + req->fm_extents[n - 1].fe_length;
+		if (start >= end)
+			break;
+	}
+	if (want != 0)
+		user->fm_mapped_extents = got;
+	*ret = 0;
+	return 1;
+}
+
+int ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	void *arg;
+	int ret;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (req == FS_IOC_FIEMAP && arg && on_fuse(fd)) {
+		int saved = errno;
+
+		if (foliofs_fiemap(fd, (struct fiemap *)arg, &ret))
+			return ret;
+		errno = saved;
+	}
+	return real_ioctl(fd, req, arg);
+}

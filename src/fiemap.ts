@@ -1,0 +1,234 @@
+// FIEMAP through the restart-safe transaction layer (cf. bcachefs
+// fs/vfs/fiemap.c, and pagecache.c for the dirty-folio scan).
+//
+// The walk is a sequence of steps, each one lockrestartDo; a step returns
+// what it found and changes no outer state, so a restart just runs it
+// again. A step:
+//   1. peeks the next extent key at or after pos (bounded by the end);
+//   2. in a hole before it (or when there is none), scans the page cache
+//      for dirty or writeback folios with trylocks only: the step holds
+//      B-tree locks, and waiting for a folio lock there would deadlock
+//      against writeback, which takes folio locks first;
+//   3. when a trylock fails, falls back to nonblockingOrDrop: the scan
+//      runs again with locks dropped, waiting for each folio, and its
+//      result is used (reported as delalloc) unless relock finds that the
+//      tree changed meanwhile (writeback committed there), which restarts
+//      the step. The slowpath is rare by construction: never every step.
+//   4. the B-tree takes precedence: the page cache is consulted in holes
+//      only; dirty or writeback folios there are DELALLOC | UNKNOWN (no
+//      physical address yet).
+// A step reports up to STEP_ITEMS items (extents and delalloc runs) so that
+// fragmented files do not pay a transaction per extent; extents are copied
+// out before the step ends. The caller merges neighbours with the same
+// flags and contiguous physical addresses; exactly one extent of a file,
+// its last, carries FIEMAP_EXTENT_LAST.
+//
+// Units: the ioctl speaks bytes; the tree and the cache speak 4 KiB blocks.
+import { lockrestartDo, nonblockingOrDrop, transGet, EXT_UNWRITTEN, type BtreeTrans } from './btree'
+import type { FileData } from './filedata'
+import type { PageCache } from './pagecache/cache'
+import type { Folio } from './pagecache/folio'
+import { BLOCK_SIZE } from './imageerror'
+
+export const FIEMAP_FLAG_SYNC = 0x1
+export const FIEMAP_FLAG_XATTR = 0x2
+export const FIEMAP_FLAGS_COMPAT = FIEMAP_FLAG_SYNC
+
+export const FIEMAP_EXTENT_LAST = 0x1
+export const FIEMAP_EXTENT_UNKNOWN = 0x2
+export const FIEMAP_EXTENT_DELALLOC = 0x4
+export const FIEMAP_EXTENT_UNWRITTEN = 0x800
+export const FIEMAP_EXTENT_MERGED = 0x1000
+
+/** items one step reports at most */
+const STEP_ITEMS = 64
+
+export interface FiemapExtent { logical: number, physical: number, length: number, flags: number }
+
+export interface FiemapStats {
+  calls: number
+  steps: number
+  trylockFailures: number
+  slowpath: number
+  restarts: number
+}
+
+/** one item of a step: a mapped extent or a delalloc run, in blocks */
+interface Item { off: number, len: number, pblk: number, flags: number }
+interface StepResult { items: Item[], next: number }
+
+export class Fiemap {
+  readonly stats: FiemapStats = { calls: 0, steps: 0, trylockFailures: 0, slowpath: 0, restarts: 0 }
+
+  constructor (private readonly data: FileData, private readonly cache: PageCache) {}
+
+  /** folios of ino in [a, b), ascending (probing indices when the range is small) */
+  private foliosIn (ino: number, a: number, b: number): Folio[] {
+    const span = b - a
+    if (span <= 256) {
+      const out: Folio[] = []
+      for (let i = a; i < b; i++) {
+        const f = this.cache.peek(ino, i)
+        if (f) out.push(f)
+      }
+      return out
+    }
+    return this.cache.folioRange(ino, a, b).sort((x, y) => x.index - y.index)
+  }
+
+  /**
+   * The first run of dirty or writeback folios in [a, b), trylocking each
+   * folio it looks at; undefined on contention (a folio is locked).
+   */
+  private scanTry (ino: number, a: number, b: number): { run: [number, number] | null } | undefined {
+    let start = -1
+    let end = -1
+    for (const f of this.foliosIn(ino, a, b)) {
+      if (start >= 0 && f.index !== end) break // the run ended at a missing folio
+      if (!f.trylock()) { this.stats.trylockFailures++; return undefined }
+      const delalloc = f.dirty || f.writeback
+      f.unlock()
+      if (!delalloc) { if (start >= 0) break; continue }
+      if (start < 0) start = f.index
+      end = f.index + 1
+    }
+    return { run: start >= 0 ? [start, end] : null }
+  }
+
+  /** the same scan, waiting for folio locks (locks dropped: never inside a step holding B-tree locks) */
+  private async scanBlocking (ino: number, a: number, b: number): Promise<{ run: [number, number] | null }> {
+    this.stats.slowpath++
+    let start = -1
+    let end = -1
+    for (const f of this.foliosIn(ino, a, b)) {
+      if (start >= 0 && f.index !== end) break
+      await f.lock()
+      const delalloc = !f.dropped && (f.dirty || f.writeback)
+      f.unlock()
+      if (!delalloc) { if (start >= 0) break; continue }
+      if (start < 0) start = f.index
+      end = f.index + 1
+    }
+    return { run: start >= 0 ? [start, end] : null }
+  }
+
+  /** one step from block pos, not past end */
+  private async step (trans: BtreeTrans, ino: number, pos: number, end: number): Promise<StepResult> {
+    this.stats.steps++
+    const before = trans.totalRestarts
+    try {
+      return await lockrestartDo(trans, async t => {
+        const items: Item[] = []
+        let at = pos
+        const it = t.iter(ino, at)
+        let e = it.peekMax(end)
+        while (at < end && items.length < STEP_ITEMS) {
+          if (e && e.off <= at) { // mapped: the tree takes precedence
+            const to = Math.min(e.off + e.len, end)
+            items.push({ off: at, len: to - at, pblk: e.pblk + (at - e.off), flags: e.flags & EXT_UNWRITTEN ? FIEMAP_EXTENT_UNWRITTEN : 0 })
+            at = to
+            e = it.next()
+            if (e && e.off >= end) e = null
+            continue
+          }
+          const holeEnd = e ? e.off : end
+          const found = await nonblockingOrDrop(t, () => this.scanTry(ino, at, holeEnd), async () => await this.scanBlocking(ino, at, holeEnd))
+          if (!found.run) { at = holeEnd; continue }
+          const [s, r] = found.run
+          items.push({ off: s, len: r - s, pblk: 0, flags: FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN })
+          at = r // still before e: the iterator stays valid (relock succeeded, or no slowpath ran)
+        }
+        return { items, next: at }
+      })
+    } finally {
+      this.stats.restarts += trans.totalRestarts - before
+    }
+  }
+
+  /**
+   * The map of [start, start+length) bytes of ino (size: the file's size
+   * now). maxExtents 0 counts only. Returns the extents (merged, at most
+   * maxExtents unless counting), and how many there are.
+   */
+  async map (ino: number, size: number, start: number, length: number, maxExtents: number): Promise<{ extents: FiemapExtent[], count: number }> {
+    this.stats.calls++
+    const eof = Math.ceil(size / BLOCK_SIZE)
+    const first = Math.floor(start / BLOCK_SIZE)
+    const end = Math.min(eof, Math.ceil(Math.min(start + length, Number.MAX_SAFE_INTEGER) / BLOCK_SIZE))
+    const out: FiemapExtent[] = []
+    let count = 0
+    let pending: FiemapExtent | null = null
+    const trans = transGet(this.data.tree)
+    let pos = first
+    let full = false
+    const emit = (x: Item): void => {
+      const ext = { logical: x.off * BLOCK_SIZE, physical: x.pblk * BLOCK_SIZE, length: x.len * BLOCK_SIZE, flags: x.flags }
+      if (pending && pending.logical + pending.length === ext.logical && pending.flags === ext.flags &&
+          (ext.flags & FIEMAP_EXTENT_DELALLOC || pending.physical + pending.length === ext.physical)) {
+        pending.length += ext.length
+        return
+      }
+      if (pending) { count++; if (maxExtents > 0) out.push(pending) }
+      if (maxExtents > 0 && out.length >= maxExtents) { full = true; pending = null; return }
+      pending = ext
+    }
+    while (pos < end && !full) {
+      const r = await this.step(trans, ino, pos, end)
+      for (const x of r.items) { emit(x); if (full) break }
+      pos = r.next
+    }
+    if (pending) {
+      count++
+      if (maxExtents > 0) out.push(pending)
+    }
+    // the file's last extent carries LAST: nothing mapped or dirty after it
+    const last = out[out.length - 1]
+    if (last && !full) {
+      const after = Math.ceil((last.logical + last.length) / BLOCK_SIZE)
+      if (after >= eof || (await this.step(trans, ino, after, eof)).items.length === 0) last.flags |= FIEMAP_EXTENT_LAST
+    }
+    return { extents: out, count }
+  }
+}
+
+// ---- the private ioctl's buffer (struct fiemap, linux/fiemap.h) ----------
+//   struct fiemap (32 bytes): u64 fm_start, u64 fm_length, u32 fm_flags,
+//     u32 fm_mapped_extents, u32 fm_extent_count, u32 fm_reserved
+//   struct fiemap_extent (56 bytes): u64 fe_logical, u64 fe_physical,
+//     u64 fe_length, u64 fe_reserved64[2], u32 fe_flags, u32 fe_reserved[3]
+// Little-endian (the host's). A FUSE ioctl that fails copies nothing back,
+// but EBADR must hand back the unsupported flags: the private ioctl then
+// succeeds with fm_reserved = EBADR and fm_flags = those bits, and the
+// LD_PRELOAD shim turns that into -1/EBADR.
+export const FIEMAP_HEADER = 32
+export const FIEMAP_EXTENT_SIZE = 56
+export const FIEMAP_MAX_PER_CALL = 291
+export const EBADR = 53
+
+export interface FiemapRequest { start: number, length: number, flags: number, extentCount: number }
+
+const u64 = (b: Buffer, at: number): number => Number(b.readBigUInt64LE(at))
+
+export function decodeRequest (b: Buffer): FiemapRequest {
+  return { start: u64(b, 0), length: u64(b, 8), flags: b.readUInt32LE(16), extentCount: b.readUInt32LE(24) }
+}
+
+export function encodeReply (b: Buffer, mapped: number, extents: FiemapExtent[]): void {
+  b.writeUInt32LE(mapped, 20)
+  b.writeUInt32LE(0, 28)
+  let at = FIEMAP_HEADER
+  for (const e of extents) {
+    b.fill(0, at, at + FIEMAP_EXTENT_SIZE)
+    b.writeBigUInt64LE(BigInt(e.logical), at)
+    b.writeBigUInt64LE(BigInt(e.physical), at + 8)
+    b.writeBigUInt64LE(BigInt(e.length), at + 16)
+    b.writeUInt32LE(e.flags, at + 40)
+    at += FIEMAP_EXTENT_SIZE
+  }
+}
+
+export function encodeBadFlags (b: Buffer, bad: number): void {
+  b.writeUInt32LE(bad, 16)
+  b.writeUInt32LE(0, 20)
+  b.writeUInt32LE(EBADR, 28)
+}
