@@ -72,17 +72,20 @@ dir_of() { case $1 in foliofs) echo "$fmnt" ;; ceiling) echo "$cmnt" ;; host) ec
 run_target() { # one repeat of every measurement on target $1
 	local t=$1 dir t0 t1 s
 	dir=$(dir_of "$t")
+	if [ "$t" = foliofs ]; then # a fresh image each repeat: files land in never-used space
+		"$FOLIOFS" umount "$fmnt"; rm -f "$d/img"; "$FOLIOFS" mkfs --size 64G "$d/img" >/dev/null; fmount
+	fi
 	sync
 	t0=$(now); dd if=/dev/zero of="$dir/seq" bs=1M count="$MB" status=none; t1=$(now)
 	record seqw "$t" "$(mbps "$MB" $((t1 - t0)))"
+	if [ "$t" = foliofs ]; then "$FOLIOFS" umount "$fmnt"; fmount; fi # the daemon's caches go cold too
+	drop_caches
+	t0=$(now); dd if="$dir/seq" of=/dev/null bs=1M status=none; t1=$(now)
+	record seqr "$t" "$(mbps "$MB" $((t1 - t0)))"
 	# one big file at a time (the ceiling slows down with two 1 GiB files in its heap)
 	rm -f "$dir/seq"; sync
 	t0=$(now); dd if=/dev/zero of="$dir/seqf" bs=1M count="$MB" conv=fsync status=none; t1=$(now)
 	record seqwf "$t" "$(mbps "$MB" $((t1 - t0)))"
-	if [ "$t" = foliofs ]; then "$FOLIOFS" umount "$fmnt"; fmount; fi # the daemon's caches go cold too
-	drop_caches
-	t0=$(now); dd if="$dir/seqf" of=/dev/null bs=1M status=none; t1=$(now)
-	record seqr "$t" "$(mbps "$MB" $((t1 - t0)))"
 	rm -f "$dir/seqf"
 	dd if=/dev/zero of="$dir/rnd" bs=1M count="$RW_MB" conv=fsync status=none
 	s=$(python3 "$root/scripts/bench-io.py" randwrite "$dir/rnd" "$RW_MB" "$RW_OPS" 7)
@@ -113,7 +116,7 @@ row seqwf "seq write 1 MiB, conv=fsync (MB/s)"
 row seqr "cold seq read 1 MiB (MB/s)"
 row rndw "$RW_OPS x 4 KiB pwrite+fsync in $RW_MB MiB (op/s)"
 row create "create $FILES x 4 KiB files (files/s)"
-echo "cold read: caches dropped ($dropped), foliofs remounted; the ceiling's data stays in its daemon's memory"
+echo "fresh foliofs image per run; cold read: of the no-fsync file, caches dropped ($dropped), foliofs remounted; the ceiling's data stays in its daemon's memory"
 echo "host: plain directory on $(df --output=fstype "$host" | tail -1) ($(df --output=source "$host" | tail -1))"
 # the CLI prints a table by default once `stats --json` exists; older ones print JSON and refuse --json
 stats=$("$FOLIOFS" stats --json "$fmnt" 2>/dev/null) || stats=$("$FOLIOFS" stats "$fmnt")
