@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# FIEMAP benchmark (npm run bench): filefrag -v through the LD_PRELOAD shim
+# on a file of 100k extents (written back) and on a fully dirty 1 GiB file
+# (the delalloc path: the page cache scan), beside filefrag on the host
+# directory for the same 100k-extent layout. Medians of 3. Needs root and
+# /dev/fuse; prints numbers, asserts nothing.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ "$(id -u)" -ne 0 ] || [ ! -e /dev/fuse ]; then echo "bench-fiemap: skipped (needs root and /dev/fuse)"; exit 0; fi
+N=${BENCH_FIEMAP_EXTENTS:-100000}
+d=$(mktemp -d /tmp/foliofs-bench-fiemap.XXXXXX)
+export FOLIOFS_RUNDIR=$d/run
+cleanup() { "$root/bin/foliofs" umount "$d/mnt" >/dev/null 2>&1 || true; rm -rf "$d"; }
+trap cleanup EXIT
+mkdir -p "$d/mnt" "$d/host"
+frag() { python3 -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+blk = b"y" * 4096
+for k in range(int(sys.argv[2])):
+    os.pwrite(fd, blk, k * 8192)
+os.fsync(fd)
+os.close(fd)' "$1" "$2"; }
+median3() { # median wall time in seconds of three runs of "$@"
+	for _ in 1 2 3; do
+		s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+		echo "$e - $s" | bc -l
+	done | sort -n | sed -n 2p
+}
+"$root/bin/foliofs" mkfs --size 8G "$d/img" >/dev/null
+"$root/bin/foliofs" mount "$d/img" "$d/mnt" -o cache_size=4G
+frag "$d/mnt/frag" "$N"
+frag "$d/host/frag" "$N"
+n_f=$("$root/bin/foliofs" preload filefrag "$d/mnt/frag" | sed -n 's/.*: \([0-9]*\) extents\? found/\1/p')
+n_h=$(filefrag "$d/host/frag" | sed -n 's/.*: \([0-9]*\) extents\? found/\1/p')
+t_f=$(median3 "$root/bin/foliofs" preload filefrag -v "$d/mnt/frag")
+t_x=$(median3 "$root/bin/foliofs" preload xfs_io -c fiemap "$d/mnt/frag")
+t_h=$(median3 filefrag -v "$d/host/frag")
+dd if=/dev/zero bs=1M count=1024 status=none | tr '\0' 'd' > "$d/mnt/dirty"
+t_d=$(median3 "$root/bin/foliofs" preload filefrag -v "$d/mnt/dirty")
+dirty=$("$root/bin/foliofs" stats --json "$d/mnt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pagecache"]["dirtyBytes"] >> 20)')
+echo "foliofs bench (fiemap): filefrag -v through the shim, medians of 3"
+printf '%-52s %8.3f s   (host filefrag, same layout: %.3f s, %s extents; ratio %.2f)\n' "$N-extent file, foliofs ($n_f extents)" "$t_f" "$t_h" "$n_h" "$(echo "$t_f / $t_h" | bc -l)"
+printf '%-52s %8.3f s\n' "$N-extent file, xfs_io -c fiemap through the shim" "$t_x"
+printf '%-52s %8.3f s   (%s MiB dirty while measured)\n' "fully dirty 1 GiB file (delalloc path)" "$t_d" "$dirty"

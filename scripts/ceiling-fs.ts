@@ -1,0 +1,329 @@
+// The FUSE ceiling: a minimal in-memory filesystem on the same patched
+// fuse-native, mounted with foliofs's own libfuse options. Whatever it
+// reaches is the most any fuse-native filesystem can reach on this machine,
+// so `npm run bench` (scripts/bench-fs.sh) reports foliofs against it.
+//   node dist/scripts/ceiling-fs.js MOUNTPOINT
+// Prints `ready` once mounted; stays in the foreground until SIGTERM or
+// SIGINT (or an external unmount), then unmounts and exits 0.
+//
+// Not a real filesystem: no persistence, no hard links, no xattrs, no
+// symlinks, no permission bookkeeping beyond mode/uid/gid (the kernel
+// checks them: default_permissions). Callbacks follow fuse-native's rules:
+// a result or a negative errno, never an Error, never a throw.
+import * as path from 'path'
+import { constants } from 'os'
+import { fuseExtraOptions, parseMountOptions } from '../src/daemon'
+import { ensureFusermount } from '../src/mounts'
+
+type Cb = (...args: any[]) => void
+interface Time { sec: number, nsec: number }
+
+const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
+const UTIME_NOW = (1 << 30) - 1
+const UTIME_OMIT = (1 << 30) - 2
+const BLOCK = 4096
+
+class Errno extends Error {
+  constructor (readonly code: keyof typeof constants.errno) { super(code) }
+}
+const err = (code: keyof typeof constants.errno): Errno => new Errno(code)
+
+interface Node {
+  ino: number
+  mode: number
+  uid: number
+  gid: number
+  nlink: number
+  size: number
+  /** file bytes; capacity >= size, bytes past size are garbage (zeroed when exposed) */
+  data: Buffer
+  atime: Time
+  mtime: Time
+  ctime: Time
+  children: Map<string, Node> | null
+}
+
+function now (): Time {
+  const ms = Date.now()
+  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 }
+}
+
+let nextIno = 1
+function newNode (mode: number, uid: number, gid: number): Node {
+  const t = now()
+  const dir = (mode & S_IFMT) === S_IFDIR
+  return { ino: nextIno++, mode, uid, gid, nlink: dir ? 2 : 1, size: 0, data: Buffer.alloc(0), atime: t, mtime: t, ctime: t, children: dir ? new Map() : null }
+}
+
+const root = newNode(S_IFDIR | 0o755, process.getuid?.() ?? 0, process.getgid?.() ?? 0)
+const handles = new Map<number, Node>()
+let nextFh = 1
+
+function lookup (p: string): Node {
+  let n = root
+  for (const part of p.split('/')) {
+    if (!part) continue
+    if (!n.children) throw err('ENOTDIR')
+    const c = n.children.get(part)
+    if (!c) throw err('ENOENT')
+    n = c
+  }
+  return n
+}
+
+function parentOf (p: string): { dir: Node, name: string } {
+  const name = path.posix.basename(p)
+  if (Buffer.byteLength(name) > 255) throw err('ENAMETOOLONG')
+  const dir = lookup(path.posix.dirname(p))
+  if (!dir.children) throw err('ENOTDIR')
+  return { dir, name }
+}
+
+function nodeOf (p: string | null, fd: number): Node {
+  if (fd) {
+    const h = handles.get(fd)
+    if (h) return h
+  }
+  if (p === null) throw err('EBADF')
+  return lookup(p)
+}
+
+function stat (n: Node): Record<string, unknown> {
+  return {
+    ino: n.ino, mode: n.mode, nlink: n.nlink, uid: n.uid, gid: n.gid, rdev: 0,
+    size: n.children ? BLOCK : n.size, blksize: BLOCK, blocks: Math.ceil(n.size / 512),
+    atime: n.atime, mtime: n.mtime, ctime: n.ctime
+  }
+}
+
+/** Make room for `end` bytes (geometric growth) and zero [size, from) so holes read as zeros. */
+function reserve (n: Node, end: number, from: number): void {
+  if (end > n.data.length) {
+    const cap = Math.max(end, Math.min(n.data.length * 2, 2 ** 32 - 1), 64 * 1024)
+    const d = Buffer.allocUnsafe(cap)
+    n.data.copy(d, 0, 0, n.size)
+    n.data = d
+  }
+  if (from > n.size) n.data.fill(0, n.size, from)
+}
+
+function setSize (n: Node, size: number): void {
+  if (size > n.size) {
+    reserve(n, size, size)
+  } else if (size < n.data.length / 4 && n.data.length > 1 << 20) {
+    n.data = Buffer.from(n.data.subarray(0, size)) // give memory back after a big shrink
+  }
+  n.size = size
+  n.mtime = n.ctime = now()
+}
+
+function toErrno (e: unknown): number {
+  if (e instanceof Errno) return -constants.errno[e.code]
+  return -constants.errno.EIO
+}
+
+/** Reply cb(0, ...result) or cb(-errno), exactly once, never throwing. */
+function reply (cb: Cb, fn: () => unknown[] | void): void {
+  let r: unknown[] | void
+  try {
+    r = fn()
+  } catch (e) {
+    cb(toErrno(e))
+    return
+  }
+  cb(0, ...(r ?? []))
+}
+
+/** read/write: the result (a byte count) is the first callback argument. */
+function replyValue (cb: Cb, fn: () => number): void {
+  let v: number
+  try {
+    v = fn()
+  } catch (e) {
+    cb(toErrno(e))
+    return
+  }
+  cb(v)
+}
+
+function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<string, Cb> {
+  const creds = (): { uid: number, gid: number } => {
+    const c = ctx()
+    return { uid: c?.uid ?? 0, gid: c?.gid ?? 0 }
+  }
+  const add = (p: string, mode: number): Node => {
+    const { dir, name } = parentOf(p)
+    if (dir.children!.has(name)) throw err('EEXIST')
+    const c = creds()
+    const n = newNode(mode, c.uid, c.gid)
+    dir.children!.set(name, n)
+    if (n.children) dir.nlink++
+    dir.mtime = dir.ctime = now()
+    return n
+  }
+  const open = (n: Node): number => {
+    const fh = nextFh++
+    handles.set(fh, n)
+    return fh
+  }
+  return {
+    init: (cb: Cb) => cb(0),
+    statfs: (_p: string, cb: Cb) => reply(cb, () => [{
+      bsize: BLOCK, frsize: BLOCK, blocks: 2 ** 26, bfree: 2 ** 25, bavail: 2 ** 25,
+      files: 2 ** 30, ffree: 2 ** 30 - nextIno, favail: 2 ** 30 - nextIno, fsid: 0xce11, flag: 0, namemax: 255
+    }]),
+    getattr: (p: string, cb: Cb) => reply(cb, () => [stat(lookup(p))]),
+    fgetattr: (p: string | null, fd: number, cb: Cb) => reply(cb, () => [stat(nodeOf(p, fd))]),
+    readdir: (p: string, cb: Cb) => reply(cb, () => {
+      const d = lookup(p)
+      if (!d.children) throw err('ENOTDIR')
+      const names = ['.', '..', ...d.children.keys()]
+      const stats = [stat(d), stat(d), ...[...d.children.values()].map(stat)]
+      return [names, stats]
+    }),
+    create: (p: string, mode: number, _flags: number, cb: Cb) => reply(cb, () => [open(add(p, S_IFREG | (mode & 0o7777)))]),
+    open: (p: string, _flags: number, cb: Cb) => reply(cb, () => {
+      const n = lookup(p)
+      if (n.children) throw err('EISDIR')
+      return [open(n)]
+    }),
+    release: (_p: string, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
+    flush: (_p: string, _fd: number, cb: Cb) => cb(0),
+    fsync: (_p: string, _datasync: number, _fd: number, cb: Cb) => cb(0),
+    read: (p: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue(cb, () => {
+      const n = nodeOf(p, fd)
+      if (pos >= n.size) return 0
+      const end = Math.min(n.size, pos + len)
+      return n.data.copy(buf, 0, pos, end)
+    }),
+    write: (p: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue(cb, () => {
+      const n = nodeOf(p, fd)
+      const end = pos + len
+      reserve(n, end, pos)
+      buf.copy(n.data, pos, 0, len)
+      if (end > n.size) n.size = end
+      n.mtime = n.ctime = now()
+      return len
+    }),
+    truncate: (p: string, size: number, cb: Cb) => reply(cb, () => { setSize(lookup(p), size) }),
+    ftruncate: (p: string | null, fd: number, size: number, cb: Cb) => reply(cb, () => { setSize(nodeOf(p, fd), size) }),
+    unlink: (p: string, cb: Cb) => reply(cb, () => {
+      const { dir, name } = parentOf(p)
+      const n = dir.children!.get(name)
+      if (!n) throw err('ENOENT')
+      if (n.children) throw err('EISDIR')
+      dir.children!.delete(name)
+      n.nlink--
+      dir.mtime = dir.ctime = now()
+    }),
+    mkdir: (p: string, mode: number, cb: Cb) => reply(cb, () => { add(p, S_IFDIR | (mode & 0o7777)) }),
+    rmdir: (p: string, cb: Cb) => reply(cb, () => {
+      const { dir, name } = parentOf(p)
+      const n = dir.children!.get(name)
+      if (!n) throw err('ENOENT')
+      if (!n.children) throw err('ENOTDIR')
+      if (n.children.size) throw err('ENOTEMPTY')
+      dir.children!.delete(name)
+      dir.nlink--
+      dir.mtime = dir.ctime = now()
+    }),
+    rename: (src: string, dst: string, cb: Cb) => reply(cb, () => {
+      const s = parentOf(src)
+      const d = parentOf(dst)
+      const n = s.dir.children!.get(s.name)
+      if (!n) throw err('ENOENT')
+      if ((dst + '/').startsWith(src + '/') && dst !== src) throw err('EINVAL')
+      const old = d.dir.children!.get(d.name)
+      if (old === n) return
+      if (old) {
+        if (n.children && !old.children) throw err('ENOTDIR')
+        if (!n.children && old.children) throw err('EISDIR')
+        if (old.children && old.children.size) throw err('ENOTEMPTY')
+        if (old.children) d.dir.nlink--
+        old.nlink = 0
+      }
+      s.dir.children!.delete(s.name)
+      d.dir.children!.set(d.name, n)
+      if (n.children && s.dir !== d.dir) { s.dir.nlink--; d.dir.nlink++ }
+      const t = now()
+      s.dir.mtime = s.dir.ctime = d.dir.mtime = d.dir.ctime = n.ctime = t
+    }),
+    utimens: (p: string | null, atime: Time, mtime: Time, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, 0)
+      const t = now()
+      const pick = (v: Time, old: Time): Time => v.nsec === UTIME_OMIT ? old : v.nsec === UTIME_NOW ? t : { sec: v.sec, nsec: v.nsec }
+      n.atime = pick(atime, n.atime)
+      n.mtime = pick(mtime, n.mtime)
+      n.ctime = t
+    }),
+    chmod: (p: string | null, mode: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, 0)
+      n.mode = (n.mode & S_IFMT) | (mode & 0o7777)
+      n.ctime = now()
+    }),
+    chown: (p: string | null, uid: number, gid: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, 0)
+      if (uid !== -1 && uid !== 0xffffffff) n.uid = uid
+      if (gid !== -1 && gid !== 0xffffffff) n.gid = gid
+      n.ctime = now()
+    })
+  }
+}
+
+async function main (): Promise<number> {
+  const mnt = process.argv[2]
+  if (!mnt || process.argv.length > 3) {
+    process.stderr.write('usage: node dist/scripts/ceiling-fs.js MOUNTPOINT\n')
+    return 2
+  }
+  const mountpoint = path.resolve(mnt)
+  ensureFusermount()
+  const Fuse = require('fuse-native')
+  // foliofs's options, except the subtype: /proc/mounts must not call this
+  // mount fuse.foliofs (foliofs's tools and tests look for that type)
+  const extra = fuseExtraOptions(parseMountOptions([])).map(o => o.startsWith('subtype=') ? 'subtype=foliofs-ceiling' : o)
+  const holder: { fuse?: { context?: { uid: number, gid: number } } } = {}
+  const ops = makeOps(() => holder.fuse?.context)
+  let sessionEnded = (): void => {}
+  ops.destroy = (cb: Cb) => {
+    cb(0)
+    setImmediate(() => sessionEnded())
+  }
+  const fuse = new Fuse(mountpoint, ops, {
+    fsname: 'ceilingfs',
+    allowOther: process.getuid?.() === 0,
+    debug: false,
+    timeout: false,
+    extraOptions: extra
+  })
+  holder.fuse = fuse
+  try {
+    await new Promise<void>((resolve, reject) => fuse.mount((e: Error | null) => e ? reject(e) : resolve()))
+  } catch (e) {
+    process.stderr.write(`ceiling-fs: mount failed: ${(e as Error).message}\n`)
+    return 7
+  }
+  process.stdout.write('ready\n')
+  return await new Promise<number>(resolve => {
+    let closing = false
+    const shutdown = (): void => {
+      if (closing) return
+      closing = true
+      fuse.unmount((e: Error | null) => {
+        if (e) process.stderr.write(`ceiling-fs: unmount: ${e.message}\n`)
+        resolve(e ? 1 : 0)
+      })
+    }
+    process.on('SIGINT', shutdown)
+    process.on('SIGTERM', shutdown)
+    process.on('SIGHUP', shutdown)
+    sessionEnded = () => { if (!closing) { closing = true; resolve(0) } }
+  })
+}
+
+main().then(code => process.exit(code), e => {
+  process.stderr.write(`ceiling-fs: ${String(e)}\n`)
+  process.exit(1)
+})
