@@ -50,7 +50,8 @@ function table (o: Record<string, unknown>, indent = ''): string[] {
 
 const MOUNT_OPTIONS = `mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, cache_size=SIZE, attr_timeout=S,
   entry_timeout=S, debug, inject_restarts=P (fault injection: B-tree transaction restarts with probability P),
-  debug_checks, writeback_delay_ms=N (fault injection: writeback holds its folio locks N ms longer)`
+  debug_checks, dirty_expire=SECONDS (write back dirty data older than this; default 5),
+  writeback_delay_ms=N (fault injection: writeback holds its folio locks N ms longer)`
 
 /** Each command's one-line synopsis and what `foliofs help COMMAND` adds to it. */
 const COMMANDS: Record<string, { usage: string, help: string }> = {

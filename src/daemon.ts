@@ -26,6 +26,8 @@ export interface MountOptions {
   syncWrites: boolean
   /** fault injection: writeback holds its folio locks this long after each run's I/O (-o writeback_delay_ms=N) */
   writebackDelayMs: number
+  /** dirty data older than this is written back (-o dirty_expire=SECONDS, default 5) */
+  dirtyExpireMs?: number
   /** options handed to the kernel mount / libfuse */
   fuseOptions: string[]
 }
@@ -53,6 +55,7 @@ export function parseMountOptions (opts: string[]): MountOptions {
       else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
       else if (key === 'cache_size' && val !== undefined) o.cacheBytes = parseCacheSize(val, opt)
       else if (key === 'writeback_delay_ms' && val !== undefined && /^\d{1,6}$/.test(val)) o.writebackDelayMs = Number(val)
+      else if (key === 'dirty_expire' && val !== undefined && /^\d{1,6}(\.\d+)?$/.test(val)) o.dirtyExpireMs = Math.round(Number(val) * 1000)
       else if (key === 'sync' && flag) { o.syncWrites = true; o.fuseOptions.push(key) }
       else if (PASS_THROUGH.has(key) && flag) o.fuseOptions.push(key)
       else if (IGNORED.has(key) && flag) continue
@@ -124,7 +127,8 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     debugChecks: opts.debugChecks || undefined,
     cacheBytes: opts.cacheBytes,
     syncWrites: opts.syncWrites,
-    writebackDelayMs: opts.writebackDelayMs
+    writebackDelayMs: opts.writebackDelayMs,
+    dirtyExpireMs: opts.dirtyExpireMs
   })
   folio.noatime = opts.noatime
   const started = Date.now()

@@ -37,6 +37,8 @@ export interface FsOptions extends TreeOptions {
   syncWrites?: boolean
   /** fault injection: writeback holds a run's folio locks this long after its I/O */
   writebackDelayMs?: number
+  /** dirty data older than this is written back by the background timer (default 5 s) */
+  dirtyExpireMs?: number
 }
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
@@ -159,7 +161,7 @@ export class FolioFs {
     this.writeback = new Writeback(this.cache, this.data, (ino, start, end, added, freed) => this.runCommitted(ino, end, added, freed), {
       dirtyBackground: Math.floor(cacheBytes / 4),
       dirtyLimit: Math.floor(cacheBytes / 2),
-      expireMs: 5000,
+      expireMs: opts.dirtyExpireMs ?? 5000,
       delayMs: opts.writebackDelayMs ?? 0
     })
     this.syncWrites = opts.syncWrites ?? false

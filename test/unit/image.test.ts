@@ -70,4 +70,13 @@ test('mount options: known ones parsed, unknown ones rejected', () => {
   assert.deepEqual(o.fuseOptions, ['nosuid', 'attr_timeout=1.5'])
   assert.throws(() => parseMountOptions(['bogus']), /unknown or malformed mount option 'bogus'/)
   assert.throws(() => parseMountOptions(['ro=1']))
+  const c = parseMountOptions(['cache_size=64M,dirty_expire=30,writeback_delay_ms=10,sync'])
+  assert.equal(c.cacheBytes, 64 << 20)
+  assert.equal(c.dirtyExpireMs, 30000)
+  assert.equal(c.writebackDelayMs, 10)
+  assert.equal(c.syncWrites, true)
+  assert.deepEqual(c.fuseOptions, ['sync'], 'sync also goes to the kernel')
+  for (const bad of ['cache_size=lots', 'cache_size=4k', 'dirty_expire=-1', 'writeback_delay_ms=x']) {
+    assert.throws(() => parseMountOptions([bad]), /mount option/, bad)
+  }
 })
