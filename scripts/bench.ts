@@ -63,7 +63,7 @@ async function truncateBench (dir: string, n: number): Promise<TruncateResult> {
   for (let b = 0; b < n; b += 10_000) {
     lockrestartDoSync(transGet(tree), t => {
       for (let k = b; k < Math.min(b + 10_000, n); k++) {
-        for (const [ino, pblk] of [[victim, 2 * k], [other, 2 * k + 1]]) {
+        for (const [ino, pblk] of [[victim, 2 * k + 1], [other, 2 * k + 2]]) { // block 0: the data area header
           const a = t.alloc(1, pblk)
           if (!a || a.pblk !== pblk) throw new Error('bench layout: allocation did not follow the hint')
           t.insertExtent({ ino, off: 2 * k, len: 1, pblk, flags: 0 })
