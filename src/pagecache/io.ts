@@ -22,6 +22,8 @@ interface ReadState { next: number, window: number }
 
 export class BufferedIO {
   private readonly ra = new Map<number, ReadState>()
+  /** inodes with an asynchronous readahead in flight */
+  private readonly prefetching = new Set<number>()
 
   /** sizeOf(ino): the file's size now (never a value read before an await: truncate may run meanwhile) */
   constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number) {}
@@ -90,7 +92,38 @@ export class BufferedIO {
       idx = Math.min(end, last + 1)
     }
     this.ra.set(ino, { next: last + 1, window })
+    if (sequential) this.readahead(ino, last + 1, window)
     this.cache.evict()
+  }
+
+  /**
+   * Asynchronous readahead: a sequential reader that is inside the window
+   * gets the next window filled in the background, so its I/O overlaps
+   * with the reader's consumption instead of stalling every window.
+   */
+  private readahead (ino: number, from: number, window: number): void {
+    if (this.prefetching.has(ino)) return
+    const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
+    let start = from
+    const horizon = Math.min(eofBlock, from + window)
+    while (start < horizon && this.cache.peek(ino, start)) start++ // already cached or in flight
+    if (start >= horizon || start - from > window / 2) return // far enough ahead already
+    const end = Math.min(eofBlock, start + window)
+    const run: Folio[] = []
+    for (let k = start; k < end && !this.cache.peek(ino, k); k++) {
+      const f = this.cache.getOrCreate(ino, k)
+      f.trylock()
+      run.push(f)
+    }
+    if (run.length === 0) return
+    this.prefetching.add(ino)
+    this.cache.stats.readaheadFolios += run.length
+    this.fill(ino, run)
+      .catch(() => { for (const g of run) this.cache.remove(g) }) // a reader will try again, synchronously
+      .finally(() => {
+        for (const g of run) g.unlock()
+        this.prefetching.delete(ino)
+      })
   }
 
   private copyOut (f: Folio, buf: Buffer, pos: number, n: number): void {
