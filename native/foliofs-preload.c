@@ -11,6 +11,13 @@
  * FUSE, and a FUSE daemon that does not know the private ioctl (ENOTTY,
  * ENOSYS, EOPNOTSUPP on the first call) all get the real ioctl.
  *
+ * Paging: the daemon is always asked for a full page (FOLIOFS_FIEMAP_MAX);
+ * what the caller's buffer cannot take is kept for the caller's next call,
+ * if that call continues exactly where this one stopped (same file, same
+ * range end and flags but FIEMAP_FLAG_SYNC). Any other call drops it, so a
+ * later run starting over never sees an old page. Tools that page with
+ * small buffers (xfs_io) then cost one round trip per 291 extents.
+ *
  * Errors: the daemon reports EBADR (unsupported fm_flags) through
  * fm_reserved, since a failing FUSE ioctl copies nothing back; here it
  * becomes -1/EBADR with the unsupported bits in fm_flags, as on ext4.
@@ -22,6 +29,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 #include <linux/fs.h>
 #include <linux/fiemap.h>
@@ -51,6 +59,42 @@ static int on_fuse(int fd)
 	return fstatfs(fd, &s) == 0 && (unsigned long)s.f_type == FUSE_SUPER_MAGIC;
 }
 
+/* the rest of the last page the daemon sent, for a caller that pages on */
+static __thread struct {
+	int valid;
+	dev_t dev;
+	ino_t ino;
+	uint64_t start, end;	/* continues at start; the request's range end */
+	uint32_t flags;
+	uint32_t pos, n;	/* ext[pos..n) not handed out yet */
+	int done;		/* the page ended the range: nothing after ext[n-1] */
+	struct fiemap_extent ext[FOLIOFS_FIEMAP_MAX];
+} left;
+
+/* copy up to room extents from the kept page if it continues at *start */
+static uint32_t take_left(const struct stat *st, uint64_t *start, uint64_t end, uint32_t flags,
+			  struct fiemap_extent *to, uint32_t room, int *done)
+{
+	uint32_t k = 0;
+
+	/* SYNC on a continuation (xfs_io sets it on every call): the first call of the run wrote the file back */
+	if (!left.valid || left.dev != st->st_dev || left.ino != st->st_ino || left.start != *start ||
+	    left.end != end || left.flags != (flags & ~FIEMAP_FLAG_SYNC)) {
+		left.valid = 0;
+		return 0;
+	}
+	while (k < room && left.pos < left.n)
+		to[k++] = left.ext[left.pos++];
+	if (k)
+		*start = to[k - 1].fe_logical + to[k - 1].fe_length;
+	left.start = *start;
+	if (left.pos == left.n) {
+		*done = left.done;
+		left.valid = 0;
+	}
+	return k;
+}
+
 /* 1: answered (ret/errno set); 0: not foliofs, use the real ioctl */
 static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 {
@@ -63,16 +107,33 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 	uint64_t end = user->fm_length > UINT64_MAX - start ? UINT64_MAX : start + user->fm_length;
 	uint32_t want = user->fm_extent_count;
 	uint32_t got = 0;
-	int first = 1;
+	int first = 1, done = 0;
+	struct stat st;
 
+	if (fstat(fd, &st) < 0) {
+		*ret = -1;
+		return 1;
+	}
+	if (want) {
+		got = take_left(&st, &start, end, user->fm_flags, user->fm_extents, want, &done);
+		if (got) first = 0; /* answered by the daemon already: no fallback question */
+		if (done || got >= want || start >= end) {
+			user->fm_mapped_extents = got;
+			*ret = 0;
+			return 1;
+		}
+	} else {
+		left.valid = 0;
+	}
 	for (;;) {
-		uint32_t ask = want == 0 ? 0 : (want - got > FOLIOFS_FIEMAP_MAX ? FOLIOFS_FIEMAP_MAX : want - got);
-		uint32_t n;
+		uint32_t ask = want == 0 ? 0 : FOLIOFS_FIEMAP_MAX;
+		uint32_t n, give;
 
 		memset(req, 0, sizeof(*req));
 		req->fm_start = start;
 		req->fm_length = end - start;
 		req->fm_flags = first ? user->fm_flags : (user->fm_flags & ~FIEMAP_FLAG_SYNC);
+		left.valid = 0;
 		req->fm_extent_count = ask;
 		if (real_ioctl(fd, FOLIOFS_IOC_FIEMAP, &buf) < 0) {
 			if (first && (errno == ENOTTY || errno == ENOSYS || errno == EOPNOTSUPP))
@@ -95,14 +156,26 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 		}
 		if (n > ask)
 			n = ask;
-		memcpy(&user->fm_extents[got], req->fm_extents, (size_t)n * sizeof(struct fiemap_extent));
-		got += n;
-		if (n < ask || n == 0 || got >= want)
-			break; /* the range is done, or the caller's buffer is full */
-		if (req->fm_extents[n - 1].fe_flags & FIEMAP_EXTENT_LAST)
+		done = n < ask || n == 0 || (req->fm_extents[n - 1].fe_flags & FIEMAP_EXTENT_LAST);
+		give = n < want - got ? n : want - got;
+		memcpy(&user->fm_extents[got], req->fm_extents, (size_t)give * sizeof(struct fiemap_extent));
+		got += give;
+		if (give)
+			start = user->fm_extents[got - 1].fe_logical + user->fm_extents[got - 1].fe_length;
+		if (give < n) { /* keep the rest for the caller's next call */
+			left.valid = 1;
+			left.dev = st.st_dev;
+			left.ino = st.st_ino;
+			left.start = start;
+			left.end = end;
+			left.flags = user->fm_flags & ~FIEMAP_FLAG_SYNC;
+			memcpy(left.ext, &req->fm_extents[give], (size_t)(n - give) * sizeof(struct fiemap_extent));
+			left.pos = 0;
+			left.n = n - give;
+			left.done = done;
 			break;
-		start = req->fm_extents[n - 1].fe_logical + req->fm_extents[n - 1].fe_length;
-		if (start >= end)
+		}
+		if (done || got >= want || start >= end)
 			break;
 	}
 	if (want != 0)
