@@ -38,6 +38,27 @@ export class BufferedIO {
     for (const f of folios) f.uptodate = true
   }
 
+  /** fill, or on failure remove the folios (never uptodate: a later reader tries again); the caller unlocks */
+  private async fillOrForget (ino: number, folios: Folio[]): Promise<void> {
+    try {
+      await this.fill(ino, folios)
+    } catch (err) {
+      for (const f of folios) this.cache.remove(f)
+      throw err
+    }
+  }
+
+  /** new folios for [from, to), locked (none of them may be cached yet) */
+  private newLocked (ino: number, from: number, to: number): Folio[] {
+    const run: Folio[] = []
+    for (let k = from; k < to; k++) {
+      const f = this.cache.getOrCreate(ino, k)
+      f.trylock() // new: always succeeds
+      run.push(f)
+    }
+    return run
+  }
+
   /**
    * Read bytes [pos, pos+n) of ino into buf (n already clamped to EOF).
    * Folios being filled or written by someone else are waited for.
@@ -72,20 +93,12 @@ export class BufferedIO {
       const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
       const limit = Math.max(last + 1, Math.min(eofBlock, last + 1 + (sequential ? window : 0)))
       while (end < limit && !this.cache.get(ino, end)) end++
-      const run: Folio[] = []
-      for (let k = idx; k < end; k++) {
-        f = this.cache.getOrCreate(ino, k)
-        f.trylock() // new: always succeeds
-        run.push(f)
-      }
+      const run = this.newLocked(ino, idx, end)
       this.cache.stats.misses += Math.min(end, last + 1) - idx
       this.cache.stats.readaheadFolios += Math.max(0, end - (last + 1))
       try {
-        await this.fill(ino, run)
+        await this.fillOrForget(ino, run)
         for (const g of run) if (g.index <= last) this.copyOut(g, buf, pos, n)
-      } catch (err) {
-        for (const g of run) this.cache.remove(g) // not uptodate: forget them
-        throw err
       } finally {
         for (const g of run) g.unlock()
       }
@@ -108,18 +121,14 @@ export class BufferedIO {
     const horizon = Math.min(eofBlock, from + window)
     while (start < horizon && this.cache.peek(ino, start)) start++ // already cached or in flight
     if (start >= horizon || start - from > window / 2) return // far enough ahead already
-    const end = Math.min(eofBlock, start + window)
-    const run: Folio[] = []
-    for (let k = start; k < end && !this.cache.peek(ino, k); k++) {
-      const f = this.cache.getOrCreate(ino, k)
-      f.trylock()
-      run.push(f)
-    }
+    let end = start
+    while (end < Math.min(eofBlock, start + window) && !this.cache.peek(ino, end)) end++
+    const run = this.newLocked(ino, start, end)
     if (run.length === 0) return
     this.prefetching.add(ino)
     this.cache.stats.readaheadFolios += run.length
-    this.fill(ino, run)
-      .catch(() => { for (const g of run) this.cache.remove(g) }) // a reader will try again, synchronously
+    this.fillOrForget(ino, run)
+      .catch(() => {}) // a reader will try again, synchronously
       .finally(() => {
         for (const g of run) g.unlock()
         this.prefetching.delete(ino)
@@ -133,25 +142,41 @@ export class BufferedIO {
     if (to > from) f.data.copy(buf, from - pos, from - fstart, to - fstart)
   }
 
+  /**
+   * The folio for idx, locked and uptodate, if that needs no wait: free,
+   * and uptodate or about to be overwritten whole (then zeroed). Else null
+   * (nothing held): the caller awaits lockedUptodate. Keeps the write path
+   * free of a promise per folio.
+   */
+  private lockedUptodateNow (ino: number, idx: number, whole: boolean): Folio | null {
+    const f = this.cache.getOrCreate(ino, idx)
+    if (!f.trylock()) return null
+    if (f.uptodate) return f
+    if (whole) { f.data.fill(0); return f }
+    f.unlock()
+    return null
+  }
+
   /** the folio for idx, locked and uptodate (filled from the data area if needed) */
   private async lockedUptodate (ino: number, idx: number, whole: boolean): Promise<Folio> {
     for (;;) {
-      const f = this.cache.getOrCreate(ino, idx)
-      if (!f.trylock()) await f.lock()
-      if (f.dropped) { f.unlock(); continue } // truncated while we waited
-      if (!f.uptodate) {
-        if (whole) f.data.fill(0)
+      const f = this.lockedUptodateNow(ino, idx, whole)
+      if (f) return f
+      const g = this.cache.getOrCreate(ino, idx)
+      await g.lock()
+      if (g.dropped) { g.unlock(); continue } // truncated while we waited
+      if (!g.uptodate) {
+        if (whole) g.data.fill(0)
         else {
           try {
-            await this.fill(ino, [f])
+            await this.fillOrForget(ino, [g])
           } catch (err) {
-            this.cache.remove(f)
-            f.unlock()
+            g.unlock()
             throw err
           }
         }
       }
-      return f
+      return g
     }
   }
 
@@ -165,13 +190,7 @@ export class BufferedIO {
       const from = Math.max(pos, fstart)
       const to = Math.min(pos + len, fstart + FOLIO_SIZE)
       const whole = from === fstart && to === fstart + FOLIO_SIZE
-      // fast path, no await: a free folio that is uptodate or entirely overwritten
-      let f = this.cache.getOrCreate(ino, idx)
-      if (!f.trylock()) f = await this.lockedUptodate(ino, idx, whole)
-      else if (!f.uptodate) {
-        if (whole) f.data.fill(0)
-        else { f.unlock(); f = await this.lockedUptodate(ino, idx, whole) }
-      }
+      const f = this.lockedUptodateNow(ino, idx, whole) ?? await this.lockedUptodate(ino, idx, whole)
       try {
         data.copy(f.data, from - fstart, from - pos, to - pos)
         f.uptodate = true
