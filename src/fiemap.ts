@@ -57,6 +57,28 @@ export interface FiemapStats {
 interface Item { off: number, len: number, pblk: number, flags: number }
 interface StepResult { items: Item[], next: number }
 
+/** dirty, or under writeback with its mapping not committed yet: no physical place (read under the folio lock) */
+const isDelalloc = (f: Folio): boolean => !f.dropped && (f.dirty || f.writeback)
+
+/** The first run of consecutive delalloc folios among folios fed in index order. */
+class RunFinder {
+  private start = -1
+  private end = -1
+
+  /** can f still belong to the run? (false: stop feeding) */
+  wants (f: Folio): boolean { return this.start < 0 || f.index === this.end }
+
+  /** record f's state; false when the run has ended */
+  add (f: Folio, delalloc: boolean): boolean {
+    if (!delalloc) return this.start < 0 // before a run: keep looking; a clean folio ends one
+    if (this.start < 0) this.start = f.index
+    this.end = f.index + 1
+    return true
+  }
+
+  get run (): [number, number] | null { return this.start >= 0 ? [this.start, this.end] : null }
+}
+
 export class Fiemap {
   readonly stats: FiemapStats = { calls: 0, steps: 0, trylockFailures: 0, slowpath: 0, restarts: 0 }
 
@@ -81,35 +103,29 @@ export class Fiemap {
    * folio it looks at; undefined on contention (a folio is locked).
    */
   private scanTry (ino: number, a: number, b: number): { run: [number, number] | null } | undefined {
-    let start = -1
-    let end = -1
+    const rf = new RunFinder()
     for (const f of this.foliosIn(ino, a, b)) {
-      if (start >= 0 && f.index !== end) break // the run ended at a missing folio
+      if (!rf.wants(f)) break
       if (!f.trylock()) { this.stats.trylockFailures++; return undefined }
-      const delalloc = f.dirty || f.writeback
+      const d = isDelalloc(f)
       f.unlock()
-      if (!delalloc) { if (start >= 0) break; continue }
-      if (start < 0) start = f.index
-      end = f.index + 1
+      if (!rf.add(f, d)) break
     }
-    return { run: start >= 0 ? [start, end] : null }
+    return { run: rf.run }
   }
 
   /** the same scan, waiting for folio locks (locks dropped: never inside a step holding B-tree locks) */
   private async scanBlocking (ino: number, a: number, b: number): Promise<{ run: [number, number] | null }> {
     this.stats.slowpath++
-    let start = -1
-    let end = -1
+    const rf = new RunFinder()
     for (const f of this.foliosIn(ino, a, b)) {
-      if (start >= 0 && f.index !== end) break
+      if (!rf.wants(f)) break
       await f.lock()
-      const delalloc = !f.dropped && (f.dirty || f.writeback)
+      const d = isDelalloc(f)
       f.unlock()
-      if (!delalloc) { if (start >= 0) break; continue }
-      if (start < 0) start = f.index
-      end = f.index + 1
+      if (!rf.add(f, d)) break
     }
-    return { run: start >= 0 ? [start, end] : null }
+    return { run: rf.run }
   }
 
   /** one step from block pos, not past end */
