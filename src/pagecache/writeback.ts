@@ -34,6 +34,16 @@ const debug = createDebug('foliofs:writeback')
 /** folios per run at most (8 MiB) */
 export const MAX_RUN = 2048
 
+/** folios (ascending) cut into runs of consecutive indices, at most max long */
+function * runsOf (folios: Folio[], max: number): Generator<Folio[]> {
+  for (let i = 0; i < folios.length;) {
+    let j = i + 1
+    while (j < folios.length && j - i < max && folios[j].index === folios[j - 1].index + 1) j++
+    yield folios.slice(i, j)
+    i = j
+  }
+}
+
 export interface WritebackLimits {
   /** dirty bytes above which a background pass starts */
   dirtyBackground: number
@@ -93,16 +103,12 @@ export class Writeback {
     this.stats.passes++
     let firstErr: unknown = null
     for (const ino of inos) {
-      const dirty = this.cache.dirtyOf(ino, from, to)
-      for (let i = 0; i < dirty.length;) {
-        let j = i + 1
-        while (j < dirty.length && j - i < MAX_RUN && dirty[j].index === dirty[j - 1].index + 1) j++
+      for (const run of runsOf(this.cache.dirtyOf(ino, from, to), MAX_RUN)) {
         try {
-          await this.writeRun(ino, dirty.slice(i, j))
+          await this.writeRun(ino, run)
         } catch (err) {
           firstErr ??= err
         }
-        i = j
       }
     }
     this.wakeWaiters()
@@ -117,12 +123,8 @@ export class Writeback {
       else f.unlock()
     }
     try {
-      for (let i = 0; i < live.length;) { // still-dirty folios may no longer be consecutive
-        let j = i + 1
-        while (j < live.length && live[j].index === live[j - 1].index + 1) j++
-        await this.writeLocked(ino, live.slice(i, j))
-        i = j
-      }
+      // still-dirty folios may no longer be consecutive
+      for (const part of runsOf(live, MAX_RUN)) await this.writeLocked(ino, part)
     } finally {
       for (const f of live) f.unlock()
     }
