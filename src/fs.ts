@@ -195,7 +195,6 @@ export class FolioFs {
       setParent: db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?'),
       setSize: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       addBlocks: db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?'),
-      setAfterWriteback: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       delXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
       getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
@@ -270,8 +269,16 @@ export class FolioFs {
     const a = this.attrs.get(ino)
     const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
     const cur = this.inode(ino)
-    this.q.setAfterWriteback.run(size, added - freed, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+    this.q.setSize.run(size, added - freed, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
     if (a && size === a.size && this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino)
+  }
+
+  /** record what a data change did to ino (size, times) in memory: stat sees it, writeback commits it */
+  private touchMem (ino: number, size: number, t: Time): void {
+    const v = { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec }
+    const a = this.attrs.get(ino)
+    if (a) Object.assign(a, v)
+    else this.attrs.set(ino, v)
   }
 
   /** Write back ino's dirty data and make it and its mapping durable (ordered: data first). */
@@ -689,11 +696,7 @@ export class FolioFs {
       await this.reserveSpace(ino, pos, len)
       if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
       await this.io.write(ino, data, pos)
-      const t = nowTime()
-      const a = this.attrs.get(ino)
-      const size = Math.max(this.sizeOf(ino), pos + len)
-      if (a) Object.assign(a, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
-      else this.attrs.set(ino, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+      this.touchMem(ino, Math.max(this.sizeOf(ino), pos + len), nowTime())
       this.counters.writes++
       this.counters.bytesWritten += len
       if (this.syncWrites) await this.syncInode(ino)
@@ -725,21 +728,17 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
       const t = nowTime()
-      const a = this.attrs.get(ino)
       if (size >= i.size) {
         if (size > i.size) await this.io.zeroTail(ino, i.size) // the old last block's tail reads zeros
         this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
-        if (a) Object.assign(a, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+        if (this.attrs.has(ino)) this.touchMem(ino, size, t)
         return
       }
-      if (a) a.size = size // readers clamp to the new size from now on
-      else this.attrs.set(ino, { size, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
+      this.touchMem(ino, size, t) // readers clamp to the new size from now on
       await this.io.dropFrom(ino, Math.ceil(size / BLOCK_SIZE)) // waits for writeback of those folios
       await this.io.zeroTail(ino, size) // the new last block: zeros past size, written back later
       await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
-      const m = this.attrs.get(ino)
-      if (m) Object.assign(m, { mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec })
-      if (m && this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino)
+      if (this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino) // all of it is in the row now
     })
   }
 
@@ -747,8 +746,8 @@ export class FolioFs {
   async fsync (ino?: number): Promise<void> {
     this.counters.fsyncs++
     if (this.readonly) return
-    if (ino !== undefined) await this.writeback.inode(ino)
-    this.data.checkpoint()
+    if (ino !== undefined) await this.syncInode(ino)
+    else this.data.checkpoint()
   }
 
   /**
@@ -765,9 +764,9 @@ export class FolioFs {
     if (req.extentCount > FIEMAP_MAX_PER_CALL) throw fsErr('EINVAL', `fm_extent_count ${req.extentCount} > ${FIEMAP_MAX_PER_CALL}`)
     if (req.length === 0) throw fsErr('EINVAL', 'fm_length 0')
     if (req.start >= MAX_FILE_SIZE) throw fsErr('EFBIG')
-    const i = this.inode(ino)
-    if ((req.flags & FIEMAP_FLAG_SYNC) && (i.mode & S_IFMT) === S_IFREG && !this.readonly) await this.writeback.inode(ino)
-    const size = (i.mode & S_IFMT) === S_IFREG ? this.sizeOf(ino) : 0
+    const regular = (this.inode(ino).mode & S_IFMT) === S_IFREG
+    if ((req.flags & FIEMAP_FLAG_SYNC) && regular && !this.readonly) await this.writeback.inode(ino)
+    const size = regular ? this.sizeOf(ino) : 0
     const r = await this.fiemap.map(ino, size, req.start, Math.min(req.length, MAX_FILE_SIZE - req.start), req.extentCount)
     encodeReply(buf, req.extentCount === 0 ? r.count : r.extents.length, r.extents)
   }
