@@ -9,6 +9,7 @@ import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground
 import { findMount, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
+import { FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_MERGED, FIEMAP_EXTENT_UNKNOWN, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_FLAG_SYNC, FIEMAP_MAX_PER_CALL } from './fiemap'
 
 /** Run fn, then end (also when fn throws). */
 function ended<T> (fn: () => T, end: () => void): T {
@@ -173,8 +174,8 @@ function fiemapOf (file: string, sync: boolean): FiemapOut[] {
   const out: FiemapOut[] = []
   let start = 0
   for (let first = true; ; first = false) {
-    const args = ['fiemap', '--start', String(start), '--count', '291']
-    if (sync && first) args.push('--flags', '1')
+    const args = ['fiemap', '--start', String(start), '--count', String(FIEMAP_MAX_PER_CALL)]
+    if (sync && first) args.push('--flags', String(FIEMAP_FLAG_SYNC))
     let text: string
     try {
       text = execFileSync(ioctlTool(), [...args, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
@@ -187,12 +188,13 @@ function fiemapOf (file: string, sync: boolean): FiemapOut[] {
     const r = JSON.parse(text) as { mapped: number, extents: FiemapOut[] }
     out.push(...r.extents)
     const last = r.extents[r.extents.length - 1]
-    if (!last || r.extents.length < 291 || (last.flags & 1)) return out
+    if (!last || r.extents.length < FIEMAP_MAX_PER_CALL || (last.flags & FIEMAP_EXTENT_LAST)) return out
     start = last.logical + last.length
   }
 }
 
-const FE_FLAGS: Array<[number, string]> = [[0x1, 'last'], [0x2, 'unknown_loc'], [0x4, 'delalloc'], [0x800, 'unwritten'], [0x1000, 'merged']]
+const FE_FLAGS: Array<[number, string]> = [[FIEMAP_EXTENT_LAST, 'last'], [FIEMAP_EXTENT_UNKNOWN, 'unknown_loc'],
+  [FIEMAP_EXTENT_DELALLOC, 'delalloc'], [FIEMAP_EXTENT_UNWRITTEN, 'unwritten'], [FIEMAP_EXTENT_MERGED, 'merged']]
 
 function fiemapTable (file: string, extents: FiemapOut[]): string[] {
   const size = fs.statSync(file).size
@@ -201,7 +203,7 @@ function fiemapTable (file: string, extents: FiemapOut[]): string[] {
   extents.forEach((e, i) => {
     const lb = e.logical / 4096
     const n = e.length / 4096
-    const phys = e.flags & 0x2 ? '-' : `${e.physical / 4096}..${e.physical / 4096 + n - 1}`
+    const phys = e.flags & FIEMAP_EXTENT_UNKNOWN ? '-' : `${e.physical / 4096}..${e.physical / 4096 + n - 1}`
     const flags = FE_FLAGS.filter(([b]) => e.flags & b).map(([, w]) => w).join(',')
     rows.push(`${String(i).padStart(4)}  ${`${lb}..${lb + n - 1}`.padEnd(22)}  ${phys.padEnd(22)}  ${String(n).padStart(6)}  ${flags}`)
   })
