@@ -8,9 +8,10 @@
 # rshared propagation and run `foliofs mount --foreground` in it.
 #
 # The build stage has the compiler and builds the native addons (better-sqlite3,
-# the patched fuse-native, native/foliofs-ioctl) against this image's own Node
-# headers, then the TypeScript; the runtime stage gets the built tree plus what
-# the tests use (fuse3, attr, xfsprogs, e2fsprogs, python3), no toolchain. Both
+# the patched fuse-native against libfuse3-dev, native/foliofs-ioctl) against
+# this image's own Node headers, then the TypeScript; the runtime stage gets the
+# built tree plus what the tests use (fuse3, which brings libfuse3-3, attr,
+# xfsprogs, e2fsprogs, python3), no toolchain. Both
 # stages start from the same BASE_IMAGE, so the addons match its Node; any
 # Debian 12 image with Node 20 in it works (e.g. node:20-bookworm-slim).
 ARG BASE_IMAGE=node:20-bookworm
@@ -18,7 +19,7 @@ ARG BASE_IMAGE=node:20-bookworm
 FROM ${BASE_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 make g++ patch \
+      python3 make g++ patch libfuse3-dev pkg-config \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/foliofs
 COPY package.json package-lock.json ./

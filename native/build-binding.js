@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// Patch fuse-native (ioctl, utimens fix, ns timestamps, NULL paths, fusermount3)
-// and rebuild it from source with node-gyp so that it loads the libfuse.so it
-// ships (soname libfuse.so.2) from next to fuse.node through an $ORIGIN rpath.
+// Patch fuse-native (ported to the system's libfuse 3: 1 MiB requests, lseek,
+// fallocate, copy_file_range, readdirplus; plus ioctl, destroy, caller
+// credentials, ns timestamps, NULL paths) and rebuild it from source with
+// node-gyp against libfuse3 (pkg-config fuse3: Debian's libfuse3-dev). The
+// libfuse 2 that fuse-native bundles is not used.
 // Runs as npm's postinstall; safe to run again (idempotent).
 'use strict'
 const fs = require('fs')
@@ -40,7 +42,7 @@ function applyPatch () {
 }
 
 function built () {
-  return fs.existsSync(path.join(release, 'fuse.node')) && fs.existsSync(path.join(release, 'libfuse.so.2'))
+  return fs.existsSync(path.join(release, 'fuse.node'))
 }
 
 function build () {
@@ -51,16 +53,17 @@ function build () {
     if (dir && fs.existsSync(path.join(dir, 'include', 'node', 'node_api.h'))) { args.push(`--nodedir=${dir}`); break }
   }
   log(`building fuse-native: node ${args.slice(1).join(' ')}`)
+  try {
+    execFileSync('pkg-config', ['--exists', 'fuse3'])
+  } catch {
+    throw new Error('libfuse 3 development files not found (pkg-config fuse3): apt-get install libfuse3-dev pkg-config')
+  }
   execFileSync(process.execPath, args, { cwd: pkgDir, stdio: ['ignore', 'inherit', 'inherit'] })
-  // fuse.node NEEDs libfuse.so.2; the shipped library is copied as libfuse.so.
-  const so2 = path.join(release, 'libfuse.so.2')
-  fs.rmSync(so2, { force: true })
-  fs.symlinkSync('libfuse.so', so2)
 }
 
 function verify () {
   const out = execFileSync(process.execPath, ['-e',
-    "const b=require('node-gyp-build')(process.argv[1]);if(typeof b.fuse_native_signal_ioctl!=='function')throw new Error('ioctl missing');console.log('ok')",
+    "const b=require('node-gyp-build')(process.argv[1]);if(typeof b.fuse_native_signal_ioctl!=='function'||typeof b.fuse_native_signal_lseek!=='function')throw new Error('libfuse 3 port missing');console.log('ok')",
     pkgDir], { cwd: pkgDir, encoding: 'utf8' })
   if (out.trim() !== 'ok') throw new Error('fuse-native binding did not load')
 }

@@ -13,7 +13,6 @@
 import * as path from 'path'
 import { constants } from 'os'
 import { fuseExtraOptions, parseMountOptions } from '../src/daemon'
-import { ensureFusermount } from '../src/mounts'
 
 type Cb = (...args: any[]) => void
 interface Time { sec: number, nsec: number }
@@ -176,8 +175,10 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
     }]),
     getattr: (p: string, cb: Cb) => reply(cb, () => [stat(lookup(p))]),
     fgetattr: (p: string | null, fd: number, cb: Cb) => reply(cb, () => [stat(nodeOf(p, fd))]),
-    readdir: (p: string, cb: Cb) => reply(cb, () => {
-      const d = lookup(p)
+    opendir: (p: string, _flags: number, cb: Cb) => reply(cb, () => [open(lookup(p))]),
+    releasedir: (_p: string | null, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
+    readdir: (p: string | null, fd: number, cb: Cb) => reply(cb, () => {
+      const d = nodeOf(p, fd)
       if (!d.children) throw err('ENOTDIR')
       const names = ['.', '..', ...d.children.keys()]
       const stats = [stat(d), stat(d), ...[...d.children.values()].map(stat)]
@@ -279,7 +280,6 @@ async function main (): Promise<number> {
     return 2
   }
   const mountpoint = path.resolve(mnt)
-  ensureFusermount()
   const Fuse = require('fuse-native')
   // foliofs's options, except the subtype: /proc/mounts must not call this
   // mount fuse.foliofs (foliofs's tools and tests look for that type)

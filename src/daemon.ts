@@ -7,7 +7,7 @@ import createDebug from 'debug'
 import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
-import { alive, ensureFusermount, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
+import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
 
 const debug = createDebug('foliofs:daemon')
 
@@ -35,7 +35,9 @@ export interface MountOptions {
 // mount(8) passes these; they are either mount flags libfuse understands or no-ops for us
 const PASS_THROUGH = new Set(['nosuid', 'suid', 'nodev', 'dev', 'noexec', 'exec', 'sync', 'async', 'dirsync'])
 const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail', 'rw',
-  'atime', 'relatime', 'strictatime', 'nodiratime', 'diratime', 'big_writes', 'default_permissions', 'loop'])
+  'atime', 'relatime', 'strictatime', 'nodiratime', 'diratime', 'default_permissions', 'loop',
+  // libfuse 2's option, refused by libfuse 3 (which always allows big writes): accepted for old fstab lines
+  'big_writes'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
   const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, fuseOptions: [] }
@@ -104,7 +106,8 @@ export function preflight (image: string, mountpoint: string): void {
  * in-memory ceiling filesystem, so both run with the same options).
  */
 export function fuseExtraOptions (opts: MountOptions): string[] {
-  const extra = ['big_writes', 'use_ino', 'default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
+  // (libfuse 3: use_ino and nullpath_ok are set by the binding's init, not options)
+  const extra = ['default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
   // libfuse's high-level API gives each hard link its own kernel inode: cached
   // attributes (nlink, size) of one name would go stale when another changes
   if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=0')
@@ -116,7 +119,6 @@ type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
 
 /** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
 export async function runWorker (image: string, mountpoint: string, opts: MountOptions, notify: Notify): Promise<number> {
-  ensureFusermount()
   const Fuse = require('fuse-native')
   image = path.resolve(image)
   mountpoint = path.resolve(mountpoint)

@@ -6,7 +6,7 @@ export type ErrnoName =
   | 'EPERM' | 'ENOENT' | 'EIO' | 'EBADF' | 'EACCES' | 'EEXIST' | 'EXDEV' | 'ENOTDIR'
   | 'EISDIR' | 'EINVAL' | 'EFBIG' | 'ENOSPC' | 'EROFS' | 'EMLINK' | 'ERANGE' | 'ENAMETOOLONG'
   | 'ENOSYS' | 'ENOTEMPTY' | 'ELOOP' | 'ENODATA' | 'ENOTTY' | 'EOPNOTSUPP' | 'E2BIG'
-  | 'EOVERFLOW' | 'EBUSY' | 'EFAULT'
+  | 'EOVERFLOW' | 'EBUSY' | 'EFAULT' | 'ENXIO' | 'ENODEV'
 
 export class FsError extends Error {
   readonly code: ErrnoName

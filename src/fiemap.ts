@@ -23,6 +23,12 @@
 // flags and contiguous physical addresses; exactly one extent of a file,
 // its last, carries FIEMAP_EXTENT_LAST.
 //
+// SEEK_DATA and SEEK_HOLE (lseek) walk with the same steps (cf. bcachefs
+// bch2_seek_data/bch2_seek_hole): written extents and delalloc runs are
+// data; an unwritten (preallocated) extent is a hole except where dirty
+// folios cover it, which is checked after the step, with no B-tree locks
+// held, so that check may wait for folio locks.
+//
 // Units: the ioctl speaks bytes; the tree and the cache speak 4 KiB blocks.
 import { lockrestartDo, nonblockingOrDrop, transGet, EXT_UNWRITTEN, type BtreeTrans } from './btree'
 import type { FileData } from './filedata'
@@ -204,6 +210,65 @@ export class Fiemap {
       if (after >= eof || (await this.step(trans, ino, after, eof)).items.length === 0) last.flags |= FIEMAP_EXTENT_LAST
     }
     return { extents: out, count }
+  }
+
+  /** the items of blocks [pos, end) of ino, a step at a time */
+  private async * items (ino: number, pos: number, end: number): AsyncGenerator<Item> {
+    const trans = transGet(this.data.tree)
+    while (pos < end) {
+      const r = await this.step(trans, ino, pos, end)
+      yield * r.items
+      if (r.items.length === 0) return
+      pos = r.next
+    }
+  }
+
+  /** the first dirty run in [a, b) of an unwritten extent (no B-tree locks held here: may wait for folio locks) */
+  private async dirtyIn (ino: number, a: number, b: number): Promise<[number, number] | null> {
+    const rf = new RunFinder()
+    for (const f of this.foliosIn(ino, a, b)) {
+      if (!rf.wants(f)) break
+      await f.lock()
+      const d = isDelalloc(f)
+      f.unlock()
+      if (!rf.add(f, d)) break
+    }
+    return rf.run
+  }
+
+  /** SEEK_DATA: the first byte of data at or after offset, null past the last (ENXIO) */
+  async seekData (ino: number, size: number, offset: number): Promise<number | null> {
+    if (offset >= size) return null
+    for await (const x of this.items(ino, Math.floor(offset / BLOCK_SIZE), Math.ceil(size / BLOCK_SIZE))) {
+      let at = x.off
+      if (x.flags & FIEMAP_EXTENT_UNWRITTEN) {
+        const run = await this.dirtyIn(ino, x.off, x.off + x.len)
+        if (!run) continue
+        at = run[0]
+      }
+      return Math.max(offset, at * BLOCK_SIZE)
+    }
+    return null
+  }
+
+  /** SEEK_HOLE: the first byte of a hole at or after offset (the end of the file is one), null past it (ENXIO) */
+  async seekHole (ino: number, size: number, offset: number): Promise<number | null> {
+    if (offset >= size) return null
+    let data = Math.floor(offset / BLOCK_SIZE) // data runs without a gap up to here
+    const hole = (): number => Math.min(size, Math.max(offset, data * BLOCK_SIZE))
+    for await (const x of this.items(ino, data, Math.ceil(size / BLOCK_SIZE))) {
+      if (x.off > data) return hole()
+      const xend = x.off + x.len
+      if (x.flags & FIEMAP_EXTENT_UNWRITTEN) {
+        const run = await this.dirtyIn(ino, data, xend)
+        if (!run || run[0] > data) return hole()
+        data = run[1]
+        if (data < xend) return hole()
+      } else {
+        data = xend
+      }
+    }
+    return hole()
   }
 }
 

@@ -128,13 +128,13 @@ export class FileData {
   }
 
   /**
-   * One truncate step body: unmap up to TRUNCATE_BATCH extents at or past
-   * block keep. Returns whether it reached the end of the file.
+   * One truncate (or punch) step body: unmap up to TRUNCATE_BATCH extents
+   * in [keep, end). Returns whether it reached end.
    */
-  private truncateStep (t: BtreeTrans, ino: number, keep: number, first: boolean, onStep: TruncateStep): boolean {
-    const batch = t.extentsIn(ino, keep, END, TRUNCATE_BATCH + 1)
+  private truncateStep (t: BtreeTrans, ino: number, keep: number, first: boolean, onStep: TruncateStep, end = END): boolean {
+    const batch = t.extentsIn(ino, keep, end, TRUNCATE_BATCH + 1)
     const done = batch.length <= TRUNCATE_BATCH
-    const upTo = done ? END : batch[TRUNCATE_BATCH].off
+    const upTo = done ? end : batch[TRUNCATE_BATCH].off
     if (batch.length) t.deleteRange(ino, keep, upTo)
     t.commit(freed => onStep(freed.reduce((s, r) => s + r.len, 0), first, done))
     return done
@@ -146,13 +146,73 @@ export class FileData {
    * page cache's business: it zeroes it in a folio that writeback writes.)
    */
   async truncate (ino: number, size: number, onStep: TruncateStep): Promise<void> {
-    const keep = Math.ceil(size / BLOCK_SIZE)
+    await this.unmap(ino, Math.ceil(size / BLOCK_SIZE), END, onStep)
+  }
+
+  /** Unmap blocks [from, to) of ino (punch a hole), in bounded steps like truncate. */
+  async unmap (ino: number, from: number, to: number, onStep: TruncateStep): Promise<void> {
     const trans = transGet(this.tree)
     for (let first = true; ; first = false) {
       if (!first) await yieldToLoop() // other FUSE requests run between steps
       const f = first
-      if (await lockrestartDo(trans, t => this.truncateStep(t, ino, keep, f, onStep))) return
+      if (await lockrestartDo(trans, t => this.truncateStep(t, ino, from, f, onStep, to))) return
     }
+  }
+
+  /** blocks of [from, to) of ino that no extent maps */
+  async holeBlocks (ino: number, from: number, to: number): Promise<number> {
+    let holes = 0
+    let at = from
+    for (const e of await this.extents(ino, from, to)) {
+      if (e.off > at) holes += e.off - at
+      at = Math.max(at, e.off + e.len)
+    }
+    return holes + Math.max(0, to - at)
+  }
+
+  /**
+   * Preallocate (fallocate): map the holes of blocks [from, to) of ino to
+   * new unwritten extents, which read as zeros until writeback writes
+   * there. ENOSPC, with nothing changed, when the holes need more blocks
+   * than are free; only a concurrent writer taking the space between that
+   * check and the last step can leave part of the range preallocated (as
+   * ext4 does). Bounded steps; onStep(added) runs inside each commit.
+   */
+  async preallocate (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
+    if (await this.holeBlocks(ino, from, to) > this.free) throw fsErr('ENOSPC', `fallocate of inode ${ino}`)
+    const trans = transGet(this.tree)
+    for (let pos = from; pos < to;) {
+      if (pos > from) await yieldToLoop()
+      const at = pos
+      pos = await lockrestartDo(trans, t => this.preallocateStep(t, ino, at, to, onStep))
+    }
+  }
+
+  /** one preallocate step: up to TRUNCATE_BATCH new extents in the holes of [pos, to); returns where the next starts */
+  private preallocateStep (t: BtreeTrans, ino: number, pos: number, to: number, onStep: (added: number) => void): number {
+    const ex = t.extentsIn(ino, pos, to, TRUNCATE_BATCH)
+    // each hole ends where an extent starts; after the last, at `to` when the batch saw every extent
+    const bounds = ex.map(e => [e.off, e.off + e.len])
+    if (ex.length < TRUNCATE_BATCH) bounds.push([to, to])
+    let at = pos
+    let added = 0
+    let pieces = 0
+    let hint = t.allocHint(ino, at)
+    for (const [start, end] of bounds) {
+      while (at < start && pieces < TRUNCATE_BATCH) {
+        const r = this.allocOrReclaim(t, start - at, hint)
+        if (!r) throw fsErr('ENOSPC', `fallocate of inode ${ino}`)
+        t.insertExtent({ ino, off: at, len: r.len, pblk: r.pblk, flags: EXT_UNWRITTEN })
+        at += r.len
+        added += r.len
+        pieces++
+        hint = r.pblk + r.len
+      }
+      if (at < start) break // this step's share is done
+      at = Math.max(at, end)
+    }
+    t.commit(() => onStep(added))
+    return Math.min(at, to)
   }
 
   /** Offline form of truncate for single-user tools (recovery before mount). */

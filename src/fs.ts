@@ -56,6 +56,13 @@ const XATTR_CREATE = 1
 const XATTR_REPLACE = 2
 const RELATIME_SEC = 24 * 3600
 export const MAX_FILE_SIZE = 2 ** 52 // bytes; keeps block numbers exact in doubles
+export const SEEK_DATA = 3
+export const SEEK_HOLE = 4
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+export const FALLOC_FL_ZERO_RANGE = 0x10
+/** copy_file_range moves data through the page cache in pieces of this size */
+const COPY_CHUNK = 1024 * 1024
 
 export interface Time { sec: number, nsec: number }
 
@@ -100,6 +107,7 @@ export interface StatFs {
 interface Handle { ino: number, flags: number, dir: boolean }
 
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
+const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
 
 /**
  * libfuse (without hard_remove) unlinks an open file by renaming it to
@@ -144,7 +152,7 @@ export class FolioFs {
   private readonly syncWrites: boolean
   /** in-memory size and times of inodes with data not written back */
   private readonly attrs = new Map<number, MemAttrs>()
-  readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0 }
+  readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0, fallocates: 0, copies: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
 
@@ -572,8 +580,8 @@ export class FolioFs {
     }))
   }
 
-  readdir (path: string): { names: string[], stats: Stat[] } {
-    const ino = this.dirIno(path)
+  readdir (ino: number): { names: string[], stats: Stat[] } {
+    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
     const rows = this.q.listDir.all(ino) as Array<{ name: string, ino: number }>
     const names = ['.', '..']
     const stats = [this.stat(ino), this.stat(this.inode(ino).parent || ROOT_INO)]
@@ -729,9 +737,7 @@ export class FolioFs {
       if (isDir(i.mode)) throw fsErr('EISDIR')
       const t = nowTime()
       if (size >= i.size) {
-        if (size > i.size) await this.io.zeroTail(ino, i.size) // the old last block's tail reads zeros
-        this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
-        if (this.attrs.has(ino)) this.touchMem(ino, size, t)
+        await this.extend(ino, i.size, size, t)
         return
       }
       this.touchMem(ino, size, t) // readers clamp to the new size from now on
@@ -740,6 +746,127 @@ export class FolioFs {
       await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
       if (this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino) // all of it is in the row now
     })
+  }
+
+  /** grow ino from size `from` to `size` (holes: nothing to write) */
+  private async extend (ino: number, from: number, size: number, t: Time): Promise<void> {
+    if (size > from) await this.io.zeroTail(ino, from) // the old last block's tail reads zeros
+    this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
+    if (this.attrs.has(ino)) this.touchMem(ino, size, t)
+  }
+
+  /**
+   * lseek SEEK_DATA (3) / SEEK_HOLE (4), the page-cache-aware walk shared
+   * with FIEMAP: ENXIO at or past the end of the file, as on ext4.
+   */
+  async lseek (ino: number, offset: number, whence: number): Promise<number> {
+    if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw fsErr('EINVAL', `lseek whence ${whence}`)
+    if (!isRegular(this.inode(ino).mode)) throw fsErr('EINVAL')
+    const size = this.sizeOf(ino)
+    const r = offset < 0 ? null
+      : whence === SEEK_DATA ? await this.fiemap.seekData(ino, size, offset) : await this.fiemap.seekHole(ino, size, offset)
+    if (r === null) throw fsErr('ENXIO')
+    return r
+  }
+
+  /**
+   * fallocate (ext4's semantics): mode 0 preallocates unwritten extents in
+   * the holes of the range (reading zeros; FIEMAP says unwritten) and
+   * grows the file unless FALLOC_FL_KEEP_SIZE; PUNCH_HOLE (with KEEP_SIZE)
+   * drops the range's folios and extents and frees the space, zeroing the
+   * partial blocks at its edges; ZERO_RANGE punches and preallocates.
+   * COLLAPSE_RANGE and INSERT_RANGE would shift every later key of the
+   * file: EOPNOTSUPP. Writeback into preallocated blocks is copy-on-write
+   * like every writeback, so it allocates anew and frees the unwritten block.
+   */
+  async fallocate (ino: number, mode: number, offset: number, length: number): Promise<void> {
+    if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) throw fsErr('EOPNOTSUPP', `fallocate mode ${mode}`)
+    if ((mode & FALLOC_FL_PUNCH_HOLE) && (!(mode & FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE))) throw fsErr('EOPNOTSUPP')
+    if (offset < 0 || length <= 0) throw fsErr('EINVAL')
+    if (offset + length > MAX_FILE_SIZE) throw fsErr('EFBIG')
+    if (this.readonly) throw fsErr('EROFS')
+    await this.withInode(ino, async () => {
+      const i = this.inode(ino)
+      if (isDir(i.mode)) throw fsErr('EISDIR')
+      if (!isRegular(i.mode)) throw fsErr('ENODEV')
+      const t = nowTime()
+      const end = offset + length
+      if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) await this.punch(ino, offset, Math.min(end, this.sizeOf(ino)), t)
+      if (!(mode & FALLOC_FL_PUNCH_HOLE)) {
+        const first = Math.floor(offset / BLOCK_SIZE)
+        const last = Math.ceil(end / BLOCK_SIZE)
+        // ZERO_RANGE: the partial edge blocks stay as punch zeroed them (in the page cache)
+        const from = mode & FALLOC_FL_ZERO_RANGE ? Math.ceil(offset / BLOCK_SIZE) : first
+        const to = mode & FALLOC_FL_ZERO_RANGE ? Math.floor(end / BLOCK_SIZE) : last
+        if (from < to) {
+          await this.data.preallocate(ino, from, to, added => {
+            const row = this.q.getInode.get(ino) as Inode
+            this.q.setSize.run(row.size, added, t.sec, t.nsec, t.sec, t.nsec, ino)
+          })
+        }
+        const size = this.sizeOf(ino)
+        if (!(mode & FALLOC_FL_KEEP_SIZE) && end > size) await this.extend(ino, size, end, t)
+      }
+      this.counters.fallocates++
+    })
+  }
+
+  /**
+   * copy_file_range, in the daemon (no data round trip through the
+   * kernel): copies the data of [offIn, offIn+len) of inoIn, clamped to
+   * its size, to offOut of inoOut through the page cache, skipping holes
+   * (the copy stays sparse) and growing the target to the copied end.
+   * Returns the bytes copied (0 at or past the source's end).
+   */
+  async copyFileRange (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
+    if (this.readonly) throw fsErr('EROFS')
+    if (!isRegular(this.inode(inoIn).mode) || !isRegular(this.inode(inoOut).mode)) throw fsErr('EINVAL')
+    if (offIn < 0 || offOut < 0) throw fsErr('EINVAL')
+    const n = Math.max(0, Math.min(len, this.sizeOf(inoIn) - offIn))
+    if (n === 0) return 0
+    if (offOut + n > MAX_FILE_SIZE) throw fsErr('EFBIG')
+    if (inoIn === inoOut && offIn < offOut + n && offOut < offIn + n) throw fsErr('EINVAL', 'overlapping copy')
+    const buf = Buffer.allocUnsafe(Math.min(n, COPY_CHUNK))
+    for (let at = offIn; at < offIn + n;) {
+      const data = await this.fiemap.seekData(inoIn, offIn + n, at) // data of the source within the range
+      if (data === null) break
+      const hole = (await this.fiemap.seekHole(inoIn, offIn + n, data)) ?? offIn + n
+      for (let p = data; p < hole;) {
+        const got = await this.read(inoIn, buf, Math.min(buf.length, hole - p), p)
+        if (got === 0) break
+        await this.write(inoOut, buf.subarray(0, got), offOut + (p - offIn))
+        p += got
+      }
+      at = hole
+    }
+    await this.withInode(inoOut, async () => {
+      const size = this.sizeOf(inoOut)
+      if (offOut + n > size) await this.extend(inoOut, size, offOut + n, nowTime()) // a trailing hole
+    })
+    this.counters.copies++
+    return n
+  }
+
+  /** zero bytes [from, to) of ino: partial blocks in the page cache, whole blocks unmapped and freed */
+  private async punch (ino: number, from: number, to: number, t: Time): Promise<void> {
+    if (from >= to) return
+    const a = Math.ceil(from / BLOCK_SIZE)
+    const b = Math.floor(to / BLOCK_SIZE)
+    const zero = async (x: number, y: number): Promise<void> => {
+      if (x >= y) return
+      await this.reserveSpace(ino, x, y - x)
+      await this.io.write(ino, Buffer.alloc(y - x), x)
+    }
+    if (a > b) { await zero(from, to); return } // inside one block
+    await zero(from, a * BLOCK_SIZE)
+    await zero(b * BLOCK_SIZE, to)
+    if (a === b) return
+    await this.io.dropFrom(ino, a, b) // waits for writeback of those folios
+    await this.data.unmap(ino, a, b, freed => {
+      const row = this.q.getInode.get(ino) as Inode
+      this.q.setSize.run(row.size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
+    })
+    if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
   }
 
   /** fsync: write back ino's data (if given), then make every commit durable. */

@@ -5,7 +5,7 @@
 import * as fs from 'fs'
 import { BLOCK_SIZE, openImage, ROOT_INO } from './image'
 import { dataAreaPath } from './dataarea'
-import { ExtentTree, lockrestartDoSync, transGet } from './btree'
+import { ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet } from './btree'
 
 export interface FsckReport { errors: string[], inodes: number, dirents: number, blocks: number }
 
@@ -53,8 +53,11 @@ export function fsck (image: string, progress?: (phase: string, done?: number, t
     } catch (e) {
       errors.push(`extent tree: ${(e as Error).message}`)
     }
+    // end: past the last written block (unwritten extents, from fallocate,
+    // may lie past the size with KEEP_SIZE)
     const mapped = new Map<number, { blocks: number, end: number }>()
-    // openImage checked the data area's header; every mapped block must lie inside it
+    // openImage checked the data area's header; every written block must lie
+    // inside it (unwritten ones are never read, so the area need not cover them)
     const areaBlocks = Math.floor(fs.statSync(dataAreaPath(image)).size / BLOCK_SIZE)
     let blocks = 0
     if (tree) {
@@ -66,8 +69,9 @@ export function fsck (image: string, progress?: (phase: string, done?: number, t
         const m = { blocks: 0, end: 0 }
         for (const e of lockrestartDoSync(transGet(t), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))) {
           m.blocks += e.len
-          m.end = Math.max(m.end, e.off + e.len)
           if (e.pblk < 1) errors.push(`inode ${ino}: extent at ${e.off} maps the data area's header`)
+          if (e.flags & EXT_UNWRITTEN) continue
+          m.end = Math.max(m.end, e.off + e.len)
           if (e.pblk + e.len > areaBlocks) errors.push(`inode ${ino}: extent at ${e.off} maps blocks past the end of the data area (${e.pblk + e.len} > ${areaBlocks})`)
         }
         if (m.blocks) mapped.set(ino, m)

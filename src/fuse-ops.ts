@@ -68,8 +68,8 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     statfs: (_path: string, cb: Cb) => reply('statfs', cb, () => [fs.statfs()]),
     getattr: (path: string, cb: Cb) => reply('getattr', cb, () => [fs.stat(ino(path))]),
     fgetattr: (path: string | null, fd: number, cb: Cb) => reply('fgetattr', cb, () => [fs.stat(fileIno(path, fd))]),
-    readdir: (path: string, cb: Cb) => reply('readdir', cb, () => {
-      const { names, stats } = fs.readdir(path)
+    readdir: (path: string | null, fd: number, cb: Cb) => reply('readdir', cb, () => {
+      const { names, stats } = fs.readdir(fileIno(path, fd))
       return [names, stats]
     }),
     opendir: (path: string, flags: number, cb: Cb) => reply('opendir', cb, () => {
@@ -113,6 +113,12 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     listxattr: (path: string | null, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(ino(path))]),
     removexattr: (path: string | null, name: string, cb: Cb) =>
       reply('removexattr', cb, () => { fs.removexattr(ino(path), name) }),
+    lseek: (path: string | null, fd: number, offset: number, whence: number, cb: Cb) =>
+      reply('lseek', cb, async () => [await fs.lseek(fileIno(path, fd), offset, whence)]),
+    fallocate: (path: string | null, fd: number, mode: number, offset: number, length: number, cb: Cb) =>
+      reply('fallocate', cb, async () => { await fs.fallocate(fileIno(path, fd), mode, offset, length) }),
+    copy_file_range: (pathIn: string | null, fdIn: number, offIn: number, pathOut: string | null, fdOut: number, offOut: number, len: number, _flags: number, cb: Cb) =>
+      replyValue('copy_file_range', cb, () => fs.copyFileRange(fileIno(pathIn, fdIn), offIn, fileIno(pathOut, fdOut), offOut, len)),
     ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
       replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd)))
   }

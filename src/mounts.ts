@@ -51,11 +51,10 @@ function which (cmd: string): string | null {
   return null
 }
 
-/** Unmount (lazily if asked). Tries fusermount3, fusermount, then umount(8). */
+/** Unmount (lazily if asked). Tries fusermount3, then umount(8). */
 export function unmountPath (mountpoint: string, lazy = false): void {
   const tries: Array<[string, string[]]> = [
     ['fusermount3', [lazy ? '-uz' : '-u', mountpoint]],
-    ['fusermount', [lazy ? '-uz' : '-u', mountpoint]],
     ['umount', lazy ? ['-l', mountpoint] : [mountpoint]]
   ]
   const errors: string[] = []
@@ -69,7 +68,7 @@ export function unmountPath (mountpoint: string, lazy = false): void {
       errors.push(`${cmd}: ${String((err as { stderr?: Buffer }).stderr ?? err).trim()}`)
     }
   }
-  throw new Error(`cannot unmount ${mountpoint}: ${errors.join('; ') || 'no fusermount3/fusermount/umount found'}`)
+  throw new Error(`cannot unmount ${mountpoint}: ${errors.join('; ') || 'no fusermount3/umount found'}`)
 }
 
 // ---- runtime state: one JSON file per mount --------------------------------
@@ -112,18 +111,3 @@ export function alive (pid: number): boolean {
   }
 }
 
-/**
- * libfuse 2 (inside fuse-native) mounts as non-root through a helper it
- * calls `fusermount`; Debian's fuse3 ships it as `fusermount3` only. Put a
- * private `fusermount` -> `fusermount3` link first in PATH when needed.
- */
-export function ensureFusermount (): void {
-  if (which('fusermount')) return
-  const fm3 = which('fusermount3')
-  if (!fm3) return
-  const dir = path.join(runDir(), 'bin')
-  fs.mkdirSync(dir, { recursive: true })
-  const link = path.join(dir, 'fusermount')
-  try { fs.symlinkSync(fm3, link) } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e }
-  process.env.PATH = `${dir}:${process.env.PATH ?? '/usr/bin:/bin'}`
-}

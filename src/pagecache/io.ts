@@ -229,8 +229,8 @@ export class BufferedIO {
   }
 
   /** Drop every folio of ino at or past index from (waiting for their locks: writeback, readers). */
-  async dropFrom (ino: number, from: number): Promise<void> {
-    for (const f of this.cache.folioRange(ino, from)) {
+  async dropFrom (ino: number, from: number, to = Infinity): Promise<void> {
+    for (const f of this.cache.folioRange(ino, from, to)) {
       await f.lock()
       this.cache.remove(f)
       f.unlock()
