@@ -84,27 +84,13 @@ export class Fiemap {
 
   constructor (private readonly data: FileData, private readonly cache: PageCache) {}
 
-  /** folios of ino in [a, b), ascending (probing indices when the range is small) */
-  private foliosIn (ino: number, a: number, b: number): Folio[] {
-    const span = b - a
-    if (span <= 256) {
-      const out: Folio[] = []
-      for (let i = a; i < b; i++) {
-        const f = this.cache.peek(ino, i)
-        if (f) out.push(f)
-      }
-      return out
-    }
-    return this.cache.folioRange(ino, a, b).sort((x, y) => x.index - y.index)
-  }
-
   /**
    * The first run of dirty or writeback folios in [a, b), trylocking each
    * folio it looks at; undefined on contention (a folio is locked).
    */
   private scanTry (ino: number, a: number, b: number): { run: [number, number] | null } | undefined {
     const rf = new RunFinder()
-    for (const f of this.foliosIn(ino, a, b)) {
+    for (const f of this.cache.foliosInOrder(ino, a, b)) {
       if (!rf.wants(f)) break
       if (!f.trylock()) { this.stats.trylockFailures++; return undefined }
       const d = isDelalloc(f)
@@ -118,7 +104,7 @@ export class Fiemap {
   private async scanBlocking (ino: number, a: number, b: number): Promise<{ run: [number, number] | null }> {
     this.stats.slowpath++
     const rf = new RunFinder()
-    for (const f of this.foliosIn(ino, a, b)) {
+    for (const f of this.cache.foliosInOrder(ino, a, b)) {
       if (!rf.wants(f)) break
       await f.lock()
       const d = isDelalloc(f)

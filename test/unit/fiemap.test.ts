@@ -1,0 +1,82 @@
+// FIEMAP's walk (src/fiemap.ts) through FolioFs (no FUSE), and the page
+// cache's ordered folio index its hole scans use.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as path from 'path'
+import { mkfs, openImage } from '../../src/image'
+import { FolioFs, type FsOptions } from '../../src/fs'
+import { PageCache } from '../../src/pagecache/cache'
+import type { Folio } from '../../src/pagecache/folio'
+import { FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNKNOWN } from '../../src/fiemap'
+import { rng, tmpdir } from './helpers'
+
+const root = { uid: 0, gid: 0 }
+const B = 4096
+const DELALLOC = FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN
+
+function fresh (opts: FsOptions = {}): FolioFs {
+  const img = path.join(tmpdir(), 'a.img')
+  mkfs(img, { capacityBytes: 1 << 30 })
+  return new FolioFs(openImage(img), { dirtyExpireMs: 3600_000, ...opts })
+}
+
+const blocks = (n: number, byte = 0x5a): Buffer => Buffer.alloc(n * B, byte)
+/** the map as [first block, blocks, flags] */
+const brief = (ext: Array<{ logical: number, length: number, flags: number }>): Array<[number, number, number]> =>
+  ext.map(e => [e.logical / B, e.length / B, e.flags])
+
+test('ordered folio index: ranges come back in index order, as a brute-force model says, while folios come and go', () => {
+  const cache = new PageCache(1 << 30)
+  const r = rng(7)
+  const model = new Map<number, Folio>()
+  const ino = 5
+  const expect = (a: number, b: number): number[] => [...model.keys()].filter(i => i >= a && i < b).sort((x, y) => x - y)
+  for (let round = 0; round < 4000; round++) {
+    // clustered and sparse indices, far apart chunks too
+    const idx = r() < 0.5 ? Math.floor(r() * 300) : Math.floor(r() * 5_000_000)
+    const f = model.get(idx)
+    if (f && r() < 0.5) { cache.remove(f); model.delete(idx) } else if (!f) model.set(idx, cache.getOrCreate(ino, idx))
+    cache.getOrCreate(ino + 1, idx) // another inode's folios never show up
+    if (round % 50 === 0) {
+      const a = Math.floor(r() * 400)
+      const b = r() < 0.3 ? Infinity : a + Math.floor(r() * 5_000_000)
+      assert.deepEqual([...cache.foliosInOrder(ino, a, b)].map(x => x.index), expect(a, b), `range ${a}..${b}`)
+      assert.deepEqual(cache.folioRange(ino, a, b).map(x => x.index), expect(a, b))
+    }
+  }
+  // changes during an iteration: one removed ahead of the cursor is not yielded, one added ahead is
+  const all = expect(0, Infinity)
+  const seen: number[] = []
+  const ahead = model.get(all[all.length - 1]) as Folio
+  for (const f of cache.foliosInOrder(ino, 0)) {
+    seen.push(f.index)
+    if (seen.length === 1) {
+      cache.remove(ahead)
+      model.delete(ahead.index)
+      model.set(all[0] + 1_000_000_000, cache.getOrCreate(ino, all[0] + 1_000_000_000))
+    }
+  }
+  assert.deepEqual(seen, expect(0, Infinity))
+  for (const f of model.values()) cache.remove(f)
+  assert.deepEqual([...cache.foliosInOrder(ino, 0)], [], 'empty once every folio is gone')
+})
+
+test('FIEMAP of many separate dirty runs in one big hole: each run is its own delalloc extent, in order', async () => {
+  const fs = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, blocks(4), 0)
+  await fs.fsync(ino) // mapped: blocks 0..3
+  const runs = 3000
+  for (let k = 0; k < runs; k++) await fs.write(ino, blocks(1 + (k % 2)), (100 + 4 * k) * B) // 1 or 2 blocks, then a hole
+  const size = fs.stat(ino).size
+  const r = await fs.fiemap.map(ino, size, 0, size, 100_000)
+  assert.equal(r.extents.length, runs + 1)
+  assert.equal(r.count, runs + 1)
+  const want: Array<[number, number, number]> = [[0, 4, 0]]
+  for (let k = 0; k < runs; k++) want.push([100 + 4 * k, 1 + (k % 2), DELALLOC | (k === runs - 1 ? FIEMAP_EXTENT_LAST : 0)])
+  assert.deepEqual(brief(r.extents), want)
+  // a range starting inside the hole and ending inside a run
+  const mid = await fs.fiemap.map(ino, size, 50 * B, (100 + 4 * 10 + 1) * B - 50 * B, 100)
+  assert.deepEqual(brief(mid.extents), want.slice(1, 12).map(([o, n, f], i) => [o, i === 10 ? 1 : n, f & ~FIEMAP_EXTENT_LAST]))
+  await fs.close()
+})
