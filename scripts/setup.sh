@@ -15,8 +15,8 @@ if [ "$major" -lt 20 ]; then
 fi
 
 # fuse3 gives fusermount3 and /dev/fuse handling (never apt-install 'fuse': it removes fuse3);
-# attr/e2fsprogs/xfsprogs/python3 are used by the tests (getfattr, filefrag, xfs_io).
-pkgs="fuse3 attr e2fsprogs xfsprogs python3 make g++ patch"
+# attr/e2fsprogs/xfsprogs/python3/strace are used by the tests (getfattr, filefrag, xfs_io, strace).
+pkgs="fuse3 attr e2fsprogs xfsprogs python3 strace make g++ patch"
 missing=
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
