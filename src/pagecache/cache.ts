@@ -12,7 +12,10 @@
 //
 // Counters (dirty, writeback) are kept here, so every state change of a
 // folio goes through markDirty/clearDirty/setWriteback.
+import createDebug from 'debug'
 import { BufferPool, Folio, FOLIO_SIZE } from './folio'
+
+const debug = createDebug('foliofs:pagecache')
 
 export interface CacheStats {
   hits: number
@@ -220,6 +223,7 @@ export class PageCache {
     const max = Math.floor(this.maxBytes / FOLIO_SIZE)
     if (this.clock.size <= max) return true
     const target = max - Math.max(1, max >> 6) // a little headroom: evict in batches
+    const before = this.clock.size
     let budget = this.clock.size * 2 // each folio seen at most twice
     for (const f of this.clock) {
       if (this.clock.size <= target || budget-- <= 0) break
@@ -233,6 +237,7 @@ export class PageCache {
       this.remove(f)
       this.stats.evictions++
     }
+    debug('evicted %d folios; %d cached (%d dirty, %d under writeback), %d fit', before - this.clock.size, this.clock.size, this.dirty, this.inWriteback, max)
     return this.clock.size <= max
   }
 }
