@@ -11,7 +11,7 @@
 # the patched fuse-native against libfuse3-dev, native/foliofs-ioctl) against
 # this image's own Node headers, then the TypeScript; the runtime stage gets the
 # built tree plus what the tests use (fuse3, which brings libfuse3-3, attr,
-# xfsprogs, e2fsprogs, python3), no toolchain. Both
+# xfsprogs, e2fsprogs, python3, strace), no toolchain. Both
 # stages start from the same BASE_IMAGE, so the addons match its Node; any
 # Debian 12 image with Node 20 in it works (e.g. node:20-bookworm-slim).
 ARG BASE_IMAGE=node:20-bookworm
@@ -37,7 +37,7 @@ RUN npm run build \
 FROM ${BASE_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      fuse3 attr xfsprogs e2fsprogs python3 \
+      fuse3 attr xfsprogs e2fsprogs python3 strace \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/foliofs
 COPY --from=build /opt/foliofs/node_modules/ node_modules/

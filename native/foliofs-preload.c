@@ -9,7 +9,12 @@
  *
  * Transparent everywhere else: any other request, any file that is not on
  * FUSE, and a FUSE daemon that does not know the private ioctl (ENOTTY,
- * ENOSYS, EOPNOTSUPP on the first call) all get the real ioctl.
+ * ENOSYS, EOPNOTSUPP on the first call) all get the real ioctl. Only
+ * regular files and directories are asked (FIEMAP works on both on ext4;
+ * foliofs directories have no data blocks: 0 extents): a FIFO, socket or
+ * device node on a FUSE mount is served by the kernel or a driver, not by
+ * the daemon, so the private request number must never reach it; they get
+ * the real ioctl and its answer (EOPNOTSUPP from the VFS, as on ext4).
  *
  * Paging: the daemon is always asked for a full page (FOLIOFS_FIEMAP_MAX);
  * what the caller's buffer cannot take is kept for the caller's next call,
@@ -114,6 +119,8 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 		*ret = -1;
 		return 1;
 	}
+	if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+		return 0; /* FIFO, socket, device: not the daemon's */
 	if (want) {
 		got = take_left(&st, &start, end, user->fm_flags, user->fm_extents, want, &done);
 		if (got) first = 0; /* answered by the daemon already: no fallback question */

@@ -2,7 +2,7 @@
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import { execFileSync, spawnSync } from 'child_process'
+import { execFile, execFileSync, spawnSync } from 'child_process'
 import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsck } from './fsck'
 import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground, umount } from './daemon'
@@ -92,7 +92,8 @@ unmounted image, as a table; --json prints them as JSON for scripts.`
     help: `Print how FILE on a foliofs mount is laid out (its FIEMAP), like
 filefrag -v: logical and physical blocks (4 KiB; physical = block of the
 data area IMAGE-data), length, flags. Data not written back yet shows as
-delalloc (no physical place yet); --sync writes the file back first.
+delalloc (no physical place yet); --sync writes the file back first
+(FIEMAP_FLAG_SYNC), showing its progress on stderr when that is a terminal.
 --json prints the extents (bytes) as JSON. Exit 4 if FILE is not on foliofs.`
   },
   preload: {
@@ -169,27 +170,70 @@ const preloadLib = (): string => path.resolve(__dirname, '..', '..', 'native', '
 
 interface FiemapOut { logical: number, physical: number, length: number, flags: number }
 
+/** the error of a failed foliofs-ioctl fiemap run (its JSON on stdout, or stderr) */
+function fiemapFailure (file: string, err: unknown): ImageError {
+  const e = err as { stdout?: string, stderr?: string }
+  const j = (() => { try { return JSON.parse(e.stdout ?? '') as { errno?: number, error?: string } } catch { return null } })()
+  if (j?.errno === 25 || j?.errno === 38 || j?.errno === 95) return new ImageError(`${file}: not on a foliofs mount`, EXIT.NOT_FOLIOFS)
+  return new ImageError(`${file}: ${j?.error ?? (e.stderr ?? String(err)).trim()}`, 1)
+}
+
 /** the whole map of file, paging through the private ioctl (291 extents a call) */
-function fiemapOf (file: string, sync: boolean): FiemapOut[] {
+function fiemapOf (file: string): FiemapOut[] {
   const out: FiemapOut[] = []
   let start = 0
-  for (let first = true; ; first = false) {
-    const args = ['fiemap', '--start', String(start), '--count', String(FIEMAP_MAX_PER_CALL)]
-    if (sync && first) args.push('--flags', String(FIEMAP_FLAG_SYNC))
+  for (;;) {
+    const args = ['fiemap', '--start', String(start), '--count', String(FIEMAP_MAX_PER_CALL), file]
     let text: string
     try {
-      text = execFileSync(ioctlTool(), [...args, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+      text = execFileSync(ioctlTool(), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
     } catch (err) {
-      const e = err as { stdout?: string, stderr?: string }
-      const j = (() => { try { return JSON.parse(e.stdout ?? '') as { errno?: number, error?: string } } catch { return null } })()
-      if (j?.errno === 25 || j?.errno === 38 || j?.errno === 95) throw new ImageError(`${file}: not on a foliofs mount`, EXIT.NOT_FOLIOFS)
-      throw new ImageError(`${file}: ${j?.error ?? (e.stderr ?? String(err)).trim()}`, 1)
+      throw fiemapFailure(file, err)
     }
     const r = JSON.parse(text) as { mapped: number, extents: FiemapOut[] }
     out.push(...r.extents)
     const last = r.extents[r.extents.length - 1]
     if (!last || r.extents.length < FIEMAP_MAX_PER_CALL || (last.flags & FIEMAP_EXTENT_LAST)) return out
     start = last.logical + last.length
+  }
+}
+
+/** the mount's dirty and writeback bytes, all files (the stats ioctl works on any file of the mount) */
+function cacheDirtyBytes (file: string): number {
+  const s = JSON.parse(execFileSync(ioctlTool(), ['stats', file], { encoding: 'utf8' })) as { pagecache: { dirtyBytes: number, writebackBytes: number } }
+  return s.pagecache.dirtyBytes + s.pagecache.writebackBytes
+}
+
+const PROGRESS_POLL_MS = 200
+
+/**
+ * FIEMAP_FLAG_SYNC: one count-only call in which the daemon writes file
+ * back. On a terminal, stderr shows how much of the file's delalloc data
+ * is written back meanwhile, from the mount's dirty bytes (other files'
+ * writes can only make it look slower, never done too early).
+ */
+async function fiemapSync (file: string): Promise<void> {
+  const shown = progress(`fiemap --sync ${file}`)
+  let timer: NodeJS.Timeout | null = null
+  try {
+    const total = shown.active ? fiemapOf(file).filter(e => e.flags & FIEMAP_EXTENT_DELALLOC).reduce((n, e) => n + e.length, 0) : 0
+    if (total > 0) {
+      const others = Math.max(0, cacheDirtyBytes(file) - total)
+      const MiB = 1024 * 1024
+      const show = (): void => {
+        const left = Math.min(total, Math.max(0, cacheDirtyBytes(file) - others))
+        shown.update('writing back (MiB)', Math.round((total - left) / MiB), Math.ceil(total / MiB))
+      }
+      show()
+      timer = setInterval(() => { try { show() } catch { /* the call's own result reports errors */ } }, PROGRESS_POLL_MS)
+    }
+    await new Promise<void>((resolve, reject) => {
+      execFile(ioctlTool(), ['fiemap', '--count', '0', '--flags', String(FIEMAP_FLAG_SYNC), file], { encoding: 'utf8' },
+        (err, stdout, stderr) => { if (err) reject(fiemapFailure(file, { stdout, stderr })); else resolve() })
+    })
+  } finally {
+    if (timer) clearInterval(timer)
+    shown.end()
   }
 }
 
@@ -316,7 +360,8 @@ async function main (argv: string[]): Promise<number> {
       need('fiemap', p, 1, ['sync', 'json'])
       const file = p.pos[0]
       if (!fs.existsSync(file)) throw new ImageError(`${file}: no such file`, EXIT.NOT_FOUND)
-      const extents = fiemapOf(file, p.flags.has('sync'))
+      if (p.flags.has('sync')) await fiemapSync(file)
+      const extents = fiemapOf(file)
       console.log(p.flags.has('json') ? JSON.stringify({ file, size: fs.statSync(file).size, extents }, null, 2) : fiemapTable(file, extents).join('\n'))
       return 0
     }

@@ -30,11 +30,14 @@
 // held, so that check may wait for folio locks.
 //
 // Units: the ioctl speaks bytes; the tree and the cache speak 4 KiB blocks.
-import { lockrestartDo, nonblockingOrDrop, transGet, EXT_UNWRITTEN, type BtreeTrans } from './btree'
+import createDebug from 'debug'
+import { isRestart, lockrestartDo, nonblockingOrDrop, transGet, EXT_UNWRITTEN, RESTART_REASONS, type BtreeTrans, type RestartReason } from './btree'
 import type { FileData } from './filedata'
 import type { PageCache } from './pagecache/cache'
 import type { Folio } from './pagecache/folio'
 import { BLOCK_SIZE } from './imageerror'
+
+const debug = createDebug('foliofs:fiemap')
 
 export const FIEMAP_FLAG_SYNC = 0x1
 export const FIEMAP_FLAG_XATTR = 0x2
@@ -52,11 +55,17 @@ const STEP_ITEMS = 64
 export interface FiemapExtent { logical: number, physical: number, length: number, flags: number }
 
 export interface FiemapStats {
+  /** map() calls started, and those that returned a map (the others threw) */
   calls: number
+  completed: number
   steps: number
   trylockFailures: number
   slowpath: number
   restarts: number
+  /** restarts by reason (they add up to restarts) */
+  restartReasons: Record<RestartReason, number>
+  /** most restarts one map() call needed, over all its steps */
+  maxRestartsOneCall: number
 }
 
 /** one item of a step: a mapped extent or a delalloc run, in blocks */
@@ -86,23 +95,18 @@ class RunFinder {
 }
 
 export class Fiemap {
-  readonly stats: FiemapStats = { calls: 0, steps: 0, trylockFailures: 0, slowpath: 0, restarts: 0 }
+  readonly stats: FiemapStats = {
+    calls: 0,
+    completed: 0,
+    steps: 0,
+    trylockFailures: 0,
+    slowpath: 0,
+    restarts: 0,
+    restartReasons: Object.fromEntries(RESTART_REASONS.map(r => [r, 0])) as Record<RestartReason, number>,
+    maxRestartsOneCall: 0
+  }
 
   constructor (private readonly data: FileData, private readonly cache: PageCache) {}
-
-  /** folios of ino in [a, b), ascending (probing indices when the range is small) */
-  private foliosIn (ino: number, a: number, b: number): Folio[] {
-    const span = b - a
-    if (span <= 256) {
-      const out: Folio[] = []
-      for (let i = a; i < b; i++) {
-        const f = this.cache.peek(ino, i)
-        if (f) out.push(f)
-      }
-      return out
-    }
-    return this.cache.folioRange(ino, a, b).sort((x, y) => x.index - y.index)
-  }
 
   /**
    * The first run of dirty or writeback folios in [a, b), trylocking each
@@ -110,7 +114,7 @@ export class Fiemap {
    */
   private scanTry (ino: number, a: number, b: number): { run: [number, number] | null } | undefined {
     const rf = new RunFinder()
-    for (const f of this.foliosIn(ino, a, b)) {
+    for (const f of this.cache.foliosInOrder(ino, a, b)) {
       if (!rf.wants(f)) break
       if (!f.trylock()) { this.stats.trylockFailures++; return undefined }
       const d = isDelalloc(f)
@@ -124,13 +128,14 @@ export class Fiemap {
   private async scanBlocking (ino: number, a: number, b: number): Promise<{ run: [number, number] | null }> {
     this.stats.slowpath++
     const rf = new RunFinder()
-    for (const f of this.foliosIn(ino, a, b)) {
+    for (const f of this.cache.foliosInOrder(ino, a, b)) {
       if (!rf.wants(f)) break
       await f.lock()
       const d = isDelalloc(f)
       f.unlock()
       if (!rf.add(f, d)) break
     }
+    debug('ino %d: slowpath scan of blocks %d..%d found %o', ino, a, b, rf.run)
     return { run: rf.run }
   }
 
@@ -140,31 +145,44 @@ export class Fiemap {
     const before = trans.totalRestarts
     try {
       return await lockrestartDo(trans, async t => {
-        const items: Item[] = []
-        let at = pos
-        const it = t.iter(ino, at)
-        let e = it.peekMax(end)
-        while (at < end && items.length < STEP_ITEMS) {
-          if (e && e.off <= at) { // mapped: the tree takes precedence
-            const to = Math.min(e.off + e.len, end)
-            items.push({ off: at, len: to - at, pblk: e.pblk + (at - e.off), flags: e.flags & EXT_UNWRITTEN ? FIEMAP_EXTENT_UNWRITTEN : 0 })
-            at = to
-            e = it.next()
-            if (e && e.off >= end) e = null
-            continue
+        try {
+          return await this.stepBody(t, ino, pos, end)
+        } catch (err) {
+          if (isRestart(err)) {
+            this.stats.restartReasons[err.reason]++
+            debug('ino %d step at block %d: restart (%s)', ino, pos, err.reason)
           }
-          const holeEnd = e ? e.off : end
-          const found = await nonblockingOrDrop(t, () => this.scanTry(ino, at, holeEnd), async () => await this.scanBlocking(ino, at, holeEnd))
-          if (!found.run) { at = holeEnd; continue }
-          const [s, r] = found.run
-          items.push({ off: s, len: r - s, pblk: 0, flags: FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN })
-          at = r // still before e: the iterator stays valid (relock succeeded, or no slowpath ran)
+          throw err
         }
-        return { items, next: at }
       })
     } finally {
       this.stats.restarts += trans.totalRestarts - before
     }
+  }
+
+  /** the body of one step (runs again on a restart) */
+  private async stepBody (t: BtreeTrans, ino: number, pos: number, end: number): Promise<StepResult> {
+    const items: Item[] = []
+    let at = pos
+    const it = t.iter(ino, at)
+    let e = it.peekMax(end)
+    while (at < end && items.length < STEP_ITEMS) {
+      if (e && e.off <= at) { // mapped: the tree takes precedence
+        const to = Math.min(e.off + e.len, end)
+        items.push({ off: at, len: to - at, pblk: e.pblk + (at - e.off), flags: e.flags & EXT_UNWRITTEN ? FIEMAP_EXTENT_UNWRITTEN : 0 })
+        at = to
+        e = it.next()
+        if (e && e.off >= end) e = null
+        continue
+      }
+      const holeEnd = e ? e.off : end
+      const found = await nonblockingOrDrop(t, () => this.scanTry(ino, at, holeEnd), async () => await this.scanBlocking(ino, at, holeEnd))
+      if (!found.run) { at = holeEnd; continue }
+      const [s, r] = found.run
+      items.push({ off: s, len: r - s, pblk: 0, flags: FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN })
+      at = r // still before e: the iterator stays valid (relock succeeded, or no slowpath ran)
+    }
+    return { items, next: at }
   }
 
   /**
@@ -183,6 +201,7 @@ export class Fiemap {
     const trans = transGet(this.data.tree)
     let pos = first
     let full = false
+    const restartsBefore = trans.totalRestarts
     const emit = (x: Item): void => {
       const ext = { logical: x.off * BLOCK_SIZE, physical: x.pblk * BLOCK_SIZE, length: x.len * BLOCK_SIZE, flags: x.flags }
       if (pending && pending.logical + pending.length === ext.logical && pending.flags === ext.flags &&
@@ -209,6 +228,9 @@ export class Fiemap {
       const after = Math.ceil((last.logical + last.length) / BLOCK_SIZE)
       if (after >= eof || (await this.step(trans, ino, after, eof)).items.length === 0) last.flags |= FIEMAP_EXTENT_LAST
     }
+    const restarts = trans.totalRestarts - restartsBefore
+    if (restarts > this.stats.maxRestartsOneCall) this.stats.maxRestartsOneCall = restarts
+    this.stats.completed++
     return { extents: out, count }
   }
 

@@ -1,15 +1,16 @@
-// Progress display for long operations (fsck, mkfs): one line on stderr,
-// redrawn in place, only when stderr is a terminal; silent otherwise so
-// scripts and logs see nothing but the result.
+// Progress display for long operations (fsck, mkfs, fiemap --sync): one
+// line on stderr, redrawn in place, only when stderr is a terminal; silent
+// otherwise so scripts and logs see nothing but the result.
 
 export type ProgressFn = (phase: string, done?: number, total?: number) => void
 
-export interface Progress { update: ProgressFn, end: () => void }
+/** active: the stream is a terminal (otherwise update and end do nothing) */
+export interface Progress { update: ProgressFn, end: () => void, active: boolean }
 
 const REDRAW_MS = 100
 
 export function progress (label: string, stream: NodeJS.WriteStream = process.stderr): Progress {
-  if (!stream.isTTY) return { update: () => {}, end: () => {} }
+  if (!stream.isTTY) return { update: () => {}, end: () => {}, active: false }
   let phase = ''
   let last = 0
   let drawn = false
@@ -28,5 +29,5 @@ export function progress (label: string, stream: NodeJS.WriteStream = process.st
     if (drawn) stream.write('\r\x1b[K')
     drawn = false
   }
-  return { update, end }
+  return { update, end, active: true }
 }

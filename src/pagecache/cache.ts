@@ -1,6 +1,9 @@
 // The page cache: per-inode folio indexes, memory accounting and eviction.
 //
-// Every folio of every inode is in `byIno` (ino -> index -> folio) and in
+// Every folio of every inode is in `byIno` (ino -> InoFolios: index ->
+// folio, plus an ordered index of the chunks of CHUNK indices that hold
+// folios, so a range is visited in index order at a cost proportional to
+// the folios in it, not to the inode's folios or the range's length) and in
 // `clock`, a Set in insertion order that the CLOCK hand walks: a folio
 // whose reference bit is set gets a second chance (bit cleared, moved to
 // the back); a clean, unlocked folio without it is evicted. Dirty folios,
@@ -9,7 +12,10 @@
 //
 // Counters (dirty, writeback) are kept here, so every state change of a
 // folio goes through markDirty/clearDirty/setWriteback.
+import createDebug from 'debug'
 import { BufferPool, Folio, FOLIO_SIZE } from './folio'
+
+const debug = createDebug('foliofs:pagecache')
 
 export interface CacheStats {
   hits: number
@@ -18,8 +24,58 @@ export interface CacheStats {
   readaheadFolios: number
 }
 
+/** folio indices per chunk of the ordered index */
+const CHUNK = 64
+
+/** lowest i with a[i] >= x in the ascending array a */
+function lowerBound (a: number[], x: number): number {
+  let lo = 0
+  let hi = a.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (a[mid] < x) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** one inode's folios: by index, and the ascending chunk numbers that hold any (with their folio counts) */
+class InoFolios {
+  readonly byIndex = new Map<number, Folio>()
+  private readonly chunks: number[] = []
+  private readonly inChunk = new Map<number, number>()
+
+  get size (): number { return this.byIndex.size }
+
+  add (f: Folio): void {
+    this.byIndex.set(f.index, f)
+    const c = Math.floor(f.index / CHUNK)
+    const n = this.inChunk.get(c) ?? 0
+    this.inChunk.set(c, n + 1)
+    if (n > 0) return
+    const last = this.chunks.length - 1
+    if (last < 0 || this.chunks[last] < c) this.chunks.push(c) // appending: the common case
+    else this.chunks.splice(lowerBound(this.chunks, c), 0, c)
+  }
+
+  delete (index: number): void {
+    if (!this.byIndex.delete(index)) return
+    const c = Math.floor(index / CHUNK)
+    const n = (this.inChunk.get(c) ?? 1) - 1
+    if (n > 0) { this.inChunk.set(c, n); return }
+    this.inChunk.delete(c)
+    this.chunks.splice(lowerBound(this.chunks, c), 1)
+  }
+
+  /** the first chunk number >= c that holds folios, if any */
+  chunkFrom (c: number): number | undefined {
+    const i = lowerBound(this.chunks, c)
+    return i < this.chunks.length ? this.chunks[i] : undefined
+  }
+}
+
 export class PageCache {
-  private readonly byIno = new Map<number, Map<number, Folio>>()
+  private readonly byIno = new Map<number, InoFolios>()
   private readonly clock = new Set<Folio>()
   private readonly pool: BufferPool
   private dirty = 0
@@ -40,24 +96,24 @@ export class PageCache {
 
   /** the cached folio, if any (marks it referenced) */
   get (ino: number, index: number): Folio | undefined {
-    const f = this.byIno.get(ino)?.get(index)
+    const f = this.byIno.get(ino)?.byIndex.get(index)
     if (f) f.referenced = true
     return f
   }
 
   /** the cached folio, if any, without marking it referenced (FIEMAP, SEEK_DATA: lookups that are not uses) */
   peek (ino: number, index: number): Folio | undefined {
-    return this.byIno.get(ino)?.get(index)
+    return this.byIno.get(ino)?.byIndex.get(index)
   }
 
   /** the cached folio, or a new one (not uptodate, contents undefined) */
   getOrCreate (ino: number, index: number): Folio {
     let m = this.byIno.get(ino)
-    const f = m?.get(index)
+    const f = m?.byIndex.get(index)
     if (f) { f.referenced = true; return f }
-    if (!m) { m = new Map(); this.byIno.set(ino, m) }
+    if (!m) { m = new InoFolios(); this.byIno.set(ino, m) }
     const n = new Folio(ino, index, this.pool.take())
-    m.set(index, n)
+    m.add(n)
     this.clock.add(n)
     return n
   }
@@ -117,11 +173,32 @@ export class PageCache {
     return t
   }
 
-  /** cached folios of ino with index in [from, to), in no particular order */
+  /** cached folios of ino with index in [from, to), ascending */
   folioRange (ino: number, from: number, to = Infinity): Folio[] {
-    const out: Folio[] = []
-    for (const f of this.byIno.get(ino)?.values() ?? []) if (f.index >= from && f.index < to) out.push(f)
-    return out
+    return [...this.foliosInOrder(ino, from, to)]
+  }
+
+  /**
+   * Cached folios of ino with index in [from, to), ascending, lazily: a
+   * caller that stops early pays only for what it looked at. Costs
+   * O(log chunks) per chunk holding folios in the range plus CHUNK probes
+   * each, whatever the range's length. Safe while the cache changes
+   * between yields (a folio added behind the cursor is not seen, one
+   * removed ahead of it is not yielded).
+   */
+  * foliosInOrder (ino: number, from: number, to = Infinity): Generator<Folio> {
+    let i = from
+    while (i < to) {
+      const m = this.byIno.get(ino)
+      const c = m?.chunkFrom(Math.floor(i / CHUNK))
+      if (c === undefined) return
+      const hi = Math.min(to, (c + 1) * CHUNK)
+      for (let k = Math.max(i, c * CHUNK); k < hi; k++) {
+        const f = this.byIno.get(ino)?.byIndex.get(k)
+        if (f) yield f
+      }
+      i = hi
+    }
   }
 
   /** remove a folio the caller holds locked (truncate, unlink); its lock stays with the caller */
@@ -146,6 +223,7 @@ export class PageCache {
     const max = Math.floor(this.maxBytes / FOLIO_SIZE)
     if (this.clock.size <= max) return true
     const target = max - Math.max(1, max >> 6) // a little headroom: evict in batches
+    const before = this.clock.size
     let budget = this.clock.size * 2 // each folio seen at most twice
     for (const f of this.clock) {
       if (this.clock.size <= target || budget-- <= 0) break
@@ -159,6 +237,7 @@ export class PageCache {
       this.remove(f)
       this.stats.evictions++
     }
+    debug('evicted %d folios; %d cached (%d dirty, %d under writeback), %d fit', before - this.clock.size, this.clock.size, this.dirty, this.inWriteback, max)
     return this.clock.size <= max
   }
 }

@@ -101,6 +101,9 @@ export class Writeback {
 
   private async pass (inos: number[], from = 0, to = Infinity): Promise<void> {
     this.stats.passes++
+    const t0 = performance.now()
+    const runs0 = this.stats.runs
+    const bytes0 = this.stats.bytes
     let firstErr: unknown = null
     for (const ino of inos) {
       for (const run of runsOf(this.cache.dirtyOf(ino, from, to), MAX_RUN)) {
@@ -112,6 +115,8 @@ export class Writeback {
       }
     }
     this.wakeWaiters()
+    debug('pass over inodes %o: %d runs, %d bytes in %d ms; %d bytes dirty left', inos, this.stats.runs - runs0,
+      this.stats.bytes - bytes0, Math.round(performance.now() - t0), this.cache.dirtyBytes)
     if (firstErr) throw firstErr
   }
 
@@ -184,6 +189,7 @@ export class Writeback {
     this.kick(true)
     if (this.cache.dirtyBytes <= this.limits.dirtyLimit) return
     this.stats.throttled++
+    debug('throttling a writer: %d bytes dirty (limit %d)', this.cache.dirtyBytes, this.limits.dirtyLimit)
     while (this.cache.dirtyBytes > this.limits.dirtyBackground) {
       this.kick(true)
       if (!this.background) return // nothing can be written back (errors): do not hang writers
