@@ -127,16 +127,9 @@ export class Fiemap {
   /** the same scan, waiting for folio locks (locks dropped: never inside a step holding B-tree locks) */
   private async scanBlocking (ino: number, a: number, b: number): Promise<{ run: [number, number] | null }> {
     this.stats.slowpath++
-    const rf = new RunFinder()
-    for (const f of this.cache.foliosInOrder(ino, a, b)) {
-      if (!rf.wants(f)) break
-      await f.lock()
-      const d = isDelalloc(f)
-      f.unlock()
-      if (!rf.add(f, d)) break
-    }
-    debug('ino %d: slowpath scan of blocks %d..%d found %o', ino, a, b, rf.run)
-    return { run: rf.run }
+    const run = await this.dirtyIn(ino, a, b)
+    debug('ino %d: slowpath scan of blocks %d..%d found %o', ino, a, b, run)
+    return { run }
   }
 
   /** one step from block pos, not past end */
@@ -245,10 +238,14 @@ export class Fiemap {
     }
   }
 
-  /** the first dirty run in [a, b) of an unwritten extent (no B-tree locks held here: may wait for folio locks) */
+  /**
+   * The first run of dirty or writeback folios in [a, b), waiting for each
+   * folio's lock: only ever with no B-tree locks held (the slowpath under
+   * dropLocksDo, or SEEK's look into an unwritten extent after its step).
+   */
   private async dirtyIn (ino: number, a: number, b: number): Promise<[number, number] | null> {
     const rf = new RunFinder()
-    for (const f of this.foliosIn(ino, a, b)) {
+    for (const f of this.cache.foliosInOrder(ino, a, b)) {
       if (!rf.wants(f)) break
       await f.lock()
       const d = isDelalloc(f)
