@@ -23,6 +23,7 @@ import type Database from 'better-sqlite3'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
+import { nameFromDb, nameToDb } from './names'
 import { DataArea } from './dataarea'
 import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
@@ -118,8 +119,15 @@ const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
 export const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/
 
 /** Split '/a/b/c' into its parent path and last name, validating lengths. */
+/**
+ * FUSE paths start with the '/' of the mount root, which the caller did not
+ * write: a path argument of PATH_MAX - 1 bytes relative to the root (the
+ * kernel's own limit) arrives as PATH_MAX bytes here, and must pass.
+ */
+const tooLong = (path: string): boolean => path.length > PATH_MAX
+
 export function splitPath (path: string): { parent: string, name: string } {
-  if (Buffer.byteLength(path) >= PATH_MAX) throw fsErr('ENAMETOOLONG', path.slice(0, 64))
+  if (tooLong(path)) throw fsErr('ENAMETOOLONG', path.slice(0, 64))
   const i = path.lastIndexOf('/')
   const name = path.slice(i + 1)
   checkName(name)
@@ -128,7 +136,7 @@ export function splitPath (path: string): { parent: string, name: string } {
 
 export function checkName (name: string): void {
   if (name === '' || name === '.' || name === '..') throw fsErr('EINVAL', `bad name '${name}'`)
-  if (Buffer.byteLength(name) > NAME_MAX) throw fsErr('ENAMETOOLONG', `${name.slice(0, 32)}...`)
+  if (name.length > NAME_MAX) throw fsErr('ENAMETOOLONG', `${name.slice(0, 32)}...`)
 }
 
 export class FolioFs {
@@ -325,7 +333,7 @@ export class FolioFs {
   /** Resolve an absolute path to an inode number. */
   resolve (path: string): number {
     if (path === '/' || path === '') return ROOT_INO
-    if (Buffer.byteLength(path) >= PATH_MAX) throw fsErr('ENAMETOOLONG')
+    if (tooLong(path)) throw fsErr('ENAMETOOLONG')
     const parts = path.split('/')
     const hiddenIno = this.hidden.get(parts[parts.length - 1])
     if (hiddenIno !== undefined) return hiddenIno
@@ -333,8 +341,8 @@ export class FolioFs {
     for (let k = 1; k < parts.length; k++) {
       const name = parts[k]
       if (name === '') continue
-      if (Buffer.byteLength(name) > NAME_MAX) throw fsErr('ENAMETOOLONG')
-      const next = this.q.lookup.get(ino, name) as number | undefined
+      if (name.length > NAME_MAX) throw fsErr('ENAMETOOLONG')
+      const next = this.q.lookup.get(ino, nameToDb(name)) as number | undefined
       if (next === undefined) {
         if (k > 1 && !isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
         throw fsErr('ENOENT', path)
@@ -356,7 +364,7 @@ export class FolioFs {
     const { parent, name } = splitPath(path)
     return this.tx(() => {
       const pino = this.dirIno(parent)
-      if (this.q.lookup.get(pino, name) !== undefined) throw fsErr('EEXIST', path)
+      if (this.q.lookup.get(pino, nameToDb(name)) !== undefined) throw fsErr('EEXIST', path)
       const t = nowTime()
       const p = this.inode(pino)
       let gid = creds.gid
@@ -371,7 +379,7 @@ export class FolioFs {
         parent: dir ? pino : 0, s: t.sec, ns: t.nsec, target
       })
       const ino = Number(res.lastInsertRowid)
-      this.q.insDirent.run(pino, name, ino)
+      this.q.insDirent.run(pino, nameToDb(name), ino)
       if (dir) this.q.addNlink.run(1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return ino
@@ -394,7 +402,7 @@ export class FolioFs {
   }
 
   symlink (target: string, path: string, creds: Creds): number {
-    const t = Buffer.from(target)
+    const t = Buffer.from(target, 'latin1') // a byte string, like every name
     if (t.length === 0) throw fsErr('ENOENT')
     if (t.length >= PATH_MAX) throw fsErr('ENAMETOOLONG')
     return this.createNode(path, S_IFLNK | 0o777, creds, 0, t)
@@ -403,7 +411,7 @@ export class FolioFs {
   readlink (path: string): string {
     const i = this.inode(this.resolve(path))
     if ((i.mode & S_IFMT) !== S_IFLNK || !i.target) throw fsErr('EINVAL')
-    return i.target.toString()
+    return i.target.toString('latin1')
   }
 
   link (src: string, dst: string): void {
@@ -414,9 +422,9 @@ export class FolioFs {
       if (isDir(i.mode)) throw fsErr('EPERM', 'hard link to directory')
       if (i.nlink >= 65000) throw fsErr('EMLINK')
       const pino = this.dirIno(parent)
-      if (this.q.lookup.get(pino, name) !== undefined) throw fsErr('EEXIST', dst)
+      if (this.q.lookup.get(pino, nameToDb(name)) !== undefined) throw fsErr('EEXIST', dst)
       const t = nowTime()
-      this.q.insDirent.run(pino, name, ino)
+      this.q.insDirent.run(pino, nameToDb(name), ino)
       this.q.setNlink.run(i.nlink + 1, t.sec, t.nsec, ino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
     })
@@ -498,11 +506,11 @@ export class FolioFs {
     }
     await this.reap(this.tx(() => {
       const pino = this.dirIno(parent)
-      const ino = this.q.lookup.get(pino, name) as number | undefined
+      const ino = this.q.lookup.get(pino, nameToDb(name)) as number | undefined
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR', path)
       const t = nowTime()
-      this.q.delDirent.run(pino, name)
+      this.q.delDirent.run(pino, nameToDb(name))
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t)
     }))
@@ -513,12 +521,12 @@ export class FolioFs {
     const { parent, name } = splitPath(path)
     this.tx(() => {
       const pino = this.dirIno(parent)
-      const ino = this.q.lookup.get(pino, name) as number | undefined
+      const ino = this.q.lookup.get(pino, nameToDb(name)) as number | undefined
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR', path)
       if (this.q.dirHasEntries.get(ino) !== undefined) throw fsErr('ENOTEMPTY', path)
       const t = nowTime()
-      this.q.delDirent.run(pino, name)
+      this.q.delDirent.run(pino, nameToDb(name))
       this.q.addNlink.run(-1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       this.dropLink(ino, t) // a directory has no data: freed right here
@@ -539,11 +547,11 @@ export class FolioFs {
     await this.reap(this.tx(() => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
-      const ino = this.q.lookup.get(sp, s.name) as number | undefined
+      const ino = this.q.lookup.get(sp, nameToDb(s.name)) as number | undefined
       if (ino === undefined) throw fsErr('ENOENT', src)
       const srcInode = this.inode(ino)
       const srcIsDir = isDir(srcInode.mode)
-      const existing = this.q.lookup.get(dp, d.name) as number | undefined
+      const existing = this.q.lookup.get(dp, nameToDb(d.name)) as number | undefined
       if (existing === ino) return null // same file: POSIX says do nothing
       if (srcIsDir) {
         // refuse to move a directory below itself
@@ -563,11 +571,11 @@ export class FolioFs {
         } else if (srcIsDir) {
           throw fsErr('ENOTDIR', dst)
         }
-        this.q.delDirent.run(dp, d.name)
+        this.q.delDirent.run(dp, nameToDb(d.name))
         gone = this.dropLink(existing, t)
       }
-      this.q.delDirent.run(sp, s.name)
-      this.q.insDirent.run(dp, d.name, ino)
+      this.q.delDirent.run(sp, nameToDb(s.name))
+      this.q.insDirent.run(dp, nameToDb(d.name), ino)
       if (srcIsDir && sp !== dp) {
         this.q.addNlink.run(-1, sp)
         this.q.addNlink.run(1, dp)
@@ -582,11 +590,11 @@ export class FolioFs {
 
   readdir (ino: number): { names: string[], stats: Stat[] } {
     if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
-    const rows = this.q.listDir.all(ino) as Array<{ name: string, ino: number }>
+    const rows = this.q.listDir.all(ino) as Array<{ name: string | Buffer, ino: number }>
     const names = ['.', '..']
     const stats = [this.stat(ino), this.stat(this.inode(ino).parent || ROOT_INO)]
     for (const r of rows) {
-      names.push(r.name)
+      names.push(nameFromDb(r.name))
       stats.push(this.stat(r.ino))
     }
     return { names, stats }
