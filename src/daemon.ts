@@ -138,6 +138,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   const ops = makeOps({
     fs: folio,
     get fuse () { return holder.fuse },
+    requests: { total: 0, inFlight: 0, maxInFlight: 0 },
     extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: opts.readonly })
   })
   // libfuse calls destroy when the session ends: unmounted (umount(8),

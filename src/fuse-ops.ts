@@ -17,6 +17,8 @@ export interface OpsContext {
   fuse: FuseLike
   /** extra daemon statistics merged into the stats ioctl */
   extraStats: () => Record<string, unknown>
+  /** the FUSE requests being served (filled in by makeOps) */
+  requests: RequestStats
 }
 
 function fail (name: string, cb: Cb, err: unknown): void {
@@ -51,6 +53,28 @@ function replyValue (name: string, cb: Cb, fn: () => number | Promise<number>): 
   else cb(n)
 }
 
+/**
+ * FUSE requests the daemon is serving: libfuse's worker threads each wait
+ * on their own semaphore until JS answers, so inFlight is also how many of
+ * them are busy (the binding runs at most 16).
+ */
+export interface RequestStats { total: number, inFlight: number, maxInFlight: number }
+
+/** wrap every handler so that its request is counted until it calls back */
+function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, Cb> {
+  for (const [name, fn] of Object.entries(ops)) {
+    ops[name] = (...args: any[]) => {
+      const cb = args[args.length - 1] as Cb
+      stats.total++
+      stats.inFlight++
+      if (stats.inFlight > stats.maxInFlight) stats.maxInFlight = stats.inFlight
+      args[args.length - 1] = (...res: any[]) => { stats.inFlight--; cb(...res) }
+      fn(...args)
+    }
+  }
+  return ops
+}
+
 export function makeOps (ctx: OpsContext): Record<string, Cb> {
   const fs = ctx.fs
   const creds = (): { uid: number, gid: number } => {
@@ -63,7 +87,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
   }
   const fileIno = (path: string | null, fd: number): number => (fd ? fs.handle(fd).ino : ino(path))
 
-  return {
+  return counted({
     init: (cb: Cb) => cb(0),
     statfs: (_path: string, cb: Cb) => reply('statfs', cb, () => [fs.statfs()]),
     getattr: (path: string, cb: Cb) => reply('getattr', cb, () => [fs.stat(ino(path))]),
@@ -121,7 +145,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       replyValue('copy_file_range', cb, () => fs.copyFileRange(fileIno(pathIn, fdIn), offIn, fileIno(pathOut, fdOut), offOut, len)),
     ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
       replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd)))
-  }
+  }, ctx.requests)
 }
 
 function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number): number | Promise<number> {
@@ -154,6 +178,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     btree: { ...fs.data.stats, ...fs.data.summary() },
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },
+    requests: { ...ctx.requests },
     ...ctx.extraStats()
   }
 }
