@@ -11,7 +11,12 @@ export type ErrnoName =
 export class FsError extends Error {
   readonly code: ErrnoName
   constructor (code: ErrnoName, message?: string) {
+    // an errno answer, not a bug: no stack trace (capturing one cost more than
+    // the lookup behind ENOENT/ENODATA, which `ls -l` asks for every entry)
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
     super(message ? `${code}: ${message}` : code)
+    Error.stackTraceLimit = limit
     this.code = code
     this.name = 'FsError'
   }
