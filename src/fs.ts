@@ -40,6 +40,8 @@ export interface FsOptions extends TreeOptions {
   writebackDelayMs?: number
   /** dirty data older than this is written back by the background timer (default 5 s) */
   dirtyExpireMs?: number
+  /** memory pressure probe (tests); default: /proc/meminfo */
+  memoryLow?: () => boolean
 }
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
@@ -178,7 +180,8 @@ export class FolioFs {
       dirtyBackground: Math.floor(cacheBytes / 4),
       dirtyLimit: Math.floor(cacheBytes / 2),
       expireMs: opts.dirtyExpireMs ?? 5000,
-      delayMs: opts.writebackDelayMs ?? 0
+      delayMs: opts.writebackDelayMs ?? 0,
+      memoryLow: opts.memoryLow
     })
     this.syncWrites = opts.syncWrites ?? false
     this.fiemap = new Fiemap(this.data, this.cache)

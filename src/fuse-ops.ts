@@ -203,6 +203,7 @@ export function pageCacheStats (fs: FolioFs): Record<string, number> {
     writebackBytes_total: fs.writeback.stats.bytes,
     writebackErrors: fs.writeback.stats.errors,
     throttled: fs.writeback.stats.throttled,
+    memoryPressure: fs.writeback.stats.memoryPressure,
     dataReads: fs.data.area.stats.reads,
     dataWrites: fs.data.area.stats.writes,
     dataSyncs: fs.data.area.stats.syncs

@@ -216,11 +216,12 @@ export class PageCache {
 
   /**
    * Evict clean, unlocked, idle folios (CLOCK) until the cache fits in
-   * maxBytes. Returns false if it cannot (everything left is dirty, under
-   * writeback or locked: the caller throttles writers).
+   * limit bytes (maxBytes: its bound; less under memory pressure). Returns
+   * false if it cannot (everything left is dirty, under writeback or
+   * locked: the caller throttles writers).
    */
-  evict (): boolean {
-    const max = Math.floor(this.maxBytes / FOLIO_SIZE)
+  evict (limit = this.maxBytes): boolean {
+    const max = Math.floor(limit / FOLIO_SIZE)
     if (this.clock.size <= max) return true
     const target = max - Math.max(1, max >> 6) // a little headroom: evict in batches
     const before = this.clock.size
@@ -239,5 +240,11 @@ export class PageCache {
     }
     debug('evicted %d folios; %d cached (%d dirty, %d under writeback), %d fit', before - this.clock.size, this.clock.size, this.dirty, this.inWriteback, max)
     return this.clock.size <= max
+  }
+
+  /** memory pressure: give back clean folios down to a quarter of what is cached, and the recycled buffers */
+  shrink (): void {
+    this.evict(Math.floor(this.clock.size / 4) * FOLIO_SIZE)
+    this.pool.drain()
   }
 }

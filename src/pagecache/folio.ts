@@ -79,4 +79,9 @@ export class BufferPool {
   give (b: Buffer): void {
     if (this.free.length < this.keep) this.free.push(b)
   }
+
+  /** let go of every recycled buffer (memory pressure) */
+  drain (): void {
+    this.free = []
+  }
 }

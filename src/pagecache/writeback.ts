@@ -24,6 +24,7 @@
 // older than expireMs, or more dirty data than dirtyBackground), fsync of
 // one inode, sync of everything (unmount, SIGTERM). Writers wait in
 // throttle() while dirty data exceeds dirtyLimit.
+import { readFileSync } from 'fs'
 import createDebug from 'debug'
 import type { FileData } from '../filedata'
 import type { Folio } from './folio'
@@ -53,6 +54,23 @@ export interface WritebackLimits {
   expireMs: number
   /** fault injection: hold a run's folio locks this long after writing it (FIEMAP contention tests) */
   delayMs: number
+  /** is the system short of memory? (checked by the background timer; memoryLow() by default) */
+  memoryLow?: () => boolean
+}
+
+/**
+ * The system is short of memory when less than a twentieth of it (at
+ * least 64 MiB) is available (/proc/meminfo MemAvailable: free memory plus
+ * what the kernel can reclaim). False where that cannot be read.
+ */
+export function memoryLow (): boolean {
+  let text: string
+  try { text = readFileSync('/proc/meminfo', 'utf8') } catch { return false }
+  const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN)
+  const avail = kb('MemAvailable')
+  const total = kb('MemTotal')
+  if (!Number.isFinite(avail) || !Number.isFinite(total)) return false
+  return avail < Math.max(64 * 1024, total / 20)
 }
 
 export interface WritebackStats {
@@ -62,6 +80,8 @@ export interface WritebackStats {
   bytes: number
   throttled: number
   errors: number
+  /** background ticks that found the system short of memory (everything dirty written back, clean folios given back) */
+  memoryPressure: number
 }
 
 /** runs inside a run's commit: update the inode (on-disk size up to endBlock, blocks, times) */
@@ -73,7 +93,7 @@ export class Writeback {
   private timer: NodeJS.Timeout | null = null
   private waiters: Array<() => void> = []
   lastError: Error | null = null
-  readonly stats: WritebackStats = { passes: 0, runs: 0, folios: 0, bytes: 0, throttled: 0, errors: 0 }
+  readonly stats: WritebackStats = { passes: 0, runs: 0, folios: 0, bytes: 0, throttled: 0, errors: 0, memoryPressure: 0 }
 
   constructor (
     private readonly cache: PageCache,
@@ -203,10 +223,26 @@ export class Writeback {
     for (const wake of w) wake()
   }
 
-  /** background timer: expire old dirty data once a second */
+  /**
+   * One background tick: under memory pressure write back everything dirty
+   * (so it can be evicted) and give back clean folios; otherwise expire old
+   * dirty data.
+   */
+  tick (): void {
+    if ((this.limits.memoryLow ?? memoryLow)()) {
+      this.stats.memoryPressure++
+      debug('memory pressure: writing back %d dirty bytes, shrinking the cache from %d bytes', this.cache.dirtyBytes, this.cache.bytes)
+      this.cache.shrink()
+      this.kick(true)
+      return
+    }
+    this.kick()
+  }
+
+  /** background timer: a tick once a second */
   start (): void {
     if (this.timer) return
-    this.timer = setInterval(() => this.kick(), 1000)
+    this.timer = setInterval(() => this.tick(), 1000)
     this.timer.unref()
   }
 

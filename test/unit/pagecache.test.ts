@@ -151,3 +151,31 @@ test('truncate drops folios past EOF and zeroes the tail; growing again reads ze
   await again.close()
   assert.deepEqual(fsck(img).errors, [])
 })
+
+test('memory pressure: a background tick writes back everything dirty and gives back clean folios', async () => {
+  let low = false
+  const { img, fs } = fresh({ dirtyExpireMs: 3600_000, memoryLow: () => low })
+  const a = fs.create('/clean', 0o644, root)
+  await fs.write(a, pattern(2, 8 * MiB), 0)
+  await fs.fsync(a)
+  const back = Buffer.alloc(8 * MiB)
+  await fs.read(a, back, back.length, 0) // 8 MiB of clean, cached folios
+  const b = fs.create('/dirty', 0o644, root)
+  const data = pattern(3, 4 * MiB)
+  await fs.write(b, data, 0) // young dirty data: not due for writeback
+  fs.writeback.tick()
+  assert.equal(fs.writeback.stats.memoryPressure, 0)
+  assert.equal(fs.cache.dirtyBytes, 4 * MiB, 'no pressure: young dirty data stays dirty')
+  const cached = fs.cache.bytes
+  low = true
+  fs.writeback.tick()
+  assert.equal(fs.writeback.stats.memoryPressure, 1)
+  assert.ok(fs.cache.bytes <= cached / 2, `clean folios given back (${fs.cache.bytes} of ${cached} bytes left)`)
+  await fs.writeback.all() // the pass the tick started
+  assert.equal(fs.cache.dirtyBytes, 0, 'everything dirty written back')
+  const again = Buffer.alloc(4 * MiB)
+  await fs.read(b, again, again.length, 0)
+  assert.ok(again.equals(data))
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
