@@ -6,7 +6,8 @@
 //
 // Format versions: 1 kept file data in a `blocks` table inside SQLite;
 // 2 keeps it in the data area (physical block 0 is the data area's header
-// and never allocated).
+// and never allocated); 3 stores free space as one row per 4096-block
+// bucket (`free_buckets`) instead of one row per free range (`free_space`).
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
@@ -17,7 +18,7 @@ import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
 export { BLOCK_SIZE, EXIT, ImageError }
 
 export const MAGIC = 'foliofs'
-export const FORMAT_VERSION = 2
+export const FORMAT_VERSION = 3
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
 
@@ -77,7 +78,7 @@ CREATE TABLE orphans (
 );
 `
 
-const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'orphans', 'btree_nodes', 'btree_meta', 'free_space']
+const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'orphans', 'btree_nodes', 'btree_meta', 'free_buckets']
 
 export interface MkfsOptions {
   capacityBytes?: number

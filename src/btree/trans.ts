@@ -349,18 +349,19 @@ export class BtreeTrans implements LockOwner {
     }
     const alloc = tree.alloc
     const used: Range[] = []
-    const released: Range[] = []
+    let released = false
     try {
       tree.db.transaction(() => {
         ap.persist()
         for (const r of this.reserved) { alloc.commitUse(r); used.push(r) }
         for (const r of this.adopted) { alloc.commitUse(r); used.push(r) }
-        for (const r of freed) { alloc.commitFree(r); released.push(r) }
+        alloc.commitFree(freed)
+        released = true
         alloc.persist(tree.db)
         if (hook) hook(freed)
       })()
     } catch (err) {
-      for (const r of released) alloc.undoFree(r)
+      if (released) alloc.undoFree(freed)
       for (const r of used) alloc.undoUse(r)
       tree.metaRolledBack()
       ap.rollback()
