@@ -9,11 +9,15 @@
 // commit hook), so mapping, free space and size commit together. Nothing
 // here runs inside an outer SQLite transaction (the B-tree refuses that).
 //
-// Truncation and freeing run in bounded steps (TRUNCATE_BATCH extents per
-// transaction, yielding to the event loop in between), like bcachefs's
-// fpunch loop: no single step blocks other operations for long, and memory
-// stays bounded. Crash safety across steps is the caller's (fs.ts records
-// the inode as an orphan before the first step; recovery finishes the job).
+// Truncation and freeing run in bounded steps (one transaction each,
+// yielding to the event loop in between), like bcachefs's fpunch loop: no
+// single step blocks other operations for long, and memory stays bounded.
+// A step unmaps at most TRUNCATE_BATCH_MAX extents; how many it takes
+// adapts to time: the next step aims at TRUNCATE_STEP_MS given what the
+// last one took per extent (at most doubling, at least TRUNCATE_BATCH_MIN),
+// so a fast machine takes few big steps and a loaded one many small ones.
+// Crash safety across steps is the caller's (fs.ts records the inode as an
+// orphan before the first step; recovery finishes the job).
 import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
@@ -21,14 +25,29 @@ import type { DataArea } from './dataarea'
 import { ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
-/** extents unmapped per truncate step */
+/** extents unmapped by the first truncate step; later ones adapt (see above) */
 export const TRUNCATE_BATCH = 1024
+export const TRUNCATE_BATCH_MIN = 128
+export const TRUNCATE_BATCH_MAX = 8192
+/** what a truncate step aims to take (the synchronous part) */
+export const TRUNCATE_STEP_MS = 5
+
+/** truncate counters (foliofs stats, field btree) */
+export interface TruncateStats {
+  /** truncate/unlink steps run (one transaction each) */
+  truncateSteps: number
+  /** extents those steps unmapped */
+  truncateExtents: number
+  /** longest truncate step, ms */
+  maxTruncateStepMs: number
+}
 
 /** runs inside the commit of each truncate step: blocks freed by it, first and last step */
 export type TruncateStep = (freedBlocks: number, first: boolean, last: boolean) => void
 
 export class FileData {
   readonly tree: ExtentTree
+  private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
 
   constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions) {
     this.tree = ExtentTree.open(db, opts)
@@ -38,7 +57,7 @@ export class FileData {
   get used (): number { return this.tree.usedBlocks() }
   /** free blocks (statfs): allocatable now, or after the checkpoint an allocation runs when it needs them */
   get free (): number { return this.tree.alloc.free + this.tree.alloc.pending }
-  get stats (): TreeStats { return this.tree.snapshotStats() }
+  get stats (): TreeStats & TruncateStats { return { ...this.tree.snapshotStats(), ...this.truncateStats } }
 
   /** shape of the tree and free space, for `foliofs stats` */
   summary (): ReturnType<ExtentTree['summary']> {
@@ -128,16 +147,22 @@ export class FileData {
   }
 
   /**
-   * One truncate step body: unmap up to TRUNCATE_BATCH extents at or past
-   * block keep. Returns whether it reached the end of the file.
+   * One truncate step body: unmap up to batch extents at or past block
+   * keep. Returns whether it reached the end of the file, and how long it
+   * took (it is synchronous).
    */
-  private truncateStep (t: BtreeTrans, ino: number, keep: number, first: boolean, onStep: TruncateStep): boolean {
-    const batch = t.extentsIn(ino, keep, END, TRUNCATE_BATCH + 1)
-    const done = batch.length <= TRUNCATE_BATCH
-    const upTo = done ? END : batch[TRUNCATE_BATCH].off
-    if (batch.length) t.deleteRange(ino, keep, upTo)
+  private truncateStep (t: BtreeTrans, ino: number, keep: number, batch: number, first: boolean, onStep: TruncateStep): { done: boolean, ms: number } {
+    const t0 = performance.now()
+    const { count, stop } = t.extentsAhead(ino, keep, END, batch)
+    if (count) t.deleteRange(ino, keep, stop)
+    const done = stop === END
     t.commit(freed => onStep(freed.reduce((s, r) => s + r.len, 0), first, done))
-    return done
+    const ms = performance.now() - t0
+    const s = this.truncateStats
+    s.truncateSteps++
+    s.truncateExtents += count
+    if (ms > s.maxTruncateStepMs) s.maxTruncateStepMs = ms
+    return { done, ms }
   }
 
   /**
@@ -148,10 +173,14 @@ export class FileData {
   async truncate (ino: number, size: number, onStep: TruncateStep): Promise<void> {
     const keep = Math.ceil(size / BLOCK_SIZE)
     const trans = transGet(this.tree)
+    let batch = TRUNCATE_BATCH
     for (let first = true; ; first = false) {
       if (!first) await yieldToLoop() // other FUSE requests run between steps
       const f = first
-      if (await lockrestartDo(trans, t => this.truncateStep(t, ino, keep, f, onStep))) return
+      const { done, ms } = await lockrestartDo(trans, t => this.truncateStep(t, ino, keep, batch, f, onStep))
+      if (done) return
+      const fit = batch * TRUNCATE_STEP_MS / Math.max(ms, 0.01)
+      batch = Math.round(Math.min(2 * batch, TRUNCATE_BATCH_MAX, Math.max(TRUNCATE_BATCH_MIN, fit)))
     }
   }
 
@@ -161,7 +190,7 @@ export class FileData {
     const trans = transGet(this.tree)
     for (let first = true; ; first = false) {
       const f = first
-      if (lockrestartDoSync(trans, t => this.truncateStep(t, ino, keep, f, onStep))) return
+      if (lockrestartDoSync(trans, t => this.truncateStep(t, ino, keep, TRUNCATE_BATCH_MAX, f, onStep)).done) return
     }
   }
 }

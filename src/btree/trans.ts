@@ -271,6 +271,21 @@ export class BtreeTrans implements LockOwner {
     return out
   }
 
+  /**
+   * Count, without copying them, up to max extents of ino overlapping
+   * [start, end); stop is where the next one begins (end if there is none):
+   * unmapping [start, stop) removes exactly those (bounded truncate steps).
+   */
+  extentsAhead (ino: number, start: number, end: number, max: number): { count: number, stop: number } {
+    const it = this.iter(ino, start)
+    let count = 0
+    for (let e = it.peekMax(end); e && e.off < end; e = it.next()) {
+      if (count === max) return { count, stop: e.off }
+      count++
+    }
+    return { count, stop: end }
+  }
+
   /** physical block where data for (ino, off) would continue the file */
   allocHint (ino: number, off: number): number {
     const it = this.iter(ino, off)

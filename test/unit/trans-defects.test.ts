@@ -7,6 +7,7 @@ import Database from 'better-sqlite3'
 import { BtreeError, ExtentTree, TransRestart, commitDo, dropLocksDo, lockrestartDo, lockrestartDoSync, nonblockingOrDrop, transGet, type Extent, type TreeOptions } from '../../src/btree'
 import { mkfs, openImage } from '../../src/image'
 import { FolioFs } from '../../src/fs'
+import { TRUNCATE_BATCH_MAX } from '../../src/filedata'
 import { tmpdir } from './helpers'
 
 function openTree (file: string, opts: TreeOptions = {}): { db: Database.Database, tree: ExtentTree } {
@@ -206,6 +207,9 @@ test('defect 8: truncating a big fragmented file runs in bounded steps and lets 
   await fs.truncate(ino, 0)
   assert.ok(ranMeanwhile, 'the event loop turned during the truncate')
   assert.ok(fs.data.tree.snapshotStats().commits - commits0 >= 4, 'several bounded transactions')
+  const st = fs.data.stats
+  assert.equal(st.truncateExtents, n, 'the truncate steps unmapped every extent')
+  assert.ok(st.truncateSteps >= Math.ceil(n / TRUNCATE_BATCH_MAX), 'no step took more than TRUNCATE_BATCH_MAX extents')
   assert.equal(fs.stat(ino).size, 0)
   assert.equal(fs.stat(ino).blocks, 0)
   assert.equal(fs.stat(other).blocks, 100 * 8)
