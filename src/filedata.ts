@@ -56,7 +56,7 @@ export class FileData {
   /** blocks mapped by committed extents */
   get used (): number { return this.tree.usedBlocks() }
   /** free blocks (statfs): allocatable now, or after the checkpoint an allocation runs when it needs them */
-  get free (): number { return this.tree.alloc.free + this.tree.alloc.pending }
+  get free (): number { return this.tree.freeBlocks() + this.tree.pendingFreeBlocks() }
   get stats (): TreeStats & TruncateStats { return { ...this.tree.snapshotStats(), ...this.truncateStats } }
 
   /** shape of the tree and free space, for `foliofs stats` */
@@ -76,7 +76,7 @@ export class FileData {
   /** reserve up to want blocks; when the device is full only because frees are not durable yet, checkpoint and retry */
   private allocOrReclaim (t: BtreeTrans, want: number, hint: number): Range | null {
     const r = t.alloc(want, hint)
-    if (r !== null || this.tree.alloc.pending === 0) return r
+    if (r !== null || this.tree.pendingFreeBlocks() === 0) return r
     this.checkpoint()
     return t.alloc(want, hint)
   }
@@ -143,7 +143,7 @@ export class FileData {
 
   /** give back a reservation from allocRun that will not be committed */
   unreserve (pieces: Range[]): void {
-    for (const p of pieces) this.tree.alloc.unreserve(p)
+    this.tree.unreserve(pieces)
   }
 
   /**

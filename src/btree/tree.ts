@@ -18,7 +18,7 @@
 // Transactions live in trans.ts (which imports this file, never the other
 // way round).
 import type Database from 'better-sqlite3'
-import { Allocator } from './alloc'
+import { Allocator, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
@@ -280,6 +280,21 @@ export class ExtentTree {
   /** the owner synced the WAL: everything committed so far is durable */
   markDurable (): void {
     this.alloc.markDurable()
+  }
+
+  /** blocks that can be allocated now */
+  freeBlocks (): number {
+    return this.alloc.free
+  }
+
+  /** blocks freed by commits not known durable yet (allocatable after the next markDurable) */
+  pendingFreeBlocks (): number {
+    return this.alloc.pending
+  }
+
+  /** give back reservations a step detached (BtreeTrans.detachReserved) that will never be committed */
+  unreserve (pieces: readonly Range[]): void {
+    for (const p of pieces) this.alloc.unreserve(p)
   }
 
   /** blocks mapped by committed extents */
