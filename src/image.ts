@@ -21,6 +21,8 @@ export const MAGIC = 'foliofs'
 export const FORMAT_VERSION = 3
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
+/** WAL pages after which a commit checkpoints (see openImage) */
+export const WAL_AUTOCHECKPOINT = 256
 
 export interface Superblock {
   magic: string
@@ -240,6 +242,11 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
       db.pragma('journal_mode = WAL')
       db.pragma('synchronous = NORMAL')
       db.pragma('cache_size = -65536')
+      // a commit that crosses this many WAL pages checkpoints them then and
+      // there (writes them to the database, two fsyncs): SQLite's default
+      // of 1000 pages took ~25 ms here, longer than a truncate step may
+      // block; WAL_AUTOCHECKPOINT pages took ~9
+      db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT}`)
       // take the exclusive lock now: a second mount of the same image fails here
       db.prepare('BEGIN IMMEDIATE').run()
       db.prepare('COMMIT').run()
