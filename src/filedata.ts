@@ -28,9 +28,9 @@ const END = Number.MAX_SAFE_INTEGER
 /** extents unmapped by the first truncate step; later ones adapt (see above) */
 export const TRUNCATE_BATCH = 1024
 export const TRUNCATE_BATCH_MIN = 128
-export const TRUNCATE_BATCH_MAX = 8192
+export const TRUNCATE_BATCH_MAX = 4096
 /** what a truncate step aims to take (the synchronous part) */
-export const TRUNCATE_STEP_MS = 5
+export const TRUNCATE_STEP_MS = 3
 
 /** truncate counters (foliofs stats, field btree) */
 export interface TruncateStats {
