@@ -1,7 +1,7 @@
 // npm run bench: the extent B-tree against the same work done through a
 // plain SQLite table with an index, measured in the same run on the same
 // machine. Prints numbers; asserts nothing (speed targets are not tests).
-//   node dist/scripts/bench.js [--extents N] [--lookups N] [--commits N]
+//   node dist/scripts/bench.js [--extents N] [--lookups N] [--commits N] [--truncate-extents N] [--truncate-only]
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import * as os from 'os'
@@ -21,7 +21,7 @@ const LOOKUPS = arg('lookups', 200_000)
 const COMMITS = arg('commits', 20_000)
 const BATCH = 1000
 const FILES = 1000
-const TRUNCATES = [100_000, arg('truncate-extents', 1_000_000)]
+const TRUNCATES = [...new Set([100_000, arg('truncate-extents', 1_000_000)])] // one image per size: a size given twice runs once
 
 function openDb (file: string): Database.Database {
   const db = new Database(file)
@@ -94,7 +94,25 @@ async function truncateBench (dir: string, n: number): Promise<TruncateResult> {
   return r
 }
 
+function printTruncate (r: TruncateResult): void {
+  console.log(`  ${String(r.extents).padStart(8)} extents  ${r.secs.toFixed(2).padStart(6)} s  ${Math.round(r.extents / r.secs).toString().padStart(8)} extents/s  ${r.steps} steps  longest step ${r.maxStepMs.toFixed(1)} ms  longest timer delay ${r.maxLoopGapMs.toFixed(1)} ms  rss ${r.rssMiB.toFixed(0)} MiB`)
+}
+
+const TRUNCATE_TITLE = 'truncate to 0 of a file of one-block extents, free space fully fragmented (bounded steps, event loop probed by a 1 ms timer):'
+
+/** --truncate-only: just the truncate rows (profiling the truncate path) */
+async function truncateOnly (): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'foliofs-bench-'))
+  try {
+    console.log(TRUNCATE_TITLE)
+    for (const n of TRUNCATES) printTruncate(await truncateBench(dir, n))
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 async function main (): Promise<void> {
+  if (process.argv.includes('--truncate-only')) return await truncateOnly()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'foliofs-bench-'))
   const rows: Row[] = []
   try {
@@ -192,11 +210,8 @@ async function main (): Promise<void> {
     }
     console.log(`database size after the run: btree ${(size('tree.db') / 2 ** 20).toFixed(1)} MiB, sqlite ${(size('sql.db') / 2 ** 20).toFixed(1)} MiB`)
     console.log(`btree stats: ${stats.commits} commits, node reads ${stats.nodeReads}, node writes ${stats.nodeWrites}, restarts ${JSON.stringify(stats.restarts)}`)
-    console.log('truncate to 0 of a file of one-block extents, free space fully fragmented (bounded steps, event loop probed by a 1 ms timer):')
-    for (const n of TRUNCATES) {
-      const r = await truncateBench(dir, n)
-      console.log(`  ${String(n).padStart(8)} extents  ${r.secs.toFixed(2).padStart(6)} s  ${Math.round(n / r.secs).toString().padStart(8)} extents/s  ${r.steps} steps  longest step ${r.maxStepMs.toFixed(1)} ms  longest timer delay ${r.maxLoopGapMs.toFixed(1)} ms  rss ${r.rssMiB.toFixed(0)} MiB`)
-    }
+    console.log(TRUNCATE_TITLE)
+    for (const n of TRUNCATES) printTruncate(await truncateBench(dir, n))
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })
   }

@@ -9,11 +9,15 @@
 // commit hook), so mapping, free space and size commit together. Nothing
 // here runs inside an outer SQLite transaction (the B-tree refuses that).
 //
-// Truncation and freeing run in bounded steps (TRUNCATE_BATCH extents per
-// transaction, yielding to the event loop in between), like bcachefs's
-// fpunch loop: no single step blocks other operations for long, and memory
-// stays bounded. Crash safety across steps is the caller's (fs.ts records
-// the inode as an orphan before the first step; recovery finishes the job).
+// Truncation and freeing run in bounded steps (one transaction each,
+// yielding to the event loop in between), like bcachefs's fpunch loop: no
+// single step blocks other operations for long, and memory stays bounded.
+// A step unmaps at most TRUNCATE_BATCH_MAX extents; how many it takes
+// adapts to time: the next step aims at TRUNCATE_STEP_MS given what the
+// last one took per extent (at most doubling, at least TRUNCATE_BATCH_MIN),
+// so a fast machine takes few big steps and a loaded one many small ones.
+// Crash safety across steps is the caller's (fs.ts records the inode as an
+// orphan before the first step; recovery finishes the job).
 import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
@@ -21,14 +25,29 @@ import type { DataArea } from './dataarea'
 import { ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
-/** extents unmapped per truncate step */
+/** extents unmapped by the first truncate step; later ones adapt (see above) */
 export const TRUNCATE_BATCH = 1024
+export const TRUNCATE_BATCH_MIN = 128
+export const TRUNCATE_BATCH_MAX = 4096
+/** what a truncate step aims to take (the synchronous part) */
+export const TRUNCATE_STEP_MS = 3
+
+/** truncate counters (foliofs stats, field btree) */
+export interface TruncateStats {
+  /** truncate/unlink steps run (one transaction each) */
+  truncateSteps: number
+  /** extents those steps unmapped */
+  truncateExtents: number
+  /** longest truncate step, ms */
+  maxTruncateStepMs: number
+}
 
 /** runs inside the commit of each truncate step: blocks freed by it, first and last step */
 export type TruncateStep = (freedBlocks: number, first: boolean, last: boolean) => void
 
 export class FileData {
   readonly tree: ExtentTree
+  private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
 
   constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions) {
     this.tree = ExtentTree.open(db, opts)
@@ -37,8 +56,8 @@ export class FileData {
   /** blocks mapped by committed extents */
   get used (): number { return this.tree.usedBlocks() }
   /** free blocks (statfs): allocatable now, or after the checkpoint an allocation runs when it needs them */
-  get free (): number { return this.tree.alloc.free + this.tree.alloc.pending }
-  get stats (): TreeStats { return this.tree.snapshotStats() }
+  get free (): number { return this.tree.freeBlocks() + this.tree.pendingFreeBlocks() }
+  get stats (): TreeStats & TruncateStats { return { ...this.tree.snapshotStats(), ...this.truncateStats } }
 
   /** shape of the tree and free space, for `foliofs stats` */
   summary (): ReturnType<ExtentTree['summary']> {
@@ -57,7 +76,7 @@ export class FileData {
   /** reserve up to want blocks; when the device is full only because frees are not durable yet, checkpoint and retry */
   private allocOrReclaim (t: BtreeTrans, want: number, hint: number): Range | null {
     const r = t.alloc(want, hint)
-    if (r !== null || this.tree.alloc.pending === 0) return r
+    if (r !== null || this.tree.pendingFreeBlocks() === 0) return r
     this.checkpoint()
     return t.alloc(want, hint)
   }
@@ -124,20 +143,26 @@ export class FileData {
 
   /** give back a reservation from allocRun that will not be committed */
   unreserve (pieces: Range[]): void {
-    for (const p of pieces) this.tree.alloc.unreserve(p)
+    this.tree.unreserve(pieces)
   }
 
   /**
-   * One truncate (or punch) step body: unmap up to TRUNCATE_BATCH extents
-   * in [keep, end). Returns whether it reached end.
+   * One truncate (or punch) step body: unmap up to batch extents in
+   * [keep, end). Returns whether it reached end, and how long it took (it
+   * is synchronous).
    */
-  private truncateStep (t: BtreeTrans, ino: number, keep: number, first: boolean, onStep: TruncateStep, end = END): boolean {
-    const batch = t.extentsIn(ino, keep, end, TRUNCATE_BATCH + 1)
-    const done = batch.length <= TRUNCATE_BATCH
-    const upTo = done ? end : batch[TRUNCATE_BATCH].off
-    if (batch.length) t.deleteRange(ino, keep, upTo)
+  private truncateStep (t: BtreeTrans, ino: number, keep: number, batch: number, first: boolean, onStep: TruncateStep, end = END): { done: boolean, ms: number } {
+    const t0 = performance.now()
+    const { count, stop } = t.extentsAhead(ino, keep, end, batch)
+    if (count) t.deleteRange(ino, keep, stop)
+    const done = stop === end
     t.commit(freed => onStep(freed.reduce((s, r) => s + r.len, 0), first, done))
-    return done
+    const ms = performance.now() - t0
+    const s = this.truncateStats
+    s.truncateSteps++
+    s.truncateExtents += count
+    if (ms > s.maxTruncateStepMs) s.maxTruncateStepMs = ms
+    return { done, ms }
   }
 
   /**
@@ -152,10 +177,14 @@ export class FileData {
   /** Unmap blocks [from, to) of ino (punch a hole), in bounded steps like truncate. */
   async unmap (ino: number, from: number, to: number, onStep: TruncateStep): Promise<void> {
     const trans = transGet(this.tree)
+    let batch = TRUNCATE_BATCH
     for (let first = true; ; first = false) {
       if (!first) await yieldToLoop() // other FUSE requests run between steps
       const f = first
-      if (await lockrestartDo(trans, t => this.truncateStep(t, ino, from, f, onStep, to))) return
+      const { done, ms } = await lockrestartDo(trans, t => this.truncateStep(t, ino, from, batch, f, onStep, to))
+      if (done) return
+      const fit = batch * TRUNCATE_STEP_MS / Math.max(ms, 0.01)
+      batch = Math.round(Math.min(2 * batch, TRUNCATE_BATCH_MAX, Math.max(TRUNCATE_BATCH_MIN, fit)))
     }
   }
 
@@ -221,7 +250,7 @@ export class FileData {
     const trans = transGet(this.tree)
     for (let first = true; ; first = false) {
       const f = first
-      if (lockrestartDoSync(trans, t => this.truncateStep(t, ino, keep, f, onStep))) return
+      if (lockrestartDoSync(trans, t => this.truncateStep(t, ino, keep, TRUNCATE_BATCH_MAX, f, onStep)).done) return
     }
   }
 }

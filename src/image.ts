@@ -6,7 +6,8 @@
 //
 // Format versions: 1 kept file data in a `blocks` table inside SQLite;
 // 2 keeps it in the data area (physical block 0 is the data area's header
-// and never allocated).
+// and never allocated); 3 stores free space as one row per 4096-block
+// bucket (`free_buckets`) instead of one row per free range (`free_space`).
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
@@ -17,9 +18,11 @@ import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
 export { BLOCK_SIZE, EXIT, ImageError }
 
 export const MAGIC = 'foliofs'
-export const FORMAT_VERSION = 2
+export const FORMAT_VERSION = 3
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
+/** WAL pages after which a commit checkpoints (see openImage) */
+export const WAL_AUTOCHECKPOINT = 256
 
 export interface Superblock {
   magic: string
@@ -77,7 +80,7 @@ CREATE TABLE orphans (
 );
 `
 
-const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'orphans', 'btree_nodes', 'btree_meta', 'free_space']
+const REQUIRED_TABLES = ['superblock', 'inodes', 'dirents', 'xattrs', 'orphans', 'btree_nodes', 'btree_meta', 'free_buckets']
 
 export interface MkfsOptions {
   capacityBytes?: number
@@ -239,6 +242,11 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
       db.pragma('journal_mode = WAL')
       db.pragma('synchronous = NORMAL')
       db.pragma('cache_size = -65536')
+      // a commit that crosses this many WAL pages checkpoints them then and
+      // there (writes them to the database, two fsyncs): SQLite's default
+      // of 1000 pages took ~25 ms here, longer than a truncate step may
+      // block; WAL_AUTOCHECKPOINT pages took ~9
+      db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT}`)
       // take the exclusive lock now: a second mount of the same image fails here
       db.prepare('BEGIN IMMEDIATE').run()
       db.prepare('COMMIT').run()

@@ -12,7 +12,9 @@
 //  - interior keys[i] is a lower bound of every key under children[i]
 //    (keys[0] acts as -infinity), keys ascending;
 //  - no non-root node is empty, none exceeds its page capacity;
-//  - extents of one inode never overlap, len in [1, MAX_EXTENT_LEN].
+//  - extents of one inode never overlap, len in [1, MAX_EXTENT_LEN];
+//  - extent and key objects in a node are never changed in place (edits
+//    put new objects in), so a node's rollback snapshot copies only arrays.
 //
 // Misuse: nodes loaded here must not be evicted before finish()/rollback()
 // (the cache never evicts in get(), only at trim() after the commit).

@@ -271,6 +271,21 @@ export class BtreeTrans implements LockOwner {
     return out
   }
 
+  /**
+   * Count, without copying them, up to max extents of ino overlapping
+   * [start, end); stop is where the next one begins (end if there is none):
+   * unmapping [start, stop) removes exactly those (bounded truncate steps).
+   */
+  extentsAhead (ino: number, start: number, end: number, max: number): { count: number, stop: number } {
+    const it = this.iter(ino, start)
+    let count = 0
+    for (let e = it.peekMax(end); e && e.off < end; e = it.next()) {
+      if (count === max) return { count, stop: e.off }
+      count++
+    }
+    return { count, stop: end }
+  }
+
   /** physical block where data for (ino, off) would continue the file */
   allocHint (ino: number, off: number): number {
     const it = this.iter(ino, off)
@@ -349,18 +364,19 @@ export class BtreeTrans implements LockOwner {
     }
     const alloc = tree.alloc
     const used: Range[] = []
-    const released: Range[] = []
+    let released = false
     try {
       tree.db.transaction(() => {
         ap.persist()
         for (const r of this.reserved) { alloc.commitUse(r); used.push(r) }
         for (const r of this.adopted) { alloc.commitUse(r); used.push(r) }
-        for (const r of freed) { alloc.commitFree(r); released.push(r) }
+        alloc.commitFree(freed)
+        released = true
         alloc.persist(tree.db)
         if (hook) hook(freed)
       })()
     } catch (err) {
-      for (const r of released) alloc.undoFree(r)
+      if (released) alloc.undoFree(freed)
       for (const r of used) alloc.undoUse(r)
       tree.metaRolledBack()
       ap.rollback()

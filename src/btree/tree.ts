@@ -6,18 +6,19 @@
 //                                                   format in node.ts
 //   btree_meta(key TEXT PRIMARY KEY, value INTEGER) root, height, next_id,
 //                                                   page_size, total_blocks
-//   free_space(start INTEGER PRIMARY KEY, len)      free block ranges,
-//                                                   disjoint, non-touching
+//   free_buckets(bucket INTEGER PRIMARY KEY,        free block ranges,
+//                ranges BLOB)                       disjoint, non-touching,
+//                                                   grouped by start (alloc.ts)
 // Invariants: every node row is reachable from the root exactly once; all
 // leaves are at level 0 and the root at height-1; blocks mapped by extents
-// plus free_space lengths add up to total_blocks; a mapped block is never
-// in free_space. All three tables change only inside a commit's SQLite
+// plus free range lengths add up to total_blocks; a mapped block is never
+// in a free range. All three tables change only inside a commit's SQLite
 // transaction (trans.ts), so the image always holds one committed state.
 //
 // Transactions live in trans.ts (which imports this file, never the other
 // way round).
 import type Database from 'better-sqlite3'
-import { Allocator } from './alloc'
+import { Allocator, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
@@ -26,7 +27,7 @@ import { BtreeNode, cmpPos, interiorCapacity, leafCapacity, type Extent, type Po
 export const BTREE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS btree_nodes (id INTEGER PRIMARY KEY, page BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS btree_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS free_buckets (bucket INTEGER PRIMARY KEY, ranges BLOB NOT NULL);
 `
 
 export interface TreeOptions {
@@ -279,6 +280,21 @@ export class ExtentTree {
   /** the owner synced the WAL: everything committed so far is durable */
   markDurable (): void {
     this.alloc.markDurable()
+  }
+
+  /** blocks that can be allocated now */
+  freeBlocks (): number {
+    return this.alloc.free
+  }
+
+  /** blocks freed by commits not known durable yet (allocatable after the next markDurable) */
+  pendingFreeBlocks (): number {
+    return this.alloc.pending
+  }
+
+  /** give back reservations a step detached (BtreeTrans.detachReserved) that will never be committed */
+  unreserve (pieces: readonly Range[]): void {
+    for (const p of pieces) this.alloc.unreserve(p)
   }
 
   /** blocks mapped by committed extents */

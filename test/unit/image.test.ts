@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as fs from 'fs'
 import * as path from 'path'
-import { EXIT, ImageError, mkfs, openImage, parseSize } from '../../src/image'
+import { EXIT, ImageError, WAL_AUTOCHECKPOINT, mkfs, openImage, parseSize } from '../../src/image'
 import { parseMountOptions } from '../../src/daemon'
 import { tmpdir } from './helpers'
 
@@ -79,4 +79,13 @@ test('mount options: known ones parsed, unknown ones rejected', () => {
   for (const bad of ['cache_size=lots', 'cache_size=4k', 'dirty_expire=-1', 'writeback_delay_ms=x']) {
     assert.throws(() => parseMountOptions([bad]), /mount option/, bad)
   }
+})
+
+test('a read-write image checkpoints its WAL in small pieces (a 1000-page autocheckpoint stalled one commit ~25 ms)', () => {
+  const img = path.join(tmpdir(), 'a.img')
+  mkfs(img)
+  const o = openImage(img)
+  assert.equal(o.db.pragma('wal_autocheckpoint', { simple: true }), WAL_AUTOCHECKPOINT)
+  assert.ok(WAL_AUTOCHECKPOINT < 1000)
+  o.db.close()
 })

@@ -7,6 +7,7 @@ import Database from 'better-sqlite3'
 import { BtreeError, ExtentTree, TransRestart, commitDo, dropLocksDo, lockrestartDo, lockrestartDoSync, nonblockingOrDrop, transGet, type Extent, type TreeOptions } from '../../src/btree'
 import { mkfs, openImage } from '../../src/image'
 import { FolioFs } from '../../src/fs'
+import { TRUNCATE_BATCH_MAX } from '../../src/filedata'
 import { tmpdir } from './helpers'
 
 function openTree (file: string, opts: TreeOptions = {}): { db: Database.Database, tree: ExtentTree } {
@@ -143,6 +144,75 @@ test('defect 5: an FS write started while an async transaction relocks does not 
   await fs.close()
 })
 
+test('defect 5: lockrestartDoSync refuses to run while another transaction holds locks, also in the relock window', async () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'))
+  fragmented(tree, 1, 30)
+  const misuse = (e: unknown): boolean => e instanceof BtreeError && e.code === 'trans_misuse'
+  await lockrestartDo(transGet(tree), t => {
+    t.lookup(1, 0)
+    assert.throws(() => lockrestartDoSync(transGet(tree), u => u.lookup(1, 0)), misuse)
+  })
+  let inWindow: unknown = null
+  let ran = false
+  await lockrestartDo(transGet(tree), async t => {
+    t.extentsIn(1, 0, END)
+    const relocked = dropLocksDo(t, () => sleep(1))
+    // runs right after relock, before this body resumes: t holds its locks again
+    void relocked.then(() => {
+      try { lockrestartDoSync(transGet(tree), u => { ran = true; return u.lookup(1, 0) }) } catch (e) { inWindow = e }
+    })
+    await relocked
+    assert.ok(t.locked)
+  })
+  assert.ok(misuse(inWindow), `refused in the relock window (got ${String(inWindow)})`)
+  assert.equal(ran, false, 'its body never ran')
+  // with nobody holding locks it runs
+  assert.equal(lockrestartDoSync(transGet(tree), u => u.lookup(1, 2))?.off, 2)
+})
+
+for (const op of ['truncate', 'fsync'] as const) {
+  test(`defect 5: a ${op} through FolioFs started in another transaction's relock window completes (no EIO, no restart_limit)`, async () => {
+    const img = path.join(tmpdir(), 'a.img')
+    mkfs(img, { capacityBytes: 64 << 20 })
+    const fs = new FolioFs(openImage(img))
+    const ino = fs.create('/f', 0o644, { uid: 0, gid: 0 })
+    for (let k = 0; k < 40; k++) await fs.write(ino, Buffer.alloc(4096, 1), k * 8192)
+    await fs.fsync(ino)
+    const tree = fs.data.tree
+    const restarts0 = Object.values(tree.snapshotStats().restarts).reduce((a, b) => a + b, 0)
+    let started: Promise<void> | null = null
+    if (op === 'fsync') await fs.write(ino, Buffer.alloc(4096, 2), 8192) // dirty: fsync writes it back into the leaf we hold
+    await lockrestartDo(transGet(tree), async t => {
+      t.extentsIn(ino, 0, END) // read locks on the file's leaves
+      const relocked = dropLocksDo(t, () => sleep(1))
+      void relocked.then(() => {
+        started = op === 'truncate' ? fs.truncate(ino, 4096) : fs.fsync(ino)
+      })
+      await relocked
+      // hold the relocked read set over many microtask turns, as a body
+      // that awaits already-resolved promises does: the FS step runs into it
+      for (let i = 0; i < 200; i++) await null
+    })
+    assert.ok(started, 'the FS operation started inside the window')
+    await started
+    const restarts = Object.values(tree.snapshotStats().restarts).reduce((a, b) => a + b, 0) - restarts0
+    // truncate's step collides with the held read set and restarts; fsync's
+    // first step only reads (compatible) and its commit comes after the
+    // data I/O, by when the window has closed: it shows it starts cleanly
+    if (op === 'truncate') assert.ok(restarts >= 1, 'the truncate step ran into the relocked transaction')
+    const buf = Buffer.alloc(3 * 8192)
+    const n = await fs.read(ino, buf, buf.length, 0)
+    if (op === 'truncate') {
+      assert.equal(n, 4096)
+      assert.equal(fs.data.used, 1)
+    } else {
+      assert.equal(buf[8192], 2)
+      assert.equal(await fs.data.extents(ino).then(ex => ex.length), 40)
+    }
+    await fs.close()
+  })
+}
+
 test('defect 6: another transaction\'s uncommitted reservation is never persisted by a commit', async () => {
   const file = path.join(tmpdir(), 't.db')
   const { tree } = openTree(file)
@@ -206,6 +276,9 @@ test('defect 8: truncating a big fragmented file runs in bounded steps and lets 
   await fs.truncate(ino, 0)
   assert.ok(ranMeanwhile, 'the event loop turned during the truncate')
   assert.ok(fs.data.tree.snapshotStats().commits - commits0 >= 4, 'several bounded transactions')
+  const st = fs.data.stats
+  assert.equal(st.truncateExtents, n, 'the truncate steps unmapped every extent')
+  assert.ok(st.truncateSteps >= Math.ceil(n / TRUNCATE_BATCH_MAX), 'no step took more than TRUNCATE_BATCH_MAX extents')
   assert.equal(fs.stat(ino).size, 0)
   assert.equal(fs.stat(ino).blocks, 0)
   assert.equal(fs.stat(other).blocks, 100 * 8)
