@@ -97,7 +97,7 @@ function checkMountpoint (mountpoint: string): void {
 export function preflight (image: string, mountpoint: string): void {
   checkMountpoint(mountpoint)
   // the worker runs the full quick_check; here only the cheap header/superblock checks
-  const img = openImage(image, { readonly: true, check: false })
+  const img = openImage(image, { readonly: true, check: false, upgradable: true }) // the worker upgrades an older format
   img.db.close()
 }
 

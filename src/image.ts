@@ -12,6 +12,7 @@ import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
+import { bucketsOf } from './btree/alloc'
 import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
 import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
 
@@ -19,6 +20,8 @@ export { BLOCK_SIZE, EXIT, ImageError }
 
 export const MAGIC = 'foliofs'
 export const FORMAT_VERSION = 3
+/** the older format a read-write open upgrades in place (upgradeImage) */
+const UPGRADABLE_VERSION = 2
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
 /** WAL pages after which a commit checkpoints (see openImage) */
@@ -167,12 +170,18 @@ function sqliteError (path: string, err: unknown): ImageError {
 }
 
 /** Read the superblock of an open database, validating the schema. */
-export function readSuperblock (db: Database.Database, path: string): Superblock {
+export function readSuperblock (db: Database.Database, path: string, upgradable = false): Superblock {
   const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map(r => r.name))
   if (!tables.has('superblock')) throw new ImageError(`${path}: not a foliofs image (SQLite database without a foliofs superblock)`, EXIT.NOT_FOLIOFS)
   const row = db.prepare('SELECT * FROM superblock WHERE id = 0').get() as Record<string, unknown> | undefined
   if (!row || row.magic !== MAGIC) throw new ImageError(`${path}: not a foliofs image (bad magic)`, EXIT.NOT_FOLIOFS)
-  if (row.version !== FORMAT_VERSION) throw new ImageError(`${path}: unsupported foliofs format version ${String(row.version)} (this build reads ${FORMAT_VERSION})`, EXIT.NOT_FOLIOFS)
+  if (row.version === UPGRADABLE_VERSION && tables.has('free_space')) {
+    if (!upgradable) throw new ImageError(`${path}: foliofs format version ${UPGRADABLE_VERSION}: mount it read-write once (it is upgraded to ${FORMAT_VERSION} then)`, EXIT.NOT_FOLIOFS)
+    tables.delete('free_space')
+    tables.add('free_buckets') // upgradeImage makes it
+  } else if (row.version !== FORMAT_VERSION) {
+    throw new ImageError(`${path}: unsupported foliofs format version ${String(row.version)} (this build reads ${FORMAT_VERSION})`, EXIT.NOT_FOLIOFS)
+  }
   if (row.block_size !== BLOCK_SIZE) throw new ImageError(`${path}: corrupt superblock (block size ${String(row.block_size)})`, EXIT.CORRUPT)
   if (typeof row.capacity_blocks !== 'number' || row.capacity_blocks <= 0) throw new ImageError(`${path}: corrupt superblock (capacity)`, EXIT.CORRUPT)
   for (const t of REQUIRED_TABLES) {
@@ -191,10 +200,29 @@ export function readSuperblock (db: Database.Database, path: string): Superblock
   }
 }
 
+/**
+ * Format 2 -> 3, in one SQLite transaction (a crash leaves format 2):
+ * free space moves from free_space (a row per range) to free_buckets (a
+ * row per FREE_BUCKET blocks). Nothing else changed between the two.
+ */
+function upgradeImage (db: Database.Database, sb: Superblock): void {
+  db.transaction(() => {
+    const ranges = db.prepare('SELECT start, len FROM free_space ORDER BY start').all() as Array<{ start: number, len: number }>
+    db.exec('CREATE TABLE free_buckets (bucket INTEGER PRIMARY KEY, ranges BLOB NOT NULL)')
+    const put = db.prepare('INSERT INTO free_buckets (bucket, ranges) VALUES (?, ?)')
+    for (const [b, blob] of bucketsOf(ranges)) put.run(b, blob)
+    db.exec('DROP TABLE free_space')
+    db.prepare('UPDATE superblock SET version = ? WHERE id = 0').run(FORMAT_VERSION)
+  })()
+  sb.version = FORMAT_VERSION
+}
+
 export interface OpenOptions {
   readonly?: boolean
   /** run PRAGMA quick_check before use (default true) */
   check?: boolean
+  /** accept an image of the older format that a read-write open upgrades (default: when not readonly) */
+  upgradable?: boolean
 }
 
 export interface OpenImage {
@@ -227,7 +255,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
   let ro: Database.Database | null = null
   try {
     ro = new Database(path, { readonly: true, fileMustExist: true, timeout: 100 })
-    const sb = readSuperblock(ro, path)
+    const sb = readSuperblock(ro, path, opts.upgradable ?? !opts.readonly)
     checkDataArea(path, sb.uuid)
     if (opts.check !== false) {
       const res = ro.pragma('quick_check', { simple: true })
@@ -250,6 +278,10 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
       // take the exclusive lock now: a second mount of the same image fails here
       db.prepare('BEGIN IMMEDIATE').run()
       db.prepare('COMMIT').run()
+      if (sb.version === UPGRADABLE_VERSION) {
+        upgradeImage(db, sb)
+        process.stderr.write(`foliofs: ${path}: upgraded from format version ${UPGRADABLE_VERSION} to ${FORMAT_VERSION}\n`)
+      }
     } catch (err) {
       db.close()
       throw err

@@ -83,8 +83,30 @@ function encodeBucket (s: RangeSet, b: number): Buffer | null {
   return at === 0 ? null : Buffer.from(scratch.subarray(0, at))
 }
 
+/**
+ * free_buckets rows for free ranges given in ascending order (the format 2
+ * to 3 upgrade: free_space had one row per range): bucket -> blob, the same
+ * encoding encodeBucket gives.
+ */
+export function bucketsOf (ranges: Iterable<{ start: number, len: number }>): Map<number, Buffer> {
+  const out = new Map<number, Buffer>()
+  let b = -1
+  let at = 0
+  let prev = 0
+  const flush = (): void => { if (b >= 0 && at > 0) out.set(b, Buffer.from(scratch.subarray(0, at))) }
+  for (const r of ranges) {
+    const rb = Math.floor(r.start / FREE_BUCKET)
+    if (rb !== b) { flush(); b = rb; at = 0; prev = rb * FREE_BUCKET }
+    at = putVarint(scratch, at, r.start - prev)
+    at = putVarint(scratch, at, r.len)
+    prev = r.start + r.len
+  }
+  flush()
+  return out
+}
+
 /** decode row b of free_buckets, checking it against the format and the device size */
-function decodeBucket (b: number, blob: Buffer, total: number, put: (start: number, len: number) => void): void {
+export function decodeBucket (b: number, blob: Buffer, total: number, put: (start: number, len: number) => void): void {
   const bad = (why: string): never => { throw new BtreeError('node_corrupt', `free_buckets row ${b}: ${why}`) }
   if (!Number.isSafeInteger(b) || b < 0 || !Buffer.isBuffer(blob) || blob.length === 0) bad('malformed')
   let at = 0

@@ -89,3 +89,51 @@ test('a read-write image checkpoints its WAL in small pieces (a 1000-page autoch
   assert.ok(WAL_AUTOCHECKPOINT < 1000)
   o.db.close()
 })
+
+test('a format 2 image (free space a row per range) is upgraded to format 3 at its first read-write open, with its files and free space intact', async () => {
+  const { FolioFs } = await import('../../src/fs')
+  const { fsck } = await import('../../src/fsck')
+  const { decodeBucket } = await import('../../src/btree/alloc')
+  const Database = (await import('better-sqlite3')).default
+  const img = path.join(tmpdir(), 'old.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  const f = new FolioFs(openImage(img))
+  const root = { uid: 0, gid: 0 }
+  const data = Buffer.alloc(300 * 1024, 7)
+  for (let i = 0; i < 20; i++) {
+    const ino = f.create(`/f${i}`, 0o644, root)
+    await f.write(ino, data, i * 8192) // leading holes: fragmented free space
+    await f.fsync(ino)
+  }
+  for (let i = 0; i < 20; i += 3) await f.unlink(`/f${i}`)
+  await f.close()
+  // what format 2 was: the same image with free space in free_space rows
+  const db = new Database(img)
+  const ranges: Array<[number, number]> = []
+  for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').all() as Array<{ bucket: number, ranges: Buffer }>) {
+    decodeBucket(r.bucket, r.ranges, 64 << 8, (s, l) => ranges.push([s, l]))
+  }
+  assert.ok(ranges.length > 5, 'fragmented free space')
+  db.exec('CREATE TABLE free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL); DROP TABLE free_buckets; UPDATE superblock SET version = 2')
+  const ins = db.prepare('INSERT INTO free_space (start, len) VALUES (?, ?)')
+  for (const [s, l] of ranges) ins.run(s, l)
+  db.close()
+
+  assert.throws(() => openImage(img, { readonly: true }), (e: unknown) => e instanceof ImageError && /format version 2: mount it read-write once/.test(e.message))
+  const up = openImage(img)
+  assert.equal(up.sb.version, 3)
+  const g = new FolioFs(up)
+  const back = Buffer.alloc(data.length)
+  assert.equal(await g.read(g.resolve('/f1'), back, back.length, 8192), data.length)
+  assert.ok(back.equals(data))
+  await g.close()
+  const check = new Database(img, { readonly: true })
+  const after: Array<[number, number]> = []
+  for (const r of check.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').all() as Array<{ bucket: number, ranges: Buffer }>) {
+    decodeBucket(r.bucket, r.ranges, 64 << 8, (s, l) => after.push([s, l]))
+  }
+  assert.equal(check.prepare('SELECT version FROM superblock').pluck().get(), 3)
+  check.close()
+  assert.deepEqual(after, ranges, 'the same free ranges, now in buckets')
+  assert.deepEqual(fsck(img).errors, [])
+})
