@@ -18,6 +18,7 @@
 // so a fast machine takes few big steps and a loaded one many small ones.
 // Crash safety across steps is the caller's (fs.ts records the inode as an
 // orphan before the first step; recovery finishes the job).
+import * as fs from 'fs'
 import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
@@ -48,9 +49,40 @@ export type TruncateStep = (freedBlocks: number, first: boolean, last: boolean) 
 export class FileData {
   readonly tree: ExtentTree
   private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
+  /** SQLite's WAL file, for syncCommits (opened at its first call) */
+  private walFd: number | null = null
 
   constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions) {
     this.tree = ExtentTree.open(db, opts)
+  }
+
+  /**
+   * Make every commit so far durable without blocking the event loop:
+   * fdatasync SQLite's WAL file on the thread pool. SQLite (synchronous =
+   * NORMAL) has written each commit's frames there at commit; the sync is
+   * what synchronous = FULL would do at every commit, and what a
+   * checkpoint does first. Blocks freed by the commits it covers become
+   * allocatable. Before the first commit there is no WAL: a checkpoint.
+   */
+  async syncCommits (): Promise<void> {
+    const mark = this.tree.commitMark
+    if (this.walFd === null) {
+      try {
+        this.walFd = fs.openSync(`${this.db.name}-wal`, 'r')
+      } catch {
+        this.checkpoint()
+        return
+      }
+    }
+    const fd = this.walFd
+    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+    this.tree.markDurable(mark)
+  }
+
+  /** close the WAL descriptor syncCommits keeps (before the database closes) */
+  closeWal (): void {
+    if (this.walFd !== null) fs.closeSync(this.walFd)
+    this.walFd = null
   }
 
   /** blocks mapped by committed extents */

@@ -303,7 +303,7 @@ export class FolioFs {
   /** Write back ino's dirty data and make it and its mapping durable (ordered: data first). */
   private async syncInode (ino: number): Promise<void> {
     await this.writeback.inode(ino)
-    this.data.checkpoint()
+    await this.data.syncCommits()
   }
 
   stat (ino: number): Stat {
@@ -885,7 +885,7 @@ export class FolioFs {
     this.counters.fsyncs++
     if (this.readonly) return
     if (ino !== undefined) await this.syncInode(ino)
-    else this.data.checkpoint()
+    else await this.data.syncCommits()
   }
 
   /**
@@ -985,6 +985,7 @@ export class FolioFs {
         process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
       }
       // leave the image as a plain database at rest (see mkfs)
+      this.data.closeWal()
       try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
     }
     this.db.close()

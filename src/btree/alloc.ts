@@ -138,9 +138,11 @@ export function decodeBucket (b: number, blob: Buffer, total: number, put: (star
 export class Allocator {
   private readonly avail = new RangeSet()
   private readonly durable = new RangeSet(FREE_BUCKET)
-  /** freed by commits that may not be durable yet (one entry per commit) */
-  private pendingFree: Sorted[] = []
+  /** freed by commits that may not be durable yet (one entry per commit, in commit order) */
+  private pendingFree: Array<{ seq: number, rs: Sorted, blocks: number }> = []
   private pendingBlocks = 0
+  /** commits with frees so far (pendingFree's seq) */
+  private freeSeq = 0
   readonly total: number
   private stmts: Record<'del' | 'put', Database.Statement> | null = null
 
@@ -225,15 +227,28 @@ export class Allocator {
   /** the commit is in the image (not necessarily durable): its freed blocks wait for markDurable */
   committed (freed: readonly Range[]): void {
     if (freed.length === 0) return
-    this.pendingFree.push(sortedArrays(freed))
-    for (const r of freed) this.pendingBlocks += r.len
+    const blocks = freed.reduce((n, r) => n + r.len, 0)
+    this.pendingFree.push({ seq: ++this.freeSeq, rs: sortedArrays(freed), blocks })
+    this.pendingBlocks += blocks
   }
 
-  /** every commit so far is durable: blocks they freed may be handed out */
-  markDurable (): void {
-    for (const rs of this.pendingFree) this.mergeManyOrThrow(this.avail, rs, 'release')
-    this.pendingFree = []
-    this.pendingBlocks = 0
+  /** a mark for markDurable: the commits so far */
+  get commitMark (): number { return this.freeSeq }
+
+  /**
+   * The commits up to mark (commitMark taken before the sync that made
+   * them durable; default: all of them) are durable: blocks they freed may
+   * be handed out. Misuse: a mark taken after the sync started would free
+   * blocks of commits the sync may not cover.
+   */
+  markDurable (mark = Infinity): void {
+    let k = 0
+    for (; k < this.pendingFree.length && this.pendingFree[k].seq <= mark; k++) {
+      const p = this.pendingFree[k]
+      this.mergeManyOrThrow(this.avail, p.rs, 'release')
+      this.pendingBlocks -= p.blocks
+    }
+    this.pendingFree.splice(0, k)
   }
 
   /** merge rs into s, all or nothing */

@@ -277,10 +277,13 @@ export class ExtentTree {
     return errors
   }
 
-  /** the owner synced the WAL: everything committed so far is durable */
-  markDurable (): void {
-    this.alloc.markDurable()
+  /** the owner synced the WAL: everything committed up to mark (commitMark before the sync; default all) is durable */
+  markDurable (mark?: number): void {
+    this.alloc.markDurable(mark)
   }
+
+  /** take before syncing the WAL, hand to markDurable after */
+  get commitMark (): number { return this.alloc.commitMark }
 
   /** blocks that can be allocated now */
   freeBlocks (): number {

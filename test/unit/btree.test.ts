@@ -406,6 +406,20 @@ test('blocks freed by a commit are reused only once the commits are durable', ()
   assert.deepEqual(tree.verify(), [])
 })
 
+test('a WAL sync makes durable only the commits before its mark: frees of a commit made while it ran stay pending', () => {
+  const { tree } = openTree(path.join(tmpdir(), 't.db'), { commitsDurable: false, totalBlocks: 64 })
+  writeRange(tree, 1, 0, 64)
+  punch(tree, 1, 0, 16)
+  const mark = tree.commitMark // syncCommits takes it, then awaits the WAL's fdatasync
+  punch(tree, 1, 16, 24) // a commit while the sync runs: the sync may not cover it
+  tree.markDurable(mark)
+  assert.equal(tree.alloc.free, 16, 'the first commit\'s blocks only')
+  assert.equal(tree.alloc.pending, 8)
+  tree.markDurable()
+  assert.equal(tree.alloc.free, 24)
+  assert.deepEqual(tree.verify(), [])
+})
+
 test('a commit that fails in SQLite leaves tree, allocator and image unchanged', () => {
   const file = path.join(tmpdir(), 't.db')
   const { db, tree } = openTree(file)
