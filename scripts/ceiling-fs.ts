@@ -12,7 +12,7 @@
 // a result or a negative errno, never an Error, never a throw.
 import * as path from 'path'
 import { constants } from 'os'
-import { fuseExtraOptions, parseMountOptions } from '../src/daemon'
+import { fuseExtraOptions, parseMountOptions, setReadahead } from '../src/daemon'
 
 type Cb = (...args: any[]) => void
 interface Time { sec: number, nsec: number }
@@ -283,7 +283,8 @@ async function main (): Promise<number> {
   const Fuse = require('fuse-native')
   // foliofs's options, except the subtype: /proc/mounts must not call this
   // mount fuse.foliofs (foliofs's tools and tests look for that type)
-  const extra = fuseExtraOptions(parseMountOptions([])).map(o => o.startsWith('subtype=') ? 'subtype=foliofs-ceiling' : o)
+  const defaults = parseMountOptions([])
+  const extra = fuseExtraOptions(defaults).map(o => o.startsWith('subtype=') ? 'subtype=foliofs-ceiling' : o)
   const holder: { fuse?: { context?: { uid: number, gid: number } } } = {}
   const ops = makeOps(() => holder.fuse?.context)
   let sessionEnded = (): void => {}
@@ -305,6 +306,7 @@ async function main (): Promise<number> {
     process.stderr.write(`ceiling-fs: mount failed: ${(e as Error).message}\n`)
     return 7
   }
+  setReadahead(mountpoint, defaults.readaheadKb) // foliofs's readahead window too
   process.stdout.write('ready\n')
   return await new Promise<number>(resolve => {
     let closing = false

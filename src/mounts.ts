@@ -4,7 +4,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { execFileSync } from 'child_process'
 
-export interface MountEntry { mountpoint: string, fstype: string, source: string }
+export interface MountEntry { mountpoint: string, fstype: string, source: string, /** major:minor */ dev: string }
 
 function unescapeMount (s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
@@ -19,7 +19,7 @@ export function mountTable (): MountEntry[] {
     if (!post) continue
     const f = pre.split(' ')
     const g = post.split(' ')
-    out.push({ mountpoint: unescapeMount(f[4]), fstype: g[0], source: unescapeMount(g[1]) })
+    out.push({ mountpoint: unescapeMount(f[4]), fstype: g[0], source: unescapeMount(g[1]), dev: f[2] })
   }
   return out
 }
