@@ -306,7 +306,7 @@ async function main (): Promise<number> {
     process.stderr.write(`ceiling-fs: mount failed: ${(e as Error).message}\n`)
     return 7
   }
-  setReadahead(mountpoint, defaults.readaheadKb) // foliofs's readahead window too
+  await setReadahead(mountpoint, defaults.readaheadKb) // foliofs's readahead window too
   process.stdout.write('ready\n')
   return await new Promise<number>(resolve => {
     let closing = false

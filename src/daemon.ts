@@ -124,12 +124,19 @@ export function fuseExtraOptions (opts: MountOptions): string[] {
  * the binding takes 1 MiB: widen the window (about 1.5x the cold sequential
  * read here). Root only (sysfs); the device comes from the mount table, so
  * the daemon never touches its own mount. Best effort.
+ * The mount's callback runs before libfuse has sent its INIT reply, and the
+ * kernel clamps the window to the reply's max_readahead when it takes it:
+ * set it, then check for 100 ms that it stays set.
  */
-export function setReadahead (mountpoint: string, kb: number): void {
+export async function setReadahead (mountpoint: string, kb: number): Promise<void> {
   const dev = findMount(mountpoint)?.dev
   try {
     if (!dev) throw new Error('not in the mount table')
-    fs.writeFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, String(kb))
+    const file = `/sys/class/bdi/${dev}/read_ahead_kb`
+    for (let i = 0; i < 5; i++) {
+      if (fs.readFileSync(file, 'utf8').trim() !== String(kb)) fs.writeFileSync(file, String(kb))
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
   } catch (err) {
     debug('readahead of %s left as it is: %s', mountpoint, String(err))
   }
@@ -186,8 +193,6 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   })
   writeRecord({ image, mountpoint, worker: process.pid, supervisor: process.ppid })
   debug('mounted %s on %s', image, mountpoint)
-  if (opts.readaheadKb > 0) setReadahead(mountpoint, opts.readaheadKb)
-  notify({ ready: true })
 
   return await new Promise<number>(resolve => {
     let closing = false
@@ -220,6 +225,9 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       debug('session of %s ended; closing image', mountpoint)
       finish(0)
     }
+    // ready once the mount is as it will stay (signals are handled from here on)
+    const ra = opts.readaheadKb > 0 ? setReadahead(mountpoint, opts.readaheadKb) : Promise.resolve()
+    void ra.then(() => notify({ ready: true }))
   })
 }
 
