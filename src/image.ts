@@ -233,6 +233,25 @@ export interface OpenImage {
 }
 
 /**
+ * SQLite reads an image that a crash left in WAL mode (a -wal beside it)
+ * through a -shm index file, which a read-only connection creates and never
+ * removes: make close() remove it when this connection made it, so that
+ * fsck, stats and mount's checks leave nothing beside the image. (Heap
+ * memory instead, locking_mode = EXCLUSIVE, is refused on a read-only
+ * connection to a WAL database.)
+ */
+function removeShmOnClose (db: Database.Database, path: string): void {
+  const shm = `${path}-shm`
+  if (fs.existsSync(shm)) return
+  const close = db.close.bind(db)
+  db.close = () => {
+    const r = close()
+    fs.rmSync(shm, { force: true })
+    return r
+  }
+}
+
+/**
  * Open and validate an image. Validation runs on a read-only connection
  * first, so a file that is not a healthy foliofs image is never modified.
  */
@@ -255,6 +274,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
   let ro: Database.Database | null = null
   try {
     ro = new Database(path, { readonly: true, fileMustExist: true, timeout: 100 })
+    removeShmOnClose(ro, path)
     const sb = readSuperblock(ro, path, opts.upgradable ?? !opts.readonly)
     checkDataArea(path, sb.uuid)
     if (opts.check !== false) {
