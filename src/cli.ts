@@ -49,7 +49,7 @@ function table (o: Record<string, unknown>, indent = ''): string[] {
   return rows
 }
 
-const MOUNT_OPTIONS = `mount options: ro, rw, noatime, allow_other, nosuid, nodev, noexec, sync, cache_size=SIZE, attr_timeout=S,
+const MOUNT_OPTIONS = `mount options: ro, rw, noatime, relatime, strictatime, allow_other, nosuid, nodev, noexec, sync, cache_size=SIZE, attr_timeout=S,
   entry_timeout=S, debug, inject_restarts=P (fault injection: B-tree transaction restarts with probability P),
   debug_checks, dirty_expire=SECONDS (write back dirty data older than this; default 5),
   writeback_delay_ms=N (fault injection: writeback holds its folio locks N ms longer)`

@@ -5,7 +5,7 @@ import * as path from 'path'
 import { spawn } from 'child_process'
 import createDebug from 'debug'
 import { EXIT, ImageError, openImage, parseSize } from './image'
-import { FolioFs } from './fs'
+import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
 import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
 
@@ -15,7 +15,8 @@ export interface MountOptions {
   readonly: boolean
   allowOther: boolean
   debug: boolean
-  noatime: boolean
+  /** atime rule for reads that reach the daemon (the last of noatime, relatime, strictatime given) */
+  atime: AtimeMode
   /** probability of injected B-tree transaction restarts (fault injection) */
   injectRestarts: number
   /** B-tree debug checks (awaits while holding node locks) */
@@ -37,12 +38,12 @@ export interface MountOptions {
 // mount(8) passes these; they are either mount flags libfuse understands or no-ops for us
 const PASS_THROUGH = new Set(['nosuid', 'suid', 'nodev', 'dev', 'noexec', 'exec', 'sync', 'async', 'dirsync'])
 const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail', 'rw',
-  'atime', 'relatime', 'strictatime', 'nodiratime', 'diratime', 'default_permissions', 'loop',
+  'nodiratime', 'diratime', 'default_permissions', 'loop',
   // libfuse 2's option, refused by libfuse 3 (which always allows big writes): accepted for old fstab lines
   'big_writes'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
-  const o: MountOptions = { readonly: false, allowOther: false, debug: false, noatime: false, injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, fuseOptions: [] }
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, fuseOptions: [] }
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
@@ -54,7 +55,8 @@ export function parseMountOptions (opts: string[]): MountOptions {
       if (key === 'ro' && flag) o.readonly = true
       else if (key === 'allow_other' && flag) o.allowOther = true
       else if (key === 'debug' && flag) o.debug = true
-      else if (key === 'noatime' && flag) o.noatime = true
+      else if ((key === 'noatime' || key === 'relatime' || key === 'strictatime') && flag) o.atime = key
+      else if (key === 'atime' && flag) o.atime = 'relatime' // mount(8)'s default is relatime too
       else if (key === 'debug_checks' && flag) o.debugChecks = true
       else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
       else if (key === 'cache_size' && val !== undefined) o.cacheBytes = parseCacheSize(val, opt)
@@ -159,7 +161,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     writebackDelayMs: opts.writebackDelayMs,
     dirtyExpireMs: opts.dirtyExpireMs
   })
-  folio.noatime = opts.noatime
+  folio.atime = opts.atime
   const started = Date.now()
   const holder: { fuse: FuseLike } = { fuse: {} }
   const ops = makeOps({

@@ -68,6 +68,7 @@ export const FALLOC_FL_ZERO_RANGE = 0x10
 const COPY_CHUNK = 1024 * 1024
 
 export interface Time { sec: number, nsec: number }
+export type AtimeMode = 'relatime' | 'strictatime' | 'noatime'
 
 export interface Inode {
   ino: number
@@ -151,8 +152,13 @@ export class FolioFs {
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
-  /** mount -o noatime: never update atime on read */
-  noatime = false
+  /**
+   * atime on reads that reach the daemon: relatime (the default: when atime
+   * is not newer than mtime/ctime, or a day old), strictatime (every read),
+   * noatime (never). Reads the kernel serves from its own page cache never
+   * reach the daemon.
+   */
+  atime: AtimeMode = 'relatime'
   /** file data: extent B-tree + data area */
   readonly data: FileData
   readonly cache: PageCache
@@ -696,11 +702,11 @@ export class FolioFs {
 
   /** relatime: update atime only when it is older than mtime/ctime or a day old. */
   private touchAtime (i: Inode): void {
-    if (this.readonly || this.noatime) return
+    if (this.readonly || this.atime === 'noatime') return
     const t = nowTime()
     const older = i.atime_s < i.mtime_s || (i.atime_s === i.mtime_s && i.atime_ns <= i.mtime_ns) ||
       i.atime_s < i.ctime_s || t.sec - i.atime_s >= RELATIME_SEC
-    if (older) this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
+    if (older || this.atime === 'strictatime') this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
   async write (ino: number, data: Buffer, pos: number): Promise<number> {

@@ -66,7 +66,9 @@ test('parseSize', () => {
 test('mount options: known ones parsed, unknown ones rejected', () => {
   const o = parseMountOptions(['ro,noatime,nosuid,x-systemd.automount', 'attr_timeout=1.5'])
   assert.equal(o.readonly, true)
-  assert.equal(o.noatime, true)
+  assert.equal(o.atime, 'noatime')
+  assert.equal(parseMountOptions(['noatime,strictatime']).atime, 'strictatime', 'the last atime option wins')
+  assert.equal(parseMountOptions([]).atime, 'relatime')
   assert.deepEqual(o.fuseOptions, ['nosuid', 'attr_timeout=1.5'])
   assert.throws(() => parseMountOptions(['bogus']), /unknown or malformed mount option 'bogus'/)
   assert.throws(() => parseMountOptions(['ro=1']))
