@@ -312,7 +312,7 @@ async function main (argv: string[]): Promise<number> {
           throw err
         }
       }
-      preflight(image, mountpoint)
+      preflight(image, mountpoint, opts.readonly)
       const log = p.flags.get('log')
       const logFile = typeof log === 'string' ? log : path.join(runDir(), path.resolve(mountpoint).replace(/\//g, '_') + '.log')
       const optArgs = p.o.length ? ['-o', p.o.join(',')] : []

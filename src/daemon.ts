@@ -99,10 +99,11 @@ function checkMountpoint (mountpoint: string): void {
 }
 
 /** Everything a mount checks before it daemonizes, so errors reach the user's terminal. */
-export function preflight (image: string, mountpoint: string): void {
+export function preflight (image: string, mountpoint: string, readonly = false): void {
   checkMountpoint(mountpoint)
   // the worker runs the full quick_check; here only the cheap header/superblock checks
-  const img = openImage(image, { readonly: true, check: false, upgradable: true }) // the worker upgrades an older format
+  // (the worker upgrades an older format; a read-write mount needs an image this build may write)
+  const img = openImage(image, { readonly: true, check: false, upgradable: true, writable: !readonly })
   img.db.close()
 }
 

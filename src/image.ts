@@ -38,6 +38,8 @@ export interface Superblock {
 }
 
 const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1')
+/** bytes of the SQLite header openImage reads (through the file format versions) */
+const SQLITE_HEADER_BYTES = 20
 
 export const SCHEMA = `
 CREATE TABLE superblock (
@@ -223,6 +225,8 @@ export interface OpenOptions {
   check?: boolean
   /** accept an image of the older format that a read-write open upgrades (default: when not readonly) */
   upgradable?: boolean
+  /** the image will be written (a read-write mount checked read-only first): refuse what this build can only read (default: when not readonly) */
+  writable?: boolean
 }
 
 export interface OpenImage {
@@ -263,12 +267,20 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     throw new ImageError(`${path}: no such image`, EXIT.NOT_FOUND)
   }
   if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.NOT_FOLIOFS)
-  const head = Buffer.alloc(SQLITE_HEADER.length)
+  const head = Buffer.alloc(SQLITE_HEADER_BYTES)
   const fd = fs.openSync(path, 'r')
   let n: number
   try { n = fs.readSync(fd, head, 0, head.length, 0) } finally { fs.closeSync(fd) }
-  if (n < head.length || !head.equals(SQLITE_HEADER)) {
+  if (n < SQLITE_HEADER.length || !head.subarray(0, SQLITE_HEADER.length).equals(SQLITE_HEADER)) {
     throw new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
+  }
+  // SQLite's file format versions (header bytes 18 and 19: 1 legacy, 2 WAL):
+  // a newer write version can still be read, a newer read version not at all
+  if (n === SQLITE_HEADER_BYTES && head[19] > 2) {
+    throw new ImageError(`${path}: written by a newer foliofs or SQLite (file format read version ${head[19]}): this build cannot read it`, EXIT.NOT_FOLIOFS)
+  }
+  if (n === SQLITE_HEADER_BYTES && head[18] > 2 && (opts.writable ?? !opts.readonly)) {
+    throw new ImageError(`${path}: written by a newer foliofs or SQLite (file format write version ${head[18]}): this build can only read it; mount it read-only (-o ro)`, EXIT.NOT_FOLIOFS)
   }
 
   let ro: Database.Database | null = null
