@@ -121,7 +121,6 @@ const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
  */
 export const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/
 
-/** Split '/a/b/c' into its parent path and last name, validating lengths. */
 /**
  * FUSE paths start with the '/' of the mount root, which the caller did not
  * write: a path argument of PATH_MAX - 1 bytes relative to the root (the
@@ -129,6 +128,7 @@ export const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/
  */
 const tooLong = (path: string): boolean => path.length > PATH_MAX
 
+/** Split '/a/b/c' into its parent path and last name, validating lengths. */
 export function splitPath (path: string): { parent: string, name: string } {
   if (tooLong(path)) throw fsErr('ENAMETOOLONG', path.slice(0, 64))
   const i = path.lastIndexOf('/')
@@ -256,6 +256,21 @@ export class FolioFs {
     }
   }
 
+  // ---- directory entries: names are byte strings (names.ts); the dirents
+  // value is made here and nowhere else ----------------------------------
+
+  private lookupName (parent: number, name: string): number | undefined {
+    return this.q.lookup.get(parent, nameToDb(name)) as number | undefined
+  }
+
+  private addName (parent: number, name: string, ino: number): void {
+    this.q.insDirent.run(parent, nameToDb(name), ino)
+  }
+
+  private removeName (parent: number, name: string): void {
+    this.q.delDirent.run(parent, nameToDb(name))
+  }
+
   // ---- inode helpers -------------------------------------------------
 
   /** the inode as users see it: its row, with the size and times of data not written back yet */
@@ -351,7 +366,7 @@ export class FolioFs {
       const name = parts[k]
       if (name === '') continue
       if (name.length > NAME_MAX) throw fsErr('ENAMETOOLONG')
-      const next = this.q.lookup.get(ino, nameToDb(name)) as number | undefined
+      const next = this.lookupName(ino, name)
       if (next === undefined) {
         if (k > 1 && !isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
         throw fsErr('ENOENT', path)
@@ -373,7 +388,7 @@ export class FolioFs {
     const { parent, name } = splitPath(path)
     return this.tx(() => {
       const pino = this.dirIno(parent)
-      if (this.q.lookup.get(pino, nameToDb(name)) !== undefined) throw fsErr('EEXIST', path)
+      if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', path)
       const t = nowTime()
       const p = this.inode(pino)
       let gid = creds.gid
@@ -388,7 +403,7 @@ export class FolioFs {
         parent: dir ? pino : 0, s: t.sec, ns: t.nsec, target
       })
       const ino = Number(res.lastInsertRowid)
-      this.q.insDirent.run(pino, nameToDb(name), ino)
+      this.addName(pino, name, ino)
       if (dir) this.q.addNlink.run(1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return ino
@@ -431,9 +446,9 @@ export class FolioFs {
       if (isDir(i.mode)) throw fsErr('EPERM', 'hard link to directory')
       if (i.nlink >= 65000) throw fsErr('EMLINK')
       const pino = this.dirIno(parent)
-      if (this.q.lookup.get(pino, nameToDb(name)) !== undefined) throw fsErr('EEXIST', dst)
+      if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', dst)
       const t = nowTime()
-      this.q.insDirent.run(pino, nameToDb(name), ino)
+      this.addName(pino, name, ino)
       this.q.setNlink.run(i.nlink + 1, t.sec, t.nsec, ino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
     })
@@ -515,11 +530,11 @@ export class FolioFs {
     }
     await this.reap(this.tx(() => {
       const pino = this.dirIno(parent)
-      const ino = this.q.lookup.get(pino, nameToDb(name)) as number | undefined
+      const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR', path)
       const t = nowTime()
-      this.q.delDirent.run(pino, nameToDb(name))
+      this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t)
     }))
@@ -530,12 +545,12 @@ export class FolioFs {
     const { parent, name } = splitPath(path)
     this.tx(() => {
       const pino = this.dirIno(parent)
-      const ino = this.q.lookup.get(pino, nameToDb(name)) as number | undefined
+      const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR', path)
       if (this.q.dirHasEntries.get(ino) !== undefined) throw fsErr('ENOTEMPTY', path)
       const t = nowTime()
-      this.q.delDirent.run(pino, nameToDb(name))
+      this.removeName(pino, name)
       this.q.addNlink.run(-1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       this.dropLink(ino, t) // a directory has no data: freed right here
@@ -556,11 +571,11 @@ export class FolioFs {
     await this.reap(this.tx(() => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
-      const ino = this.q.lookup.get(sp, nameToDb(s.name)) as number | undefined
+      const ino = this.lookupName(sp, s.name)
       if (ino === undefined) throw fsErr('ENOENT', src)
       const srcInode = this.inode(ino)
       const srcIsDir = isDir(srcInode.mode)
-      const existing = this.q.lookup.get(dp, nameToDb(d.name)) as number | undefined
+      const existing = this.lookupName(dp, d.name)
       if (existing === ino) return null // same file: POSIX says do nothing
       if (srcIsDir) {
         // refuse to move a directory below itself
@@ -580,11 +595,11 @@ export class FolioFs {
         } else if (srcIsDir) {
           throw fsErr('ENOTDIR', dst)
         }
-        this.q.delDirent.run(dp, nameToDb(d.name))
+        this.removeName(dp, d.name)
         gone = this.dropLink(existing, t)
       }
-      this.q.delDirent.run(sp, nameToDb(s.name))
-      this.q.insDirent.run(dp, nameToDb(d.name), ino)
+      this.removeName(sp, s.name)
+      this.addName(dp, d.name, ino)
       if (srcIsDir && sp !== dp) {
         this.q.addNlink.run(-1, sp)
         this.q.addNlink.run(1, dp)
@@ -598,10 +613,11 @@ export class FolioFs {
   }
 
   readdir (ino: number): { names: string[], stats: Stat[] } {
-    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
+    const dir = this.inode(ino)
+    if (!isDir(dir.mode)) throw fsErr('ENOTDIR')
     const rows = this.q.listDir.all(ino) as Array<{ name: string | Buffer, ino: number }>
     const names = ['.', '..']
-    const stats = [this.stat(ino), this.stat(this.inode(ino).parent || ROOT_INO)]
+    const stats = [this.stat(ino), this.stat(dir.parent || ROOT_INO)]
     for (const r of rows) {
       names.push(nameFromDb(r.name))
       stats.push(this.stat(r.ino))
@@ -810,16 +826,13 @@ export class FolioFs {
       const end = offset + length
       if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) await this.punch(ino, offset, Math.min(end, this.sizeOf(ino)), t)
       if (!(mode & FALLOC_FL_PUNCH_HOLE)) {
-        const first = Math.floor(offset / BLOCK_SIZE)
-        const last = Math.ceil(end / BLOCK_SIZE)
-        // ZERO_RANGE: the partial edge blocks stay as punch zeroed them (in the page cache)
-        const from = mode & FALLOC_FL_ZERO_RANGE ? Math.ceil(offset / BLOCK_SIZE) : first
-        const to = mode & FALLOC_FL_ZERO_RANGE ? Math.floor(end / BLOCK_SIZE) : last
+        // whole blocks covering the range; for ZERO_RANGE the whole blocks inside
+        // it (its partial edge blocks stay as punch zeroed them, in the page cache)
+        const zero = (mode & FALLOC_FL_ZERO_RANGE) !== 0
+        const from = zero ? Math.ceil(offset / BLOCK_SIZE) : Math.floor(offset / BLOCK_SIZE)
+        const to = zero ? Math.floor(end / BLOCK_SIZE) : Math.ceil(end / BLOCK_SIZE)
         if (from < to) {
-          await this.data.preallocate(ino, from, to, added => {
-            const row = this.q.getInode.get(ino) as Inode
-            this.q.setSize.run(row.size, added, t.sec, t.nsec, t.sec, t.nsec, ino)
-          })
+          await this.data.preallocate(ino, from, to, added => this.blocksChanged(ino, added, t))
         }
         const size = this.sizeOf(ino)
         if (!(mode & FALLOC_FL_KEEP_SIZE) && end > size) await this.extend(ino, size, end, t)
@@ -864,6 +877,12 @@ export class FolioFs {
     return n
   }
 
+  /** inside a fallocate or punch step's commit: ino's block count moves by delta, its times to t (the stored size stays) */
+  private blocksChanged (ino: number, delta: number, t: Time): void {
+    const row = this.q.getInode.get(ino) as Inode
+    this.q.setSize.run(row.size, delta, t.sec, t.nsec, t.sec, t.nsec, ino)
+  }
+
   /** zero bytes [from, to) of ino: partial blocks in the page cache, whole blocks unmapped and freed */
   private async punch (ino: number, from: number, to: number, t: Time): Promise<void> {
     if (from >= to) return
@@ -879,10 +898,7 @@ export class FolioFs {
     await zero(b * BLOCK_SIZE, to)
     if (a === b) return
     await this.io.dropFrom(ino, a, b) // waits for writeback of those folios
-    await this.data.unmap(ino, a, b, freed => {
-      const row = this.q.getInode.get(ino) as Inode
-      this.q.setSize.run(row.size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
-    })
+    await this.data.unmap(ino, a, b, freed => this.blocksChanged(ino, -freed, t))
     if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
   }
 

@@ -210,7 +210,7 @@ export function readSuperblock (db: Database.Database, path: string, upgradable 
 function upgradeImage (db: Database.Database, sb: Superblock): void {
   db.transaction(() => {
     const ranges = db.prepare('SELECT start, len FROM free_space ORDER BY start').all() as Array<{ start: number, len: number }>
-    db.exec('CREATE TABLE free_buckets (bucket INTEGER PRIMARY KEY, ranges BLOB NOT NULL)')
+    db.exec(BTREE_SCHEMA) // makes free_buckets (the tree's other tables exist)
     const put = db.prepare('INSERT INTO free_buckets (bucket, ranges) VALUES (?, ?)')
     for (const [b, blob] of bucketsOf(ranges)) put.run(b, blob)
     db.exec('DROP TABLE free_space')
