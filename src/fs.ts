@@ -113,13 +113,18 @@ interface Handle { ino: number, flags: number, dir: boolean }
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
 const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
 
+/** renameat2 flags */
+export const RENAME_NOREPLACE = 1
+export const RENAME_EXCHANGE = 2
+
 /**
- * libfuse (without hard_remove) unlinks an open file by renaming it to
- * '.fuse_hiddenXXXXXXXXXXXXXXXX' and unlinks that name after the last close.
- * We treat that rename as the unlink itself and keep the hidden name only in
- * memory, so it never shows in readdir nor keeps a directory from rmdir.
+ * Handles released lately, still answered (by inode) for a while: the
+ * binding may have chosen a handle to name an unlinked open file in a
+ * GETATTR just before that handle's RELEASE was served (see the binding's
+ * foliofs_io). fh numbers are never reused, so a late answer is for the
+ * right inode.
  */
-export const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/
+const RELEASED_KEPT = 1024
 
 /**
  * FUSE paths start with the '/' of the mount root, which the caller did not
@@ -148,7 +153,7 @@ export class FolioFs {
   readonly readonly: boolean
   private readonly handles = new Map<number, Handle>()
   private readonly openCount = new Map<number, number>()
-  private readonly hidden = new Map<string, number>()
+  private readonly released = new Map<number, Handle>()
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
@@ -359,8 +364,6 @@ export class FolioFs {
     if (path === '/' || path === '') return ROOT_INO
     if (tooLong(path)) throw fsErr('ENAMETOOLONG')
     const parts = path.split('/')
-    const hiddenIno = this.hidden.get(parts[parts.length - 1])
-    if (hiddenIno !== undefined) return hiddenIno
     let ino = ROOT_INO
     for (let k = 1; k < parts.length; k++) {
       const name = parts[k]
@@ -521,13 +524,6 @@ export class FolioFs {
 
   async unlink (path: string): Promise<void> {
     const { parent, name } = splitPath(path)
-    const hiddenIno = this.hidden.get(name)
-    if (hiddenIno !== undefined) {
-      // libfuse's final unlink of a file we already unlinked at its hide-rename
-      this.hidden.delete(name)
-      await this.freeIfUnused(hiddenIno)
-      return
-    }
     await this.reap(this.tx(() => {
       const pino = this.dirIno(parent)
       const ino = this.lookupName(pino, name)
@@ -557,17 +553,17 @@ export class FolioFs {
     })
   }
 
-  async rename (src: string, dst: string): Promise<void> {
+  /**
+   * rename and renameat2 (flags RENAME_NOREPLACE, RENAME_EXCHANGE), one
+   * SQLite transaction whatever it replaces: a target that is open stays
+   * as an orphan (nlink 0) until its last release, freed at the next mount
+   * after a crash (dropLink). The binding refuses RENAME_WHITEOUT.
+   */
+  async rename (src: string, dst: string, flags = 0): Promise<void> {
     const s = splitPath(src)
     const d = splitPath(dst)
-    if (HIDDEN_NAME.test(d.name) && !this.hidden.has(d.name)) {
-      const ino = this.resolve(src)
-      if (!isDir(this.inode(ino).mode)) {
-        await this.unlink(src)
-        this.hidden.set(d.name, ino)
-        return
-      }
-    }
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL', `rename flags ${flags}`)
+    if (flags & RENAME_EXCHANGE) { this.exchange(s, d); return }
     await this.reap(this.tx(() => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
@@ -576,14 +572,9 @@ export class FolioFs {
       const srcInode = this.inode(ino)
       const srcIsDir = isDir(srcInode.mode)
       const existing = this.lookupName(dp, d.name)
+      if (existing !== undefined && (flags & RENAME_NOREPLACE)) throw fsErr('EEXIST', dst)
       if (existing === ino) return null // same file: POSIX says do nothing
-      if (srcIsDir) {
-        // refuse to move a directory below itself
-        for (let a = dp; ; a = this.inode(a).parent) {
-          if (a === ino) throw fsErr('EINVAL', 'rename into own subtree')
-          if (a === ROOT_INO) break
-        }
-      }
+      if (srcIsDir) this.checkNotBelow(dp, ino)
       const t = nowTime()
       let gone: number | null = null
       if (existing !== undefined) {
@@ -610,6 +601,54 @@ export class FolioFs {
       if (dp !== sp) this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, dp)
       return gone
     }))
+  }
+
+  /** refuse to move directory ino into dir or below it (inside tx) */
+  private checkNotBelow (dir: number, ino: number): void {
+    for (let a = dir; ; a = this.inode(a).parent) {
+      if (a === ino) throw fsErr('EINVAL', 'rename into own subtree')
+      if (a === ROOT_INO) break
+    }
+  }
+
+  /**
+   * RENAME_EXCHANGE: both names must exist; they swap inodes in one
+   * transaction. A directory changing parent moves its '..' (parent
+   * field, both parents' link counts).
+   */
+  private exchange (s: { parent: string, name: string }, d: { parent: string, name: string }): void {
+    this.tx(() => {
+      const sp = this.dirIno(s.parent)
+      const dp = this.dirIno(d.parent)
+      const a = this.lookupName(sp, s.name)
+      const b = this.lookupName(dp, d.name)
+      if (a === undefined || b === undefined) throw fsErr('ENOENT')
+      if (a === b) return
+      const aDir = isDir(this.inode(a).mode)
+      const bDir = isDir(this.inode(b).mode)
+      if (sp !== dp) {
+        if (aDir) this.checkNotBelow(dp, a)
+        if (bDir) this.checkNotBelow(sp, b)
+      }
+      const t = nowTime()
+      this.removeName(sp, s.name)
+      this.removeName(dp, d.name)
+      this.addName(sp, s.name, b)
+      this.addName(dp, d.name, a)
+      if (sp !== dp) {
+        if (aDir) this.q.setParent.run(dp, a)
+        if (bDir) this.q.setParent.run(sp, b)
+        const delta = (aDir ? 1 : 0) - (bDir ? 1 : 0) // directories that moved from sp to dp, net
+        if (delta !== 0) {
+          this.q.addNlink.run(-delta, sp)
+          this.q.addNlink.run(delta, dp)
+        }
+      }
+      this.q.touchC.run(t.sec, t.nsec, a)
+      this.q.touchC.run(t.sec, t.nsec, b)
+      this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, sp)
+      if (dp !== sp) this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, dp)
+    })
   }
 
   readdir (ino: number): { names: string[], stats: Stat[] } {
@@ -675,7 +714,7 @@ export class FolioFs {
   }
 
   handle (fh: number): Handle {
-    const h = this.handles.get(fh)
+    const h = this.handles.get(fh) ?? this.released.get(fh)
     if (!h) throw fsErr('EBADF', `fh ${fh}`)
     return h
   }
@@ -690,6 +729,8 @@ export class FolioFs {
     const h = this.handles.get(fh)
     if (!h) return
     this.handles.delete(fh)
+    this.released.set(fh, h)
+    if (this.released.size > RELEASED_KEPT) this.released.delete(this.released.keys().next().value as number)
     const n = (this.openCount.get(h.ino) ?? 1) - 1
     if (n > 0) {
       this.openCount.set(h.ino, n)

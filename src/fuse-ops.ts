@@ -118,14 +118,15 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, async () => { await fs.truncate(ino(path), size) }),
     ftruncate: (path: string | null, fd: number, size: number, cb: Cb) =>
       reply('ftruncate', cb, async () => { await fs.truncate(fileIno(path, fd), size) }),
-    utimens: (path: string | null, atime: Time, mtime: Time, cb: Cb) =>
-      reply('utimens', cb, () => { fs.utimens(ino(path), atime, mtime) }),
+    // chmod, chown, utimens: fd names an open file (its name may be gone) when path is null
+    utimens: (path: string | null, atime: Time, mtime: Time, fd: number, cb: Cb) =>
+      reply('utimens', cb, () => { fs.utimens(fileIno(path, fd), atime, mtime) }),
     readlink: (path: string, cb: Cb) => reply('readlink', cb, () => [fs.readlink(path)]),
-    chown: (path: string | null, uid: number, gid: number, cb: Cb) => reply('chown', cb, () => { fs.chown(ino(path), uid, gid) }),
-    chmod: (path: string | null, mode: number, cb: Cb) => reply('chmod', cb, () => { fs.chmod(ino(path), mode) }),
+    chown: (path: string | null, uid: number, gid: number, fd: number, cb: Cb) => reply('chown', cb, () => { fs.chown(fileIno(path, fd), uid, gid) }),
+    chmod: (path: string | null, mode: number, fd: number, cb: Cb) => reply('chmod', cb, () => { fs.chmod(fileIno(path, fd), mode) }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
     unlink: (path: string, cb: Cb) => reply('unlink', cb, async () => { await fs.unlink(path) }),
-    rename: (src: string, dst: string, cb: Cb) => reply('rename', cb, async () => { await fs.rename(src, dst) }),
+    rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => { await fs.rename(src, dst, flags) }),
     link: (src: string, dst: string, cb: Cb) => reply('link', cb, () => { fs.link(src, dst) }),
     symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => { fs.symlink(target, path, creds()) }),
     mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => { fs.mkdir(path, mode, creds()) }),
