@@ -30,6 +30,7 @@ import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
 import { decodeRequest, encodeBadFlags, encodeReply, Fiemap, FIEMAP_FLAG_SYNC, FIEMAP_FLAGS_COMPAT, FIEMAP_MAX_PER_CALL } from './fiemap'
+import { decodeIflags, encodeIflags, FS_APPEND_FL, FS_IMMUTABLE_FL, FS_NOATIME_FL, IFLAGS_XATTR, isFrozen, PRIVILEGED_IFLAGS, SUPPORTED_IFLAGS } from './iflags'
 
 export interface FsOptions extends TreeOptions {
   /** page cache size in bytes (default 256 MiB) */
@@ -56,6 +57,8 @@ export const S_IFLNK = 0o120000
 const UTIME_NOW = (1 << 30) - 1
 const UTIME_OMIT = (1 << 30) - 2
 const XATTR_CREATE = 1
+const O_ACCMODE = 3
+const O_APPEND = 0o2000
 const XATTR_REPLACE = 2
 const RELATIME_SEC = 24 * 3600
 export const MAX_FILE_SIZE = 2 ** 52 // bytes; keeps block numbers exact in doubles
@@ -154,6 +157,8 @@ export class FolioFs {
   private readonly handles = new Map<number, Handle>()
   private readonly openCount = new Map<number, number>()
   private readonly released = new Map<number, Handle>()
+  /** inode flags (iflags.ts) of inodes looked at, by ino; absent: not read yet */
+  private readonly iflagsCache = new Map<number, number>()
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
@@ -392,6 +397,7 @@ export class FolioFs {
     return this.tx(() => {
       const pino = this.dirIno(parent)
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', path)
+      this.checkNamesAdded(pino)
       const t = nowTime()
       const p = this.inode(pino)
       let gid = creds.gid
@@ -448,7 +454,9 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EPERM', 'hard link to directory')
       if (i.nlink >= 65000) throw fsErr('EMLINK')
+      this.checkNotFrozen(ino)
       const pino = this.dirIno(parent)
+      this.checkNamesAdded(pino)
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', dst)
       const t = nowTime()
       this.addName(pino, name, ino)
@@ -475,6 +483,7 @@ export class FolioFs {
   }
 
   private deleteInodeRow (ino: number): void {
+    this.iflagsCache.delete(ino)
     this.q.delXattrs.run(ino)
     this.q.delInode.run(ino)
     this.q.delOrphan.run(ino)
@@ -529,6 +538,7 @@ export class FolioFs {
       const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR', path)
+      this.checkNameRemoved(pino, ino)
       const t = nowTime()
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
@@ -545,6 +555,7 @@ export class FolioFs {
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR', path)
       if (this.q.dirHasEntries.get(ino) !== undefined) throw fsErr('ENOTEMPTY', path)
+      this.checkNameRemoved(pino, ino)
       const t = nowTime()
       this.removeName(pino, name)
       this.q.addNlink.run(-1, pino)
@@ -575,6 +586,9 @@ export class FolioFs {
       if (existing !== undefined && (flags & RENAME_NOREPLACE)) throw fsErr('EEXIST', dst)
       if (existing === ino) return null // same file: POSIX says do nothing
       if (srcIsDir) this.checkNotBelow(dp, ino)
+      this.checkNameRemoved(sp, ino)
+      this.checkNamesAdded(dp)
+      if (existing !== undefined) this.checkNameRemoved(dp, existing)
       const t = nowTime()
       let gone: number | null = null
       if (existing !== undefined) {
@@ -624,6 +638,8 @@ export class FolioFs {
       const b = this.lookupName(dp, d.name)
       if (a === undefined || b === undefined) throw fsErr('ENOENT')
       if (a === b) return
+      this.checkNameRemoved(sp, a)
+      this.checkNameRemoved(dp, b)
       const aDir = isDir(this.inode(a).mode)
       const bDir = isDir(this.inode(b).mode)
       if (sp !== dp) {
@@ -668,6 +684,7 @@ export class FolioFs {
 
   chmod (ino: number, mode: number): void {
     this.tx(() => {
+      this.checkNotFrozen(ino)
       const i = this.inode(ino)
       const t = nowTime()
       this.q.setMode.run((i.mode & S_IFMT) | (mode & 0o7777), t.sec, t.nsec, ino)
@@ -676,6 +693,7 @@ export class FolioFs {
 
   chown (ino: number, uid: number, gid: number): void {
     this.tx(() => {
+      this.checkNotFrozen(ino)
       const i = this.inode(ino)
       const t = nowTime()
       const nuid = uid === 0xffffffff || uid === -1 ? i.uid : uid
@@ -692,6 +710,9 @@ export class FolioFs {
 
   utimens (ino: number, atime: Time, mtime: Time): void {
     this.tx(() => {
+      // append-only allows only "now" (touch), as ext4; immutable nothing
+      const flags = this.iflags(ino)
+      if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && (atime.nsec !== UTIME_NOW || mtime.nsec !== UTIME_NOW))) throw fsErr('EPERM')
       const i = this.inode(ino)
       const now = nowTime()
       const pick = (v: Time, s: number, ns: number): Time =>
@@ -707,6 +728,10 @@ export class FolioFs {
   // ---- file data -------------------------------------------------------
 
   open (ino: number, flags: number, dir = false): number {
+    if (!dir && (flags & O_ACCMODE) !== 0) { // opened for writing
+      const f = this.iflags(ino)
+      if ((f & FS_IMMUTABLE_FL) || ((f & FS_APPEND_FL) && !(flags & O_APPEND))) throw fsErr('EPERM')
+    }
     const fh = this.nextFh++
     this.handles.set(fh, { ino, flags, dir })
     this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1)
@@ -759,7 +784,7 @@ export class FolioFs {
 
   /** relatime: update atime only when it is older than mtime/ctime or a day old. */
   private touchAtime (i: Inode): void {
-    if (this.readonly || this.atime === 'noatime') return
+    if (this.readonly || this.atime === 'noatime' || (this.iflags(i.ino) & FS_NOATIME_FL)) return
     const t = nowTime()
     const older = i.atime_s < i.mtime_s || (i.atime_s === i.mtime_s && i.atime_ns <= i.mtime_ns) ||
       i.atime_s < i.ctime_s || t.sec - i.atime_s >= RELATIME_SEC
@@ -775,6 +800,8 @@ export class FolioFs {
     return await this.withInode(ino, async () => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
+      const flags = this.iflags(ino)
+      if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && pos < i.size)) throw fsErr('EPERM')
       await this.reserveSpace(ino, pos, len)
       if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
       await this.io.write(ino, data, pos)
@@ -809,6 +836,7 @@ export class FolioFs {
     await this.withInode(ino, async () => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
+      this.checkNotFrozen(ino)
       const t = nowTime()
       if (size >= i.size) {
         await this.extend(ino, i.size, size, t)
@@ -863,6 +891,8 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
       if (!isRegular(i.mode)) throw fsErr('ENODEV')
+      const flags = this.iflags(ino)
+      if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))) throw fsErr('EPERM')
       const t = nowTime()
       const end = offset + length
       if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) await this.punch(ino, offset, Math.min(end, this.sizeOf(ino)), t)
@@ -979,6 +1009,54 @@ export class FolioFs {
     this.data.checkpoint()
   }
 
+  // ---- inode flags (iflags.ts) -----------------------------------------
+
+  /** ino's inode flags (cached; the row is read once) */
+  iflags (ino: number): number {
+    let f = this.iflagsCache.get(ino)
+    if (f === undefined) {
+      f = decodeIflags(this.q.getXattr.get(ino, IFLAGS_XATTR) as Buffer | undefined)
+      this.iflagsCache.set(ino, f)
+    }
+    return f
+  }
+
+  /**
+   * FS_IOC_SETFLAGS: only SUPPORTED_IFLAGS (others: EOPNOTSUPP, as ext4
+   * for flags it cannot set); the owner or root may change them, and only
+   * root immutable and append-only.
+   */
+  setIflags (ino: number, flags: number, creds: Creds): void {
+    if (flags & ~SUPPORTED_IFLAGS) throw fsErr('EOPNOTSUPP', `inode flags 0x${(flags >>> 0).toString(16)}`)
+    this.tx(() => {
+      const i = this.inode(ino)
+      const old = this.iflags(ino)
+      if (creds.uid !== 0 && creds.uid !== i.uid) throw fsErr('EPERM')
+      if (((old ^ flags) & PRIVILEGED_IFLAGS) && creds.uid !== 0) throw fsErr('EPERM')
+      if (flags === 0) this.q.delXattr.run(ino, IFLAGS_XATTR)
+      else this.q.putXattr.run(ino, IFLAGS_XATTR, encodeIflags(flags))
+      const t = nowTime()
+      this.q.touchC.run(t.sec, t.nsec, ino)
+      this.iflagsCache.set(ino, flags) // after the row: a failed tx leaves the cache as it was
+    })
+  }
+
+  /** immutable or append-only ino: EPERM (its name, size, attributes and xattrs stay) */
+  private checkNotFrozen (ino: number): void {
+    if (isFrozen(this.iflags(ino))) throw fsErr('EPERM')
+  }
+
+  /** taking name of ino out of directory dir: neither may be immutable or append-only */
+  private checkNameRemoved (dir: number, ino: number): void {
+    this.checkNotFrozen(dir)
+    this.checkNotFrozen(ino)
+  }
+
+  /** a new name in directory dir: not when it is immutable */
+  private checkNamesAdded (dir: number): void {
+    if (this.iflags(dir) & FS_IMMUTABLE_FL) throw fsErr('EPERM')
+  }
+
   // ---- extended attributes -------------------------------------------
 
   private checkXattrName (name: string): void {
@@ -991,6 +1069,7 @@ export class FolioFs {
     if (value.length > XATTR_SIZE_MAX) throw fsErr('E2BIG')
     this.tx(() => {
       this.inode(ino)
+      this.checkNotFrozen(ino)
       const exists = this.q.getXattr.get(ino, name) !== undefined
       if ((flags & XATTR_CREATE) && exists) throw fsErr('EEXIST')
       if ((flags & XATTR_REPLACE) && !exists) throw fsErr('ENODATA')
@@ -1010,12 +1089,13 @@ export class FolioFs {
 
   listxattr (ino: number): string[] {
     this.inode(ino)
-    return this.q.listXattr.all(ino) as string[]
+    return (this.q.listXattr.all(ino) as string[]).filter(n => n !== IFLAGS_XATTR)
   }
 
   removexattr (ino: number, name: string): void {
     this.checkXattrName(name)
     this.tx(() => {
+      this.checkNotFrozen(ino)
       if (this.q.delXattr.run(ino, name).changes === 0) throw fsErr('ENODATA')
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)

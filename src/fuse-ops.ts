@@ -4,6 +4,7 @@
 import { FolioFs, type Stat, type Time } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
+import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
 import createDebug from 'debug'
 
 const debug = createDebug('foliofs:ops')
@@ -145,11 +146,29 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     copy_file_range: (pathIn: string | null, fdIn: number, offIn: number, pathOut: string | null, fdOut: number, offOut: number, len: number, _flags: number, cb: Cb) =>
       replyValue('copy_file_range', cb, () => fs.copyFileRange(fileIno(pathIn, fdIn), offIn, fileIno(pathOut, fdOut), offOut, len)),
     ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
-      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd)))
+      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd), creds))
   }, ctx.requests)
 }
 
-function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number): number | Promise<number> {
+function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, creds: () => { uid: number, gid: number }): number | Promise<number> {
+  if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_SETFLAGS) { // chattr, lsattr (iflags.ts)
+    if (data.length !== IFLAGS_SIZE) throw fsErr('EINVAL')
+    if (cmd === FS_IOC_GETFLAGS) data.writeUInt32LE(ctx.fs.iflags(ino()), 0)
+    else ctx.fs.setIflags(ino(), data.readUInt32LE(0), creds())
+    return 0
+  }
+  if (cmd === FS_IOC_FSGETXATTR || cmd === FS_IOC_FSSETXATTR) { // struct fsxattr: fsx_xflags only
+    if (data.length !== FSXATTR_SIZE) throw fsErr('EINVAL')
+    if (cmd === FS_IOC_FSGETXATTR) {
+      data.fill(0)
+      data.writeUInt32LE(flagsToXflags(ctx.fs.iflags(ino())), 0)
+      return 0
+    }
+    const flags = xflagsToFlags(data.readUInt32LE(0))
+    if (flags === null || data.readUInt32LE(4) !== 0 || data.readUInt32LE(12) !== 0 || data.readUInt32LE(16) !== 0) throw fsErr('EOPNOTSUPP')
+    ctx.fs.setIflags(ino(), flags, creds())
+    return 0
+  }
   if (cmd === FOLIOFS_IOC_FIEMAP) {
     if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
     return ctx.fs.fiemapIoctl(ino(), data).then(() => 0)
