@@ -8,6 +8,7 @@ import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
 import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
+import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
 
@@ -72,6 +73,75 @@ export function parseMountOptions (opts: string[]): MountOptions {
     }
   }
   return o
+}
+
+/** -o remount,...: a remount of a live mount, not a mount */
+export const isRemount = (opts: string[]): boolean => opts.some(g => g.split(',').some(o => o.trim() === 'remount'))
+
+/**
+ * The options of a remount: only ro/rw matter (the last wins; default rw,
+ * as mount(8)). FUSE takes no other option on a remount, and mount(8)
+ * hands the helper the mount's current ones (user_id=, allow_other, ...):
+ * they are ignored, not refused.
+ */
+export function parseRemountOptions (opts: string[]): { readonly: boolean } {
+  let readonly = false
+  for (const group of opts) {
+    for (const raw of group.split(',')) {
+      const o = raw.trim()
+      if (o === 'ro') readonly = true
+      else if (o === 'rw') readonly = false
+    }
+  }
+  return { readonly }
+}
+
+/**
+ * `foliofs mount -o remount,ro|rw MOUNTPOINT` (and mount(8)'s remount
+ * through the helper). The kernel's read-only flag is the superblock's,
+ * set by mount(2) MS_REMOUNT (here `mount -i`, which calls no helper):
+ * root only; fusermount3 cannot remount. To read-only, the kernel first
+ * (it refuses while files are open for writing, and afterwards no write
+ * can start), then the daemon writes everything back and refuses changes
+ * (EROFS). To read-write, the daemon first (refused if the image was
+ * opened read-only), then the kernel; a failed step undoes the other.
+ */
+export async function remount (mountpoint: string, readonly: boolean): Promise<void> {
+  const mp = path.resolve(mountpoint)
+  const m = findMount(mp)
+  if (!m || m.fstype !== 'fuse.foliofs') throw new ImageError(`${mp}: not a foliofs mount point`, EXIT.USAGE)
+  if (process.getuid?.() !== 0) throw new ImageError(`${mp}: remount needs root (the kernel's MS_REMOUNT; fusermount3 cannot remount)`, EXIT.MOUNT_FAILED)
+  const mode = readonly ? 'ro' : 'rw'
+  const kernel = (to: string): void => {
+    try {
+      execFileSync('mount', ['-i', '-o', `remount,${to}`, mp], { stdio: ['ignore', 'ignore', 'pipe'] })
+    } catch (err) {
+      const msg = String((err as { stderr?: Buffer }).stderr ?? err).trim().replace(/^mount: /, '')
+      const busy = /busy/i.test(msg)
+      throw new ImageError(`${mp}: remount,${to} refused: ${busy ? 'files are open for writing' : msg}`, busy ? EXIT.BUSY : EXIT.MOUNT_FAILED)
+    }
+  }
+  const daemon = (to: string): void => {
+    try {
+      execFileSync(ioctlTool(), ['remount', mp, to], { stdio: ['ignore', 'ignore', 'pipe'] })
+    } catch (err) {
+      const msg = String((err as { stderr?: Buffer }).stderr ?? err).trim()
+      const rofs = /read-only file system/i.test(msg)
+      throw new ImageError(`${mp}: remount,${to}: ${rofs ? 'mounted read-only from the start (-o ro); unmount and mount it read-write' : msg}`, EXIT.MOUNT_FAILED)
+    }
+  }
+  if (readonly) {
+    kernel(mode)
+    try { daemon(mode) } catch (err) { try { kernel('rw') } catch { /* stays read-only in the kernel */ } throw err }
+  } else {
+    daemon(mode)
+    try { kernel(mode) } catch (err) { try { daemon('ro') } catch { /* the kernel still refuses writes */ } throw err }
+  }
+}
+
+/** native/build/foliofs-ioctl (the private ioctls) */
+function ioctlTool (): string {
+  return path.resolve(__dirname, '..', '..', 'native', 'build', 'foliofs-ioctl')
 }
 
 function parseCacheSize (val: string, opt: string): number {
@@ -169,7 +239,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     fs: folio,
     get fuse () { return holder.fuse },
     requests: { total: 0, inFlight: 0, maxInFlight: 0 },
-    extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: opts.readonly })
+    extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: folio.readonly })
   })
   // libfuse calls destroy when the session ends: unmounted (umount(8),
   // fusermount3 -u, or a lazy unmount once the last open file is closed)

@@ -153,7 +153,11 @@ export function checkName (name: string): void {
 export class FolioFs {
   readonly db: Database.Database
   readonly sb: Superblock
-  readonly readonly: boolean
+  /** the image connection is read-only (-o ro from the start): never writable */
+  private readonly imageReadonly: boolean
+  /** serving read-only: the image was opened so, or a remount made it (setReadonly) */
+  private ro: boolean
+  get readonly (): boolean { return this.ro }
   private readonly handles = new Map<number, Handle>()
   private readonly openCount = new Map<number, number>()
   private readonly released = new Map<number, Handle>()
@@ -185,7 +189,8 @@ export class FolioFs {
   constructor (img: OpenImage, opts: FsOptions = {}) {
     this.db = img.db
     this.sb = img.sb
-    this.readonly = img.readonly
+    this.imageReadonly = img.readonly
+    this.ro = img.readonly
     this.q = this.prepare()
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
@@ -1118,10 +1123,33 @@ export class FolioFs {
 
   get used (): number { return this.data.used }
 
+  /**
+   * Remount (-o remount,ro / remount,rw): to read-only, write back
+   * everything and make it durable, stop the writeback timer, then refuse
+   * every change (EROFS); back to read-write, restart writeback and free
+   * the orphans whose last handle went while read-only. The caller makes
+   * sure no write is in flight (the kernel refuses to remount read-only
+   * while files are open for writing, and is made read-only first). An
+   * image opened read-only (-o ro) cannot become writable: EROFS.
+   */
+  async setReadonly (ro: boolean): Promise<void> {
+    if (ro === this.ro) return
+    if (!ro && this.imageReadonly) throw fsErr('EROFS', 'image opened read-only')
+    if (ro) {
+      await this.sync()
+      this.writeback.stop()
+      this.ro = true
+      return
+    }
+    this.ro = false
+    this.writeback.start()
+    for (const ino of this.q.allOrphans.all() as number[]) await this.freeIfUnused(ino)
+  }
+
   /** write back everything, then close the image (checkpointed, a plain database at rest) */
   async close (): Promise<void> {
     this.writeback.stop()
-    if (!this.readonly) {
+    if (!this.imageReadonly) {
       try {
         await this.sync()
       } catch (err) {

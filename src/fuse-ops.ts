@@ -3,7 +3,7 @@
 // result (fuse-native hangs on Error objects and times out on throws).
 import { FolioFs, type Stat, type Time } from './fs'
 import { fsErr, toNegErrno } from './errno'
-import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
+import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
 import createDebug from 'debug'
 
@@ -172,6 +172,11 @@ function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, c
   if (cmd === FOLIOFS_IOC_FIEMAP) {
     if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
     return ctx.fs.fiemapIoctl(ino(), data).then(() => 0)
+  }
+  if (cmd === FOLIOFS_IOC_REMOUNT) { // foliofs mount -o remount,ro|rw (root: the kernel's remount is root's)
+    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    if (creds().uid !== 0) throw fsErr('EPERM')
+    return ctx.fs.setReadonly(data[0] === 1).then(() => 0)
   }
   if (cmd === FOLIOFS_IOC_STATS) {
     if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
