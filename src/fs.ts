@@ -30,6 +30,7 @@ import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
 import { decodeRequest, encodeBadFlags, encodeReply, Fiemap, FIEMAP_FLAG_SYNC, FIEMAP_FLAGS_COMPAT, FIEMAP_MAX_PER_CALL } from './fiemap'
+import { ACL_ACCESS, ACL_DEFAULT, aclModeBits, encodeAcl, inherit, isAclName, modeOnly, parseAcl, withMode } from './acl'
 import { decodeIflags, encodeIflags, FS_APPEND_FL, FS_IMMUTABLE_FL, FS_NOATIME_FL, IFLAGS_XATTR, isFrozen, PRIVILEGED_IFLAGS, SUPPORTED_IFLAGS } from './iflags'
 
 export interface FsOptions extends TreeOptions {
@@ -104,7 +105,8 @@ export interface Stat {
   ctime: Time
 }
 
-export interface Creds { uid: number, gid: number }
+/** the caller; umask applies to a new inode unless its directory has a default ACL (acl.ts) */
+export interface Creds { uid: number, gid: number, umask?: number }
 
 export interface StatFs {
   bsize: number, frsize: number, blocks: number, bfree: number, bavail: number,
@@ -411,12 +413,22 @@ export class FolioFs {
         gid = p.gid
         if (isDir(mode)) mode |= 0o2000
       }
+      // a default ACL of the directory replaces the umask (acl.ts); symlinks keep 0777
+      const def = this.q.getXattr.get(pino, ACL_DEFAULT) as Buffer | undefined
+      const defAcl = def === undefined ? null : parseAcl(def)
+      let access: Buffer | null = null
+      if ((mode & S_IFMT) !== S_IFLNK) {
+        if (defAcl) ({ access, mode } = inherit(defAcl, mode))
+        else mode &= ~((creds.umask ?? 0) & 0o777)
+      }
       const dir = isDir(mode)
       const res = this.q.insInode.run({
         mode, uid: creds.uid, gid, nlink: dir ? 2 : 1, size: target ? target.length : 0, rdev,
         parent: dir ? pino : 0, s: t.sec, ns: t.nsec, target
       })
       const ino = Number(res.lastInsertRowid)
+      if (access) this.q.putXattr.run(ino, ACL_ACCESS, access)
+      if (dir && defAcl) this.q.putXattr.run(ino, ACL_DEFAULT, def)
       this.addName(pino, name, ino)
       if (dir) this.q.addNlink.run(1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
@@ -693,6 +705,10 @@ export class FolioFs {
       const i = this.inode(ino)
       const t = nowTime()
       this.q.setMode.run((i.mode & S_IFMT) | (mode & 0o7777), t.sec, t.nsec, ino)
+      // the access ACL follows the mode (acl.ts)
+      const stored = this.q.getXattr.get(ino, ACL_ACCESS) as Buffer | undefined
+      const acl = stored === undefined ? null : parseAcl(stored)
+      if (acl) this.q.putXattr.run(ino, ACL_ACCESS, encodeAcl(withMode(acl, mode)))
     })
   }
 
@@ -1066,12 +1082,13 @@ export class FolioFs {
 
   private checkXattrName (name: string): void {
     if (name.length === 0 || Buffer.byteLength(name) > XATTR_NAME_MAX) throw fsErr('ERANGE')
-    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('EOPNOTSUPP', name)
+    if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name)
   }
 
   setxattr (ino: number, name: string, value: Buffer, flags: number): void {
     this.checkXattrName(name)
     if (value.length > XATTR_SIZE_MAX) throw fsErr('E2BIG')
+    if (isAclName(name)) { this.setAcl(ino, name, value); return }
     this.tx(() => {
       this.inode(ino)
       this.checkNotFrozen(ino)
@@ -1084,9 +1101,33 @@ export class FolioFs {
     })
   }
 
+  /**
+   * An ACL (acl.ts): an access ACL sets the mode's rwx bits and is stored
+   * only when it says more than the mode; a default ACL only on
+   * directories (EACCES otherwise).
+   */
+  private setAcl (ino: number, name: string, value: Buffer): void {
+    const acl = parseAcl(value)
+    if (!acl) throw fsErr('EINVAL', `bad ACL in ${name}`)
+    this.tx(() => {
+      const i = this.inode(ino)
+      this.checkNotFrozen(ino)
+      const t = nowTime()
+      if (name === ACL_DEFAULT) {
+        if (!isDir(i.mode)) throw fsErr('EACCES')
+        this.q.putXattr.run(ino, name, Buffer.from(value))
+      } else {
+        this.q.setMode.run((i.mode & ~0o777) | aclModeBits(acl), t.sec, t.nsec, ino)
+        if (modeOnly(acl)) this.q.delXattr.run(ino, name)
+        else this.q.putXattr.run(ino, name, encodeAcl(acl))
+      }
+      this.q.touchC.run(t.sec, t.nsec, ino)
+    })
+  }
+
   getxattr (ino: number, name: string): Buffer {
     this.inode(ino)
-    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('ENODATA')
+    if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('ENODATA')
     const v = this.q.getXattr.get(ino, name) as Buffer | undefined
     if (v === undefined) throw fsErr('ENODATA')
     return v

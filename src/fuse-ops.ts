@@ -78,9 +78,9 @@ function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, 
 
 export function makeOps (ctx: OpsContext): Record<string, Cb> {
   const fs = ctx.fs
-  const creds = (): { uid: number, gid: number } => {
+  const creds = (): { uid: number, gid: number, umask: number } => {
     const c = ctx.fuse.context
-    return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0 }
+    return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0, umask: c?.umask ?? 0 }
   }
   const ino = (path: string | null): number => {
     if (path === null) throw fsErr('ENOENT', 'unlinked')
