@@ -5,7 +5,7 @@ import * as path from 'path'
 import { execFile, execFileSync, spawnSync } from 'child_process'
 import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsck } from './fsck'
-import { isRemount, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
+import { bindSecondMount, isRemount, mountOfImage, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
@@ -322,6 +322,8 @@ async function main (argv: string[]): Promise<number> {
           throw err
         }
       }
+      const first = mountOfImage(image)
+      if (first) { bindSecondMount(first, mountpoint, opts); return 0 }
       preflight(image, mountpoint, opts.readonly)
       const log = p.flags.get('log')
       const logFile = typeof log === 'string' ? log : path.join(runDir(), path.resolve(mountpoint).replace(/\//g, '_') + '.log')
