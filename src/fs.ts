@@ -108,6 +108,13 @@ export interface Stat {
 /** the caller; umask applies to a new inode unless its directory has a default ACL (acl.ts) */
 export interface Creds { uid: number, gid: number, umask?: number }
 
+/**
+ * Who writes or truncates (killPriv): uid 0 stands for CAP_FSETID;
+ * inGroup answers for the caller's supplementary groups too (the FUSE
+ * request carries only the fsgid).
+ */
+export interface Writer { uid: number, gid: number, inGroup?: (gid: number) => boolean }
+
 export interface StatFs {
   bsize: number, frsize: number, blocks: number, bfree: number, bavail: number,
   files: number, ffree: number, favail: number, fsid: number, flag: number, namemax: number
@@ -812,7 +819,7 @@ export class FolioFs {
     if (older || this.atime === 'strictatime') this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
-  async write (ino: number, data: Buffer, pos: number): Promise<number> {
+  async write (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
     const len = data.length
     if (len === 0) return 0
     if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
@@ -823,6 +830,7 @@ export class FolioFs {
       if (isDir(i.mode)) throw fsErr('EISDIR')
       const flags = this.iflags(ino)
       if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && pos < i.size)) throw fsErr('EPERM')
+      this.killPriv(i, who)
       await this.reserveSpace(ino, pos, len)
       if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
       await this.io.write(ino, data, pos)
@@ -850,7 +858,7 @@ export class FolioFs {
     if (need() > this.data.free) throw fsErr('ENOSPC')
   }
 
-  async truncate (ino: number, size: number): Promise<void> {
+  async truncate (ino: number, size: number, who?: Writer): Promise<void> {
     if (size < 0) throw fsErr('EINVAL')
     if (size > MAX_FILE_SIZE) throw fsErr('EFBIG')
     if (this.readonly) throw fsErr('EROFS')
@@ -858,6 +866,7 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
       this.checkNotFrozen(ino)
+      this.killPriv(i, who)
       const t = nowTime()
       if (size >= i.size) {
         await this.extend(ino, i.size, size, t)
@@ -869,6 +878,24 @@ export class FolioFs {
       await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
       if (this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino) // all of it is in the row now
     })
+  }
+
+  /**
+   * ext4's rule for a write or truncate by a caller without CAP_FSETID
+   * (should_remove_suid, setattr_should_drop_sgid): setuid goes, and
+   * setgid when the file is group-executable or the caller is not in its
+   * group. The kernel does part of it before it sends a FUSE write (the
+   * binding leaves HANDLE_KILLPRIV off) but keeps setgid on a file that
+   * is not group-executable, so the daemon does all of it. No writer
+   * (internal callers): nothing.
+   */
+  private killPriv (i: Inode, who?: Writer): void {
+    if (!who || who.uid === 0 || !(i.mode & 0o6000) || !isRegular(i.mode)) return
+    let mode = i.mode & ~0o4000
+    if ((i.mode & 0o2000) && ((i.mode & 0o010) || !(who.gid === i.gid || (who.inGroup?.(i.gid) ?? false)))) mode &= ~0o2000
+    if (mode === i.mode) return
+    const t = nowTime()
+    this.tx(() => this.q.setMode.run(mode, t.sec, t.nsec, i.ino))
   }
 
   /** grow ino from size `from` to `size` (holes: nothing to write) */

@@ -1,7 +1,8 @@
 // Adapter from fuse-native's callback API to FolioFs. Rules enforced here:
 // every handler calls back exactly once, and only with a negative errno or a
 // result (fuse-native hangs on Error objects and times out on throws).
-import { FolioFs, type Stat, type Time } from './fs'
+import * as nodefs from 'fs'
+import { FolioFs, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
@@ -20,6 +21,17 @@ export interface OpsContext {
   extraStats: () => Record<string, unknown>
   /** the FUSE requests being served (filled in by makeOps) */
   requests: RequestStats
+}
+
+/** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
+function supplementaryGroups (pid: number): number[] {
+  if (!pid) return []
+  try {
+    const m = /^Groups:\s*(.*)$/m.exec(nodefs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? m[1].trim().split(/\s+/).filter(Boolean).map(Number) : []
+  } catch {
+    return []
+  }
 }
 
 function fail (name: string, cb: Cb, err: unknown): void {
@@ -82,6 +94,13 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     const c = ctx.fuse.context
     return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0, umask: c?.umask ?? 0 }
   }
+  /** the caller of a write or truncate (killPriv): its supplementary groups read from /proc only when needed */
+  const writer = (): Writer => {
+    const c = ctx.fuse.context
+    const w = creds()
+    const pid = c?.pid ?? 0
+    return { ...w, inGroup: gid => supplementaryGroups(pid).includes(gid) }
+  }
   const ino = (path: string | null): number => {
     if (path === null) throw fsErr('ENOENT', 'unlinked')
     return fs.resolve(path)
@@ -115,10 +134,10 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       replyValue('read', cb, () => fs.read(fileIno(path, fd), buf, len, pos)),
     write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
-      replyValue('write', cb, () => fs.write(fileIno(path, fd), buf.subarray(0, len), pos)),
-    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, async () => { await fs.truncate(ino(path), size) }),
+      replyValue('write', cb, () => fs.write(fileIno(path, fd), buf.subarray(0, len), pos, writer())),
+    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, async () => { await fs.truncate(ino(path), size, writer()) }),
     ftruncate: (path: string | null, fd: number, size: number, cb: Cb) =>
-      reply('ftruncate', cb, async () => { await fs.truncate(fileIno(path, fd), size) }),
+      reply('ftruncate', cb, async () => { await fs.truncate(fileIno(path, fd), size, writer()) }),
     // chmod, chown, utimens: fd names an open file (its name may be gone) when path is null
     utimens: (path: string | null, atime: Time, mtime: Time, fd: number, cb: Cb) =>
       reply('utimens', cb, () => { fs.utimens(fileIno(path, fd), atime, mtime) }),
