@@ -162,6 +162,7 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
     dir.mtime = dir.ctime = now()
     return n
   }
+  const listings = new Map<number, Array<[string, Node]>>()
   const open = (n: Node): number => {
     const fh = nextFh++
     handles.set(fh, n)
@@ -176,13 +177,19 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
     getattr: (p: string, cb: Cb) => reply(cb, () => [stat(lookup(p))]),
     fgetattr: (p: string | null, fd: number, cb: Cb) => reply(cb, () => [stat(nodeOf(p, fd))]),
     opendir: (p: string, _flags: number, cb: Cb) => reply(cb, () => [open(lookup(p))]),
-    releasedir: (_p: string | null, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
-    readdir: (p: string | null, fd: number, cb: Cb) => reply(cb, () => {
+    releasedir: (_p: string | null, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd); listings.delete(fd) }),
+    // like foliofs: a listing per open directory, read 256 entries (with
+    // their attributes: readdirplus) per request from the kernel's offset
+    readdir: (p: string | null, fd: number, offset: number, cb: Cb) => reply(cb, () => {
       const d = nodeOf(p, fd)
       if (!d.children) throw err('ENOTDIR')
-      const names = ['.', '..', ...d.children.keys()]
-      const stats = [stat(d), stat(d), ...[...d.children.values()].map(stat)]
-      return [names, stats]
+      let entries = listings.get(fd)
+      if (offset === 0 || !entries) {
+        entries = [['.', d], ['..', d], ...d.children.entries()]
+        listings.set(fd, entries)
+      }
+      const part = entries.slice(offset, offset + 256)
+      return [part.map(e => e[0]), part.map(e => stat(e[1])), part.map((_, k) => offset + k + 1)]
     }),
     create: (p: string, mode: number, _flags: number, cb: Cb) => reply(cb, () => [open(add(p, S_IFREG | (mode & 0o7777)))]),
     open: (p: string, _flags: number, cb: Cb) => reply(cb, () => {

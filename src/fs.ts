@@ -171,6 +171,12 @@ export class FolioFs {
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0, fallocates: 0, copies: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
+  /**
+   * Called with an xattr name before any xattr of that name is stored (in
+   * the storing transaction, before its commit): the FUSE layer keeps a set
+   * of names no inode has, answered ENODATA without asking the daemon.
+   */
+  onXattrName: (name: string) => void = () => {}
 
   constructor (img: OpenImage, opts: FsOptions = {}) {
     this.db = img.db
@@ -225,6 +231,9 @@ export class FolioFs {
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
       delXattr: db.prepare('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
       listXattr: db.prepare('SELECT name FROM xattrs WHERE ino = ? ORDER BY name').pluck(),
+      xattrNames: db.prepare('SELECT DISTINCT name FROM xattrs').pluck(),
+      namesOf: db.prepare('SELECT parent, name FROM dirents WHERE ino = ?'),
+      nlinkOf: db.prepare('SELECT nlink FROM inodes WHERE ino = ?').pluck(),
       addOrphan: db.prepare('INSERT OR IGNORE INTO orphans (ino) VALUES (?)'),
       delOrphan: db.prepare('DELETE FROM orphans WHERE ino = ?'),
       allOrphans: db.prepare('SELECT ino FROM orphans').pluck(),
@@ -269,6 +278,44 @@ export class FolioFs {
 
   private removeName (parent: number, name: string): void {
     this.q.delDirent.run(parent, nameToDb(name))
+  }
+
+  /** the one place an xattr is stored: every store goes through onXattrName first */
+  private putXattr (ino: number, name: string, value: Buffer): void {
+    this.onXattrName(name)
+    this.q.putXattr.run(ino, name, value)
+  }
+
+  /** the xattr names some inode has (one scan of the xattrs table) */
+  xattrNamesInUse (): Set<string> {
+    return new Set(this.q.xattrNames.all() as string[])
+  }
+
+  /** nlink as stored (0 for an inode that no longer exists) */
+  linkCount (ino: number): number {
+    return (this.q.nlinkOf.get(ino) as number | undefined) ?? 0
+  }
+
+  /** every path naming ino (its hard links; a directory has one), as byte strings */
+  pathsOf (ino: number): string[] {
+    const out: string[] = []
+    for (const r of this.q.namesOf.all(ino) as Array<{ parent: number, name: string | Buffer }>) {
+      const p = this.dirPath(r.parent)
+      if (p !== null) out.push((p === '/' ? '' : p) + '/' + nameFromDb(r.name))
+    }
+    return out
+  }
+
+  /** the path of directory ino, walking up its parents; null if it has none (removed) */
+  private dirPath (ino: number): string | null {
+    const parts: string[] = []
+    for (let d = ino, depth = 0; d !== ROOT_INO; depth++) {
+      const row = (this.q.namesOf.all(d) as Array<{ parent: number, name: string | Buffer }>)[0]
+      if (!row || depth > PATH_MAX) return null
+      parts.push(nameFromDb(row.name))
+      d = row.parent
+    }
+    return '/' + parts.reverse().join('/')
   }
 
   // ---- inode helpers -------------------------------------------------
@@ -612,17 +659,38 @@ export class FolioFs {
     }))
   }
 
-  readdir (ino: number): { names: string[], stats: Stat[] } {
-    const dir = this.inode(ino)
-    if (!isDir(dir.mode)) throw fsErr('ENOTDIR')
-    const rows = this.q.listDir.all(ino) as Array<{ name: string | Buffer, ino: number }>
+  /**
+   * The names of directory ino, '.' and '..' first: a listing's snapshot.
+   * Its entries are looked up again when they are read (readdirFrom), so
+   * a name removed since is skipped and a replaced one shows what it is now.
+   */
+  listNames (ino: number): string[] {
+    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
+    const rows = this.q.listDir.all(ino) as Array<{ name: string | Buffer }>
     const names = ['.', '..']
-    const stats = [this.stat(ino), this.stat(dir.parent || ROOT_INO)]
-    for (const r of rows) {
-      names.push(nameFromDb(r.name))
-      stats.push(this.stat(r.ino))
+    for (const r of rows) names.push(nameFromDb(r.name))
+    return names
+  }
+
+  /**
+   * Up to max entries of directory ino's listing `names`, from position
+   * `from`, with their attributes as they are now; offsets[k] is the
+   * position after entry k (the cookie a reader continues from, never 0).
+   */
+  readdirFrom (ino: number, names: string[], from: number, max: number): { names: string[], stats: Stat[], offsets: number[] } {
+    const out = { names: [] as string[], stats: [] as Stat[], offsets: [] as number[] }
+    for (let k = from; k < names.length && out.names.length < max; k++) {
+      const name = names[k]
+      let child: number | undefined
+      if (name === '.') child = ino
+      else if (name === '..') child = this.inode(ino).parent || ROOT_INO
+      else child = this.lookupName(ino, name)
+      if (child === undefined) continue
+      out.names.push(name)
+      out.stats.push(this.stat(child))
+      out.offsets.push(k + 1)
     }
-    return { names, stats }
+    return out
   }
 
   // ---- attributes ------------------------------------------------------
@@ -953,7 +1021,7 @@ export class FolioFs {
       const exists = this.q.getXattr.get(ino, name) !== undefined
       if ((flags & XATTR_CREATE) && exists) throw fsErr('EEXIST')
       if ((flags & XATTR_REPLACE) && !exists) throw fsErr('ENODATA')
-      this.q.putXattr.run(ino, name, Buffer.from(value))
+      this.putXattr(ino, name, Buffer.from(value))
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)
     })
