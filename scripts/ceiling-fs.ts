@@ -198,7 +198,6 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       return [open(n)]
     }),
     release: (_p: string, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
-    flush: (_p: string, _fd: number, cb: Cb) => cb(0),
     fsync: (_p: string, _datasync: number, _fd: number, cb: Cb) => cb(0),
     read: (p: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue(cb, () => {
       const n = nodeOf(p, fd)

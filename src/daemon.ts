@@ -6,7 +6,7 @@ import { spawn } from 'child_process'
 import createDebug from 'debug'
 import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs, type AtimeMode } from './fs'
-import { makeOps, newRequestStats, type FuseLike, type OpsContext } from './fuse-ops'
+import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext } from './fuse-ops'
 import { Coherence } from './coherence'
 import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
 
@@ -187,6 +187,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     allowOther: opts.allowOther || process.getuid?.() === 0,
     debug: opts.debug,
     timeout: false,
+    ioctls: SERVED_IOCTLS,
     extraOptions: extra
   })
   holder.fuse = fuse

@@ -137,6 +137,10 @@ export function splitPath (path: string): { parent: string, name: string } {
   return { parent: i <= 0 ? '/' : path.slice(0, i), name }
 }
 
+/** names the dentry cache holds at most (then it starts again empty) */
+const DENTRY_CACHE_MAX = 1 << 18
+const dentryKey = (parent: number, name: string): string => parent + '/' + name
+
 export function checkName (name: string): void {
   if (name === '' || name === '.' || name === '..') throw fsErr('EINVAL', `bad name '${name}'`)
   if (name.length > NAME_MAX) throw fsErr('ENAMETOOLONG', `${name.slice(0, 32)}...`)
@@ -149,6 +153,8 @@ export class FolioFs {
   private readonly handles = new Map<number, Handle>()
   private readonly openCount = new Map<number, number>()
   private readonly hidden = new Map<string, number>()
+  /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
+  private readonly dentries = new Map<string, number>()
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
@@ -244,7 +250,13 @@ export class FolioFs {
   /** Run fn in one SQLite transaction (one commit). fn must not touch file data (B-tree commits refuse to nest). */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
-    const r = this.db.transaction(fn)()
+    let r: T
+    try {
+      r = this.db.transaction(fn)()
+    } catch (e) {
+      this.dentries.clear() // names it changed are back as they were
+      throw e
+    }
     this.counters.commits++
     return r
   }
@@ -266,18 +278,33 @@ export class FolioFs {
   }
 
   // ---- directory entries: names are byte strings (names.ts); the dirents
-  // value is made here and nowhere else ----------------------------------
+  // value is made here and nowhere else, and so is the dentry cache: every
+  // name that exists and was looked up (or added) maps parent/name -> ino.
+  // It stays true because these three are the only ways names change; a
+  // transaction that fails clears it (its changes were rolled back). ------
 
   private lookupName (parent: number, name: string): number | undefined {
-    return this.q.lookup.get(parent, nameToDb(name)) as number | undefined
+    const key = dentryKey(parent, name)
+    const hit = this.dentries.get(key)
+    if (hit !== undefined) return hit
+    const ino = this.q.lookup.get(parent, nameToDb(name)) as number | undefined
+    if (ino !== undefined) this.cacheDentry(key, ino)
+    return ino
   }
 
   private addName (parent: number, name: string, ino: number): void {
     this.q.insDirent.run(parent, nameToDb(name), ino)
+    this.cacheDentry(dentryKey(parent, name), ino)
   }
 
   private removeName (parent: number, name: string): void {
     this.q.delDirent.run(parent, nameToDb(name))
+    this.dentries.delete(dentryKey(parent, name))
+  }
+
+  private cacheDentry (key: string, ino: number): void {
+    if (this.dentries.size >= DENTRY_CACHE_MAX) this.dentries.clear() // crude, and rare
+    this.dentries.set(key, ino)
   }
 
   /** the one place an xattr is stored: every store goes through onXattrName first */

@@ -168,15 +168,18 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       await fs.release(fd)
     }),
     open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [opened(path, fs.open(ino(path), flags))]),
+    // create and mkdir answer with the new inode's attributes: libfuse's
+    // getattr of it right after is then answered by the binding (no round trip)
     create: (path: string, mode: number, flags: number, cb: Cb) => reply('create', cb, () => {
       const i = fs.create(path, mode, creds())
-      return [opened(path, fs.open(i, flags))]
+      return [opened(path, fs.open(i, flags)), fs.stat(i)]
     }),
     release: (_path: string, fd: number, cb: Cb) => reply('release', cb, async () => {
       ctx.coherence?.released(fd)
       await fs.release(fd)
     }),
-    flush: (_path: string, _fd: number, cb: Cb) => cb(0),
+    // no flush: foliofs has nothing to do at close(2), and without the op the
+    // kernel stops sending FLUSH (one upcall less per close)
     fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => { await fs.fsync(fileIno(path, fd)) }),
     fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, async () => { await fs.fsync() }),
     read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('read', cb, () => {
@@ -236,7 +239,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       return settled(undefined, [fs.resolve(dst)], [dst])
     }),
     symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => { fs.symlink(target, path, creds()) }),
-    mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => { fs.mkdir(path, mode, creds()) }),
+    mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => [fs.stat(fs.mkdir(path, mode, creds()))]),
     rmdir: (path: string, cb: Cb) => reply('rmdir', cb, () => { fs.rmdir(path) }),
     setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) => reply('setxattr', cb, () => {
       const i = ino(path)
@@ -264,6 +267,9 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd)))
   }, ctx.requests)
 }
+
+/** the ioctl commands ioctl() serves: the binding answers any other ENOTTY itself (a TCGETS of every stdio open) */
+export const SERVED_IOCTLS = [FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS].map(c => c >>> 0)
 
 function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number): number | Promise<number> {
   if (cmd === FOLIOFS_IOC_FIEMAP) {
