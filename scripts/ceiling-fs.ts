@@ -191,7 +191,11 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       const part = entries.slice(offset, offset + 256)
       return [part.map(e => e[0]), part.map(e => stat(e[1])), part.map((_, k) => offset + k + 1)]
     }),
-    create: (p: string, mode: number, _flags: number, cb: Cb) => reply(cb, () => [open(add(p, S_IFREG | (mode & 0o7777)))]),
+    // like foliofs, create and mkdir answer with the new inode's attributes (the binding answers libfuse's getattr after them)
+    create: (p: string, mode: number, _flags: number, cb: Cb) => reply(cb, () => {
+      const n = add(p, S_IFREG | (mode & 0o7777))
+      return [open(n), stat(n)]
+    }),
     open: (p: string, _flags: number, cb: Cb) => reply(cb, () => {
       const n = lookup(p)
       if (n.children) throw err('EISDIR')
@@ -225,7 +229,7 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       n.nlink--
       dir.mtime = dir.ctime = now()
     }),
-    mkdir: (p: string, mode: number, cb: Cb) => reply(cb, () => { add(p, S_IFDIR | (mode & 0o7777)) }),
+    mkdir: (p: string, mode: number, cb: Cb) => reply(cb, () => [stat(add(p, S_IFDIR | (mode & 0o7777)))]),
     rmdir: (p: string, cb: Cb) => reply(cb, () => {
       const { dir, name } = parentOf(p)
       const n = dir.children!.get(name)
