@@ -162,6 +162,7 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
     dir.mtime = dir.ctime = now()
     return n
   }
+  const listings = new Map<number, Array<[string, Node]>>()
   const open = (n: Node): number => {
     const fh = nextFh++
     handles.set(fh, n)
@@ -176,22 +177,31 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
     getattr: (p: string, cb: Cb) => reply(cb, () => [stat(lookup(p))]),
     fgetattr: (p: string | null, fd: number, cb: Cb) => reply(cb, () => [stat(nodeOf(p, fd))]),
     opendir: (p: string, _flags: number, cb: Cb) => reply(cb, () => [open(lookup(p))]),
-    releasedir: (_p: string | null, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
-    readdir: (p: string | null, fd: number, cb: Cb) => reply(cb, () => {
+    releasedir: (_p: string | null, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd); listings.delete(fd) }),
+    // like foliofs: a listing per open directory, read 256 entries (with
+    // their attributes: readdirplus) per request from the kernel's offset
+    readdir: (p: string | null, fd: number, offset: number, cb: Cb) => reply(cb, () => {
       const d = nodeOf(p, fd)
       if (!d.children) throw err('ENOTDIR')
-      const names = ['.', '..', ...d.children.keys()]
-      const stats = [stat(d), stat(d), ...[...d.children.values()].map(stat)]
-      return [names, stats]
+      let entries = listings.get(fd)
+      if (offset === 0 || !entries) {
+        entries = [['.', d], ['..', d], ...d.children.entries()]
+        listings.set(fd, entries)
+      }
+      const part = entries.slice(offset, offset + 256)
+      return [part.map(e => e[0]), part.map(e => stat(e[1])), part.map((_, k) => offset + k + 1)]
     }),
-    create: (p: string, mode: number, _flags: number, cb: Cb) => reply(cb, () => [open(add(p, S_IFREG | (mode & 0o7777)))]),
+    // like foliofs, create and mkdir answer with the new inode's attributes (the binding answers libfuse's getattr after them)
+    create: (p: string, mode: number, _flags: number, cb: Cb) => reply(cb, () => {
+      const n = add(p, S_IFREG | (mode & 0o7777))
+      return [open(n), stat(n)]
+    }),
     open: (p: string, _flags: number, cb: Cb) => reply(cb, () => {
       const n = lookup(p)
       if (n.children) throw err('EISDIR')
       return [open(n)]
     }),
     release: (_p: string, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
-    flush: (_p: string, _fd: number, cb: Cb) => cb(0),
     fsync: (_p: string, _datasync: number, _fd: number, cb: Cb) => cb(0),
     read: (p: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue(cb, () => {
       const n = nodeOf(p, fd)
@@ -219,7 +229,7 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       n.nlink--
       dir.mtime = dir.ctime = now()
     }),
-    mkdir: (p: string, mode: number, cb: Cb) => reply(cb, () => { add(p, S_IFDIR | (mode & 0o7777)) }),
+    mkdir: (p: string, mode: number, cb: Cb) => reply(cb, () => [stat(add(p, S_IFDIR | (mode & 0o7777)))]),
     rmdir: (p: string, cb: Cb) => reply(cb, () => {
       const { dir, name } = parentOf(p)
       const n = dir.children!.get(name)

@@ -6,7 +6,8 @@ import { spawn } from 'child_process'
 import createDebug from 'debug'
 import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs, type AtimeMode } from './fs'
-import { makeOps, type FuseLike } from './fuse-ops'
+import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext } from './fuse-ops'
+import { Coherence } from './coherence'
 import { alive, findMount, isStale, mountsOfDev, mountTable, recordsOfWorker, removeRecord, unmountPath, writeRecord, readRecord, type MountEntry } from './mounts'
 import { execFileSync } from 'child_process'
 
@@ -184,9 +185,10 @@ export function preflight (image: string, mountpoint: string, readonly = false):
 export function fuseExtraOptions (opts: MountOptions): string[] {
   // (libfuse 3: use_ino and nullpath_ok are set by the binding's init, not options)
   const extra = ['default_permissions', 'subtype=foliofs', ...opts.fuseOptions]
-  // libfuse's high-level API gives each hard link its own kernel inode: cached
-  // attributes (nlink, size) of one name would go stale when another changes
-  if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=0')
+  // the kernel caches names and attributes for a second (libfuse's default);
+  // coherence.ts invalidates what another hard link of an inode changes
+  if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=1')
+  if (!opts.fuseOptions.some(o => o.startsWith('entry_timeout='))) extra.push('entry_timeout=1')
   if (opts.readonly) extra.push('ro')
   return extra
 }
@@ -235,12 +237,13 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   folio.atime = opts.atime
   const started = Date.now()
   const holder: { fuse: FuseLike } = { fuse: {} }
-  const ops = makeOps({
+  const ctx: OpsContext = {
     fs: folio,
     get fuse () { return holder.fuse },
-    requests: { total: 0, inFlight: 0, maxInFlight: 0 },
+    requests: newRequestStats(),
     extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: folio.readonly })
-  })
+  }
+  const ops = makeOps(ctx)
   // libfuse calls destroy when the session ends: unmounted (umount(8),
   // fusermount3 -u, or a lazy unmount once the last open file is closed)
   let sessionEnded = (): void => {}
@@ -254,12 +257,18 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     allowOther: opts.allowOther || process.getuid?.() === 0,
     debug: opts.debug,
     timeout: false,
+    ioctls: SERVED_IOCTLS,
     extraOptions: extra
   })
   holder.fuse = fuse
 
   await new Promise<void>((resolve, reject) => {
-    fuse.mount((err: Error | null) => err ? reject(new ImageError(`mount failed: ${err.message}`, EXIT.MOUNT_FAILED)) : resolve())
+    fuse.mount((err: Error | null) => {
+      if (err) return reject(new ImageError(`mount failed: ${err.message}`, EXIT.MOUNT_FAILED))
+      // the session is up (its INIT answered): the kernel caches from here on
+      ctx.coherence = new Coherence(folio, fuse)
+      resolve()
+    })
   }).catch(async err => {
     await folio.close()
     throw err

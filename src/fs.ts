@@ -154,6 +154,10 @@ export function splitPath (path: string): { parent: string, name: string } {
   return { parent: i <= 0 ? '/' : path.slice(0, i), name }
 }
 
+/** names the dentry cache holds at most (then it starts again empty) */
+const DENTRY_CACHE_MAX = 1 << 18
+const dentryKey = (parent: number, name: string): string => parent + '/' + name
+
 export function checkName (name: string): void {
   if (name === '' || name === '.' || name === '..') throw fsErr('EINVAL', `bad name '${name}'`)
   if (name.length > NAME_MAX) throw fsErr('ENAMETOOLONG', `${name.slice(0, 32)}...`)
@@ -172,6 +176,8 @@ export class FolioFs {
   private readonly released = new Map<number, Handle>()
   /** inode flags (iflags.ts) of inodes looked at, by ino; absent: not read yet */
   private readonly iflagsCache = new Map<number, number>()
+  /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
+  private readonly dentries = new Map<string, number>()
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
@@ -194,6 +200,17 @@ export class FolioFs {
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0, fallocates: 0, copies: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
+  /**
+   * Called with an xattr name before any xattr of that name is stored (in
+   * the storing transaction, before its commit): the FUSE layer keeps a set
+   * of names no inode has, answered ENODATA without asking the daemon.
+   */
+  onXattrName: (name: string) => void = () => {}
+  /**
+   * Called after a write or truncate dropped setuid/setgid of ino
+   * (killPriv): the kernel inode that sent it caches the old mode.
+   */
+  onPrivsDropped: (ino: number) => void = () => {}
 
   constructor (img: OpenImage, opts: FsOptions = {}) {
     this.db = img.db
@@ -249,6 +266,9 @@ export class FolioFs {
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
       delXattr: db.prepare('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
       listXattr: db.prepare('SELECT name FROM xattrs WHERE ino = ? ORDER BY name').pluck(),
+      xattrNames: db.prepare('SELECT DISTINCT name FROM xattrs').pluck(),
+      namesOf: db.prepare('SELECT parent, name FROM dirents WHERE ino = ?'),
+      nlinkOf: db.prepare('SELECT nlink FROM inodes WHERE ino = ?').pluck(),
       addOrphan: db.prepare('INSERT OR IGNORE INTO orphans (ino) VALUES (?)'),
       delOrphan: db.prepare('DELETE FROM orphans WHERE ino = ?'),
       allOrphans: db.prepare('SELECT ino FROM orphans').pluck(),
@@ -259,7 +279,14 @@ export class FolioFs {
   /** Run fn in one SQLite transaction (one commit). fn must not touch file data (B-tree commits refuse to nest). */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
-    const r = this.db.transaction(fn)()
+    let r: T
+    try {
+      r = this.db.transaction(fn)()
+    } catch (e) {
+      this.dentries.clear() // names it changed are back as they were
+      this.iflagsCache.clear() // and so are inode flags it set
+      throw e
+    }
     this.counters.commits++
     return r
   }
@@ -281,18 +308,71 @@ export class FolioFs {
   }
 
   // ---- directory entries: names are byte strings (names.ts); the dirents
-  // value is made here and nowhere else ----------------------------------
+  // value is made here and nowhere else, and so is the dentry cache: every
+  // name that exists and was looked up (or added) maps parent/name -> ino.
+  // It stays true because these three are the only ways names change; a
+  // transaction that fails clears it (its changes were rolled back). ------
 
   private lookupName (parent: number, name: string): number | undefined {
-    return this.q.lookup.get(parent, nameToDb(name)) as number | undefined
+    const key = dentryKey(parent, name)
+    const hit = this.dentries.get(key)
+    if (hit !== undefined) return hit
+    const ino = this.q.lookup.get(parent, nameToDb(name)) as number | undefined
+    if (ino !== undefined) this.cacheDentry(key, ino)
+    return ino
   }
 
   private addName (parent: number, name: string, ino: number): void {
     this.q.insDirent.run(parent, nameToDb(name), ino)
+    this.cacheDentry(dentryKey(parent, name), ino)
   }
 
   private removeName (parent: number, name: string): void {
     this.q.delDirent.run(parent, nameToDb(name))
+    this.dentries.delete(dentryKey(parent, name))
+  }
+
+  private cacheDentry (key: string, ino: number): void {
+    if (this.dentries.size >= DENTRY_CACHE_MAX) this.dentries.clear() // crude, and rare
+    this.dentries.set(key, ino)
+  }
+
+  /** the one place an xattr is stored: every store goes through onXattrName first */
+  private putXattr (ino: number, name: string, value: Buffer): void {
+    this.onXattrName(name)
+    this.q.putXattr.run(ino, name, value)
+  }
+
+  /** the xattr names some inode has (one scan of the xattrs table) */
+  xattrNamesInUse (): Set<string> {
+    return new Set(this.q.xattrNames.all() as string[])
+  }
+
+  /** nlink as stored (0 for an inode that no longer exists) */
+  linkCount (ino: number): number {
+    return (this.q.nlinkOf.get(ino) as number | undefined) ?? 0
+  }
+
+  /** every path naming ino (its hard links; a directory has one), as byte strings */
+  pathsOf (ino: number): string[] {
+    const out: string[] = []
+    for (const r of this.q.namesOf.all(ino) as Array<{ parent: number, name: string | Buffer }>) {
+      const p = this.dirPath(r.parent)
+      if (p !== null) out.push((p === '/' ? '' : p) + '/' + nameFromDb(r.name))
+    }
+    return out
+  }
+
+  /** the path of directory ino, walking up its parents; null if it has none (removed) */
+  private dirPath (ino: number): string | null {
+    const parts: string[] = []
+    for (let d = ino, depth = 0; d !== ROOT_INO; depth++) {
+      const row = (this.q.namesOf.all(d) as Array<{ parent: number, name: string | Buffer }>)[0]
+      if (!row || depth > PATH_MAX) return null
+      parts.push(nameFromDb(row.name))
+      d = row.parent
+    }
+    return '/' + parts.reverse().join('/')
   }
 
   // ---- inode helpers -------------------------------------------------
@@ -434,8 +514,8 @@ export class FolioFs {
         parent: dir ? pino : 0, s: t.sec, ns: t.nsec, target
       })
       const ino = Number(res.lastInsertRowid)
-      if (access) this.q.putXattr.run(ino, ACL_ACCESS, access)
-      if (dir && defAcl) this.q.putXattr.run(ino, ACL_DEFAULT, def)
+      if (access) this.putXattr(ino, ACL_ACCESS, access)
+      if (dir && defAcl && def) this.putXattr(ino, ACL_DEFAULT, def)
       this.addName(pino, name, ino)
       if (dir) this.q.addNlink.run(1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
@@ -691,17 +771,38 @@ export class FolioFs {
     })
   }
 
-  readdir (ino: number): { names: string[], stats: Stat[] } {
-    const dir = this.inode(ino)
-    if (!isDir(dir.mode)) throw fsErr('ENOTDIR')
-    const rows = this.q.listDir.all(ino) as Array<{ name: string | Buffer, ino: number }>
+  /**
+   * The names of directory ino, '.' and '..' first: a listing's snapshot.
+   * Its entries are looked up again when they are read (readdirFrom), so
+   * a name removed since is skipped and a replaced one shows what it is now.
+   */
+  listNames (ino: number): string[] {
+    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
+    const rows = this.q.listDir.all(ino) as Array<{ name: string | Buffer }>
     const names = ['.', '..']
-    const stats = [this.stat(ino), this.stat(dir.parent || ROOT_INO)]
-    for (const r of rows) {
-      names.push(nameFromDb(r.name))
-      stats.push(this.stat(r.ino))
+    for (const r of rows) names.push(nameFromDb(r.name))
+    return names
+  }
+
+  /**
+   * Up to max entries of directory ino's listing `names`, from position
+   * `from`, with their attributes as they are now; offsets[k] is the
+   * position after entry k (the cookie a reader continues from, never 0).
+   */
+  readdirFrom (ino: number, names: string[], from: number, max: number): { names: string[], stats: Stat[], offsets: number[] } {
+    const out = { names: [] as string[], stats: [] as Stat[], offsets: [] as number[] }
+    for (let k = from; k < names.length && out.names.length < max; k++) {
+      const name = names[k]
+      let child: number | undefined
+      if (name === '.') child = ino
+      else if (name === '..') child = this.inode(ino).parent || ROOT_INO
+      else child = this.lookupName(ino, name)
+      if (child === undefined) continue
+      out.names.push(name)
+      out.stats.push(this.stat(child))
+      out.offsets.push(k + 1)
     }
-    return { names, stats }
+    return out
   }
 
   // ---- attributes ------------------------------------------------------
@@ -715,7 +816,7 @@ export class FolioFs {
       // the access ACL follows the mode (acl.ts)
       const stored = this.q.getXattr.get(ino, ACL_ACCESS) as Buffer | undefined
       const acl = stored === undefined ? null : parseAcl(stored)
-      if (acl) this.q.putXattr.run(ino, ACL_ACCESS, encodeAcl(withMode(acl, mode)))
+      if (acl) this.putXattr(ino, ACL_ACCESS, encodeAcl(withMode(acl, mode)))
     })
   }
 
@@ -896,6 +997,7 @@ export class FolioFs {
     if (mode === i.mode) return
     const t = nowTime()
     this.tx(() => this.q.setMode.run(mode, t.sec, t.nsec, i.ino))
+    this.onPrivsDropped(i.ino)
   }
 
   /** grow ino from size `from` to `size` (holes: nothing to write) */
@@ -1082,7 +1184,7 @@ export class FolioFs {
       if (creds.uid !== 0 && creds.uid !== i.uid) throw fsErr('EPERM')
       if (((old ^ flags) & PRIVILEGED_IFLAGS) && creds.uid !== 0) throw fsErr('EPERM')
       if (flags === 0) this.q.delXattr.run(ino, IFLAGS_XATTR)
-      else this.q.putXattr.run(ino, IFLAGS_XATTR, encodeIflags(flags))
+      else this.putXattr(ino, IFLAGS_XATTR, encodeIflags(flags))
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)
       this.iflagsCache.set(ino, flags) // after the row: a failed tx leaves the cache as it was
@@ -1122,7 +1224,7 @@ export class FolioFs {
       const exists = this.q.getXattr.get(ino, name) !== undefined
       if ((flags & XATTR_CREATE) && exists) throw fsErr('EEXIST')
       if ((flags & XATTR_REPLACE) && !exists) throw fsErr('ENODATA')
-      this.q.putXattr.run(ino, name, Buffer.from(value))
+      this.putXattr(ino, name, Buffer.from(value))
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)
     })
@@ -1142,11 +1244,11 @@ export class FolioFs {
       const t = nowTime()
       if (name === ACL_DEFAULT) {
         if (!isDir(i.mode)) throw fsErr('EACCES')
-        this.q.putXattr.run(ino, name, Buffer.from(value))
+        this.putXattr(ino, name, Buffer.from(value))
       } else {
         this.q.setMode.run((i.mode & ~0o777) | aclModeBits(acl), t.sec, t.nsec, ino)
         if (modeOnly(acl)) this.q.delXattr.run(ino, name)
-        else this.q.putXattr.run(ino, name, encodeAcl(acl))
+        else this.putXattr(ino, name, encodeAcl(acl))
       }
       this.q.touchC.run(t.sec, t.nsec, ino)
     })

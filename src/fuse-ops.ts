@@ -2,10 +2,11 @@
 // every handler calls back exactly once, and only with a negative errno or a
 // result (fuse-native hangs on Error objects and times out on throws).
 import * as nodefs from 'fs'
-import { FolioFs, type Stat, type Time, type Writer } from './fs'
+import { FolioFs, RENAME_EXCHANGE, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
+import type { Coherence } from './coherence'
 import createDebug from 'debug'
 
 const debug = createDebug('foliofs:ops')
@@ -21,6 +22,8 @@ export interface OpsContext {
   extraStats: () => Record<string, unknown>
   /** the FUSE requests being served (filled in by makeOps) */
   requests: RequestStats
+  /** kernel cache coherence (set once the mount is up; none: the kernel caches nothing that can go stale) */
+  coherence?: Coherence
 }
 
 /** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
@@ -33,6 +36,12 @@ function supplementaryGroups (pid: number): number[] {
     return []
   }
 }
+/**
+ * Entries one READDIR request is answered with, at most: the binding drops
+ * what does not fit the kernel's buffer (4 KiB to 1 MiB; ~150 bytes an
+ * entry with attributes) and the kernel asks again from there.
+ */
+const READDIR_CHUNK = 256
 
 function fail (name: string, cb: Cb, err: unknown): void {
   const n = toNegErrno(err)
@@ -71,7 +80,18 @@ function replyValue (name: string, cb: Cb, fn: () => number | Promise<number>): 
  * on their own semaphore until JS answers, so inFlight is also how many of
  * them are busy (the binding runs at most 16).
  */
-export interface RequestStats { total: number, inFlight: number, maxInFlight: number }
+export interface RequestStats {
+  total: number
+  inFlight: number
+  maxInFlight: number
+  /** requests by operation */
+  byOp: Record<string, number>
+  /** the longest synchronous stretch of one handler (ms), and its operation */
+  maxSyncMs: number
+  maxSyncOp: string
+}
+
+export const newRequestStats = (): RequestStats => ({ total: 0, inFlight: 0, maxInFlight: 0, byOp: {}, maxSyncMs: 0, maxSyncOp: '' })
 
 /** wrap every handler so that its request is counted until it calls back */
 function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, Cb> {
@@ -79,10 +99,14 @@ function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, 
     ops[name] = (...args: any[]) => {
       const cb = args[args.length - 1] as Cb
       stats.total++
+      stats.byOp[name] = (stats.byOp[name] ?? 0) + 1
       stats.inFlight++
       if (stats.inFlight > stats.maxInFlight) stats.maxInFlight = stats.inFlight
       args[args.length - 1] = (...res: any[]) => { stats.inFlight--; cb(...res) }
+      const t0 = performance.now()
       fn(...args)
+      const ms = performance.now() - t0
+      if (ms > stats.maxSyncMs) { stats.maxSyncMs = ms; stats.maxSyncOp = name }
     }
   }
   return ops
@@ -106,68 +130,174 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     return fs.resolve(path)
   }
   const fileIno = (path: string | null, fd: number): number => (fd ? fs.handle(fd).ino : ino(path))
+  /** the path whose kernel inode sent a request (coherence.ts) */
+  const via = (path: string | null, fd: number): string | null => path ?? (fd ? ctx.coherence?.via(fd) ?? null : null)
+  /**
+   * r is the result of a change to inos made through the kernel inodes of
+   * `from`: answer only once their other names are invalidated. `known`
+   * inos were found shared before the change (an unlink makes them
+   * unshared); the others are checked after it.
+   */
+  function settled<T> (r: T | Promise<T>, inos: number[], from: Array<string | null>, known: number[] = []): T | Promise<T> {
+    const coh = ctx.coherence
+    if (!coh) return r
+    const finish = (v: T): T | Promise<T> => {
+      const hit = [...known, ...inos.filter(i => !known.includes(i) && coh.shared(i))]
+      return hit.length === 0 ? v : coh.others(hit, from).then(() => v)
+    }
+    return r instanceof Promise ? r.then(finish) : finish(r)
+  }
+  /** ino of path if it exists and has several names (before a change that may drop one) */
+  const sharedAt = (path: string): number[] => {
+    const coh = ctx.coherence
+    if (!coh) return []
+    try {
+      const i = fs.resolve(path)
+      return coh.shared(i) ? [i] : []
+    } catch { return [] }
+  }
+  const opened = (path: string, fh: number): number => { ctx.coherence?.opened(fh, path); return fh }
+  /** open directory handle -> the names of its listing */
+  const listings = new Map<number, string[]>()
 
   return counted({
     init: (cb: Cb) => cb(0),
     statfs: (_path: string, cb: Cb) => reply('statfs', cb, () => [fs.statfs()]),
     getattr: (path: string, cb: Cb) => reply('getattr', cb, () => [fs.stat(ino(path))]),
     fgetattr: (path: string | null, fd: number, cb: Cb) => reply('fgetattr', cb, () => [fs.stat(fileIno(path, fd))]),
-    readdir: (path: string | null, fd: number, cb: Cb) => reply('readdir', cb, () => {
-      const { names, stats } = fs.readdir(fileIno(path, fd))
-      return [names, stats]
+    readdir: (path: string | null, fd: number, offset: number, cb: Cb) => reply('readdir', cb, () => {
+      const dir = fileIno(path, fd)
+      // the listing is taken when a reader starts (offset 0: opendir or
+      // rewinddir) and read READDIR_CHUNK entries per request
+      let names = fd ? listings.get(fd) : undefined
+      if (offset === 0 || !names) {
+        names = fs.listNames(dir)
+        if (fd) listings.set(fd, names)
+      }
+      const r = fs.readdirFrom(dir, names, offset, READDIR_CHUNK)
+      return [r.names, r.stats, r.offsets]
     }),
     opendir: (path: string, flags: number, cb: Cb) => reply('opendir', cb, () => {
       const i = ino(path)
       if ((fs.inode(i).mode & 0o170000) !== 0o040000) throw fsErr('ENOTDIR')
       return [fs.open(i, flags, true)]
     }),
-    releasedir: (_path: string, fd: number, cb: Cb) => reply('releasedir', cb, async () => { await fs.release(fd) }),
-    open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [fs.open(ino(path), flags)]),
+    releasedir: (_path: string, fd: number, cb: Cb) => reply('releasedir', cb, async () => {
+      listings.delete(fd)
+      await fs.release(fd)
+    }),
+    open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [opened(path, fs.open(ino(path), flags))]),
+    // create and mkdir answer with the new inode's attributes: libfuse's
+    // getattr of it right after is then answered by the binding (no round trip)
     create: (path: string, mode: number, flags: number, cb: Cb) => reply('create', cb, () => {
       const i = fs.create(path, mode, creds())
-      return [fs.open(i, flags)]
+      return [opened(path, fs.open(i, flags)), fs.stat(i)]
     }),
-    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, async () => { await fs.release(fd) }),
-    flush: (_path: string, _fd: number, cb: Cb) => cb(0),
+    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, async () => {
+      ctx.coherence?.released(fd)
+      await fs.release(fd)
+    }),
+    // no flush: foliofs has nothing to do at close(2), and without the op the
+    // kernel stops sending FLUSH (one upcall less per close)
     fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => { await fs.fsync(fileIno(path, fd)) }),
     fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, async () => { await fs.fsync() }),
-    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
-      replyValue('read', cb, () => fs.read(fileIno(path, fd), buf, len, pos)),
-    write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
-      replyValue('write', cb, () => fs.write(fileIno(path, fd), buf.subarray(0, len), pos, writer())),
-    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, async () => { await fs.truncate(ino(path), size, writer()) }),
-    ftruncate: (path: string | null, fd: number, size: number, cb: Cb) =>
-      reply('ftruncate', cb, async () => { await fs.truncate(fileIno(path, fd), size, writer()) }),
+    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('read', cb, () => {
+      const i = fileIno(path, fd)
+      // a read may move atime: only worth a look when another name caches it
+      const before = ctx.coherence?.shared(i) ? fs.inode(i) : null
+      const r = fs.read(i, buf, len, pos)
+      if (!before) return r
+      return r.then(n => {
+        const after = fs.inode(i)
+        return after.atime_s === before.atime_s && after.atime_ns === before.atime_ns ? n : settled(n, [i], [via(path, fd)])
+      })
+    }),
+    // write and truncate carry the caller (setuid/setgid: FolioFs.killPriv)
+    write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('write', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.write(i, buf.subarray(0, len), pos, writer()), [i], [via(path, fd)])
+    }),
+    truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, () => {
+      const i = ino(path)
+      return settled(fs.truncate(i, size, writer()), [i], [path])
+    }),
+    ftruncate: (path: string | null, fd: number, size: number, cb: Cb) => reply('ftruncate', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.truncate(i, size, writer()), [i], [via(path, fd)])
+    }),
     // chmod, chown, utimens: fd names an open file (its name may be gone) when path is null
-    utimens: (path: string | null, atime: Time, mtime: Time, fd: number, cb: Cb) =>
-      reply('utimens', cb, () => { fs.utimens(fileIno(path, fd), atime, mtime) }),
+    utimens: (path: string | null, atime: Time, mtime: Time, fd: number, cb: Cb) => reply('utimens', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.utimens(i, atime, mtime), [i], [via(path, fd)])
+    }),
     readlink: (path: string, cb: Cb) => reply('readlink', cb, () => [fs.readlink(path)]),
-    chown: (path: string | null, uid: number, gid: number, fd: number, cb: Cb) => reply('chown', cb, () => { fs.chown(fileIno(path, fd), uid, gid) }),
-    chmod: (path: string | null, mode: number, fd: number, cb: Cb) => reply('chmod', cb, () => { fs.chmod(fileIno(path, fd), mode) }),
+    chown: (path: string | null, uid: number, gid: number, fd: number, cb: Cb) => reply('chown', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.chown(i, uid, gid), [i], [via(path, fd)])
+    }),
+    chmod: (path: string | null, mode: number, fd: number, cb: Cb) => reply('chmod', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.chmod(i, mode), [i], [via(path, fd)])
+    }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
-    unlink: (path: string, cb: Cb) => reply('unlink', cb, async () => { await fs.unlink(path) }),
-    rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => { await fs.rename(src, dst, flags) }),
-    link: (src: string, dst: string, cb: Cb) => reply('link', cb, () => { fs.link(src, dst) }),
+    unlink: (path: string, cb: Cb) => reply('unlink', cb, async () => {
+      const known = sharedAt(path)
+      await fs.unlink(path)
+      ctx.coherence?.unlinked(path)
+      await settled(undefined, [], [path], known)
+    }),
+    rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => {
+      if (flags & RENAME_EXCHANGE) { // both names stay, on each other's inode: both ctimes change
+        await fs.rename(src, dst, flags)
+        ctx.coherence?.exchanged(src, dst)
+        await settled(undefined, [...sharedAt(src), ...sharedAt(dst)], [src, dst])
+        return
+      }
+      const known = sharedAt(dst) // the replaced file loses a name
+      await fs.rename(src, dst, flags)
+      ctx.coherence?.renamed(src, dst)
+      const moved = sharedAt(dst) // its ctime changed: its other names too
+      await settled(undefined, moved, [src, dst], known)
+    }),
+    link: (src: string, dst: string, cb: Cb) => reply('link', cb, () => {
+      fs.link(src, dst)
+      // src too: the kernel gives dst its own inode (its attributes come with
+      // the answer) and only bumps src's ctime in its cache, not its nlink
+      return settled(undefined, [fs.resolve(dst)], [dst])
+    }),
     symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => { fs.symlink(target, path, creds()) }),
-    mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => { fs.mkdir(path, mode, creds()) }),
+    mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => [fs.stat(fs.mkdir(path, mode, creds()))]),
     rmdir: (path: string, cb: Cb) => reply('rmdir', cb, () => { fs.rmdir(path) }),
-    setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) =>
-      reply('setxattr', cb, () => { fs.setxattr(ino(path), name, value, flags) }),
+    setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) => reply('setxattr', cb, () => {
+      const i = ino(path)
+      return settled(fs.setxattr(i, name, value, flags), [i], [path])
+    }),
     getxattr: (path: string | null, name: string, _pos: number, cb: Cb) =>
       reply('getxattr', cb, () => [fs.getxattr(ino(path), name)]),
     listxattr: (path: string | null, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(ino(path))]),
-    removexattr: (path: string | null, name: string, cb: Cb) =>
-      reply('removexattr', cb, () => { fs.removexattr(ino(path), name) }),
+    removexattr: (path: string | null, name: string, cb: Cb) => reply('removexattr', cb, () => {
+      const i = ino(path)
+      return settled(fs.removexattr(i, name), [i], [path])
+    }),
     lseek: (path: string | null, fd: number, offset: number, whence: number, cb: Cb) =>
       reply('lseek', cb, async () => [await fs.lseek(fileIno(path, fd), offset, whence)]),
-    fallocate: (path: string | null, fd: number, mode: number, offset: number, length: number, cb: Cb) =>
-      reply('fallocate', cb, async () => { await fs.fallocate(fileIno(path, fd), mode, offset, length) }),
+    fallocate: (path: string | null, fd: number, mode: number, offset: number, length: number, cb: Cb) => reply('fallocate', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.fallocate(i, mode, offset, length), [i], [via(path, fd)])
+    }),
     copy_file_range: (pathIn: string | null, fdIn: number, offIn: number, pathOut: string | null, fdOut: number, offOut: number, len: number, _flags: number, cb: Cb) =>
-      replyValue('copy_file_range', cb, () => fs.copyFileRange(fileIno(pathIn, fdIn), offIn, fileIno(pathOut, fdOut), offOut, len)),
+      replyValue('copy_file_range', cb, () => {
+        const out = fileIno(pathOut, fdOut)
+        return settled(fs.copyFileRange(fileIno(pathIn, fdIn), offIn, out, offOut, len), [out], [via(pathOut, fdOut)])
+      }),
     ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
       replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd), creds))
   }, ctx.requests)
 }
+
+/** the ioctl commands ioctl() serves: the binding answers any other ENOTTY itself (a TCGETS of every stdio open) */
+export const SERVED_IOCTLS = [FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, FOLIOFS_IOC_REMOUNT,
+  FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR].map(c => c >>> 0)
 
 function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, creds: () => { uid: number, gid: number }): number | Promise<number> {
   if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_SETFLAGS) { // chattr, lsattr (iflags.ts)
@@ -223,6 +353,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },
     requests: { ...ctx.requests },
+    coherence: ctx.coherence ? { ...ctx.coherence.stats } : null,
     ...ctx.extraStats()
   }
 }

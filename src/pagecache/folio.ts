@@ -67,21 +67,41 @@ export class Folio {
   }
 }
 
-/** Recycled 4 KiB buffers: the cache churns through them without garbage. */
+/** folio buffers are carved from slabs of this many bytes (one allocation per 32 folios; a slab is freed only once all 32 are, so bigger slabs would hold more memory after scattered evictions) */
+const SLAB_BYTES = 128 * 1024
+
+/**
+ * Recycled 4 KiB buffers: the cache churns through them without garbage.
+ * New ones are views into 128 KiB slabs: a 4 KiB ArrayBuffer of its own per
+ * folio costs an allocation and external-memory bookkeeping each (a cold
+ * sequential read spent more time there than in its I/O). A slab lives as
+ * long as any of its views does.
+ */
 export class BufferPool {
   private free: Buffer[] = []
+  private slab: ArrayBuffer | null = null
+  private slabUsed = 0
   constructor (private readonly keep: number) {}
 
   take (): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(FOLIO_SIZE)
+    const b = this.free.pop()
+    if (b) return b
+    if (!this.slab || this.slabUsed + FOLIO_SIZE > SLAB_BYTES) {
+      this.slab = new ArrayBuffer(SLAB_BYTES)
+      this.slabUsed = 0
+    }
+    const view = Buffer.from(this.slab, this.slabUsed, FOLIO_SIZE)
+    this.slabUsed += FOLIO_SIZE
+    return view
   }
 
   give (b: Buffer): void {
     if (this.free.length < this.keep) this.free.push(b)
   }
 
-  /** let go of every recycled buffer (memory pressure) */
+  /** let go of every recycled buffer (memory pressure) and of the current slab's rest */
   drain (): void {
     this.free = []
+    this.slab = null
   }
 }

@@ -16,7 +16,7 @@ import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
 
 const READAHEAD_MIN = 8 //  32 KiB
-const READAHEAD_MAX = 256 // 1 MiB
+const READAHEAD_MAX = 1024 // 4 MiB: the kernel's requests are 1 MiB; keep several ahead
 
 interface ReadState { next: number, window: number }
 

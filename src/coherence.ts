@@ -1,0 +1,175 @@
+// Kernel cache coherence: what the kernel may cache, and how the daemon
+// keeps what it caches true.
+//
+// The kernel caches each name's lookup (entry_timeout) and each inode's
+// attributes (attr_timeout, and readdirplus fills that cache too). A change
+// made through a name the kernel itself updates or drops: the reply carries
+// the new attributes, or the kernel invalidates them after the request.
+// What the kernel cannot know about is a change that reaches an inode
+// through another of its names: libfuse's high-level API gives every path
+// its own node, so each hard link is a kernel inode of its own, with its own
+// cached size, times, nlink and pages. That is the one case this module
+// handles: after a request changed inode X, every other name of X is
+// invalidated (NOTIFY_INVAL_INODE: attributes and pages) before the request
+// is answered. Inodes with one name (nearly all) cost one nlink read.
+//
+// "Other" means every current path of X except the one the request came
+// through, and this is not an optimization: the requesting kernel inode may
+// hold its page locks until the answer (a write does), and invalidating its
+// pages while the answer waits deadlocks. Requests that carry only a file
+// handle (libfuse's nullpath_ok) come through the path the handle was
+// opened by, so handles remember it (opened/renamed/unlinked keep it what
+// libfuse's node for it is). Should that ever be wrong, the wait ends after
+// timeoutMs and the request is answered anyway (counted in `timeouts`):
+// late, never stuck.
+//
+// The kernel's own part is less than it looks: after a link it updates only
+// the source's ctime in its cache (the new name is a kernel inode of its
+// own), so the source is invalidated like any other name; after an unlink
+// or a rename it drops the nlink of what it removed or replaced itself.
+//
+// Names themselves need nothing: every rename, link and unlink goes through
+// the kernel, which updates its dentries; negative entries are not cached.
+//
+// The other half is upcalls the kernel makes for data that does not exist:
+// getxattr of security.capability before every write (the kernel's
+// file_remove_privs), of system.posix_acl_* and security.selinux for each
+// entry of `ls -l`. The binding answers ENODATA itself for names no inode
+// has (setAbsentXattrs); the set shrinks before a name is stored
+// (FolioFs.onXattrName, inside the storing transaction) and is computed
+// afresh at each mount.
+import type { FolioFs } from './fs'
+
+export interface KernelNotifier {
+  /** invalidate the kernel inodes of these paths; cb(0 or -errno) once done */
+  invalidatePaths: (paths: string[], cb: (err: number) => void) => void
+  /** getxattr of these names is ENODATA without a call to the daemon */
+  setAbsentXattrs: (names: string[]) => void
+}
+
+/** names the kernel asks for on its own, and that most filesystems never store */
+export const PROBED_XATTRS = [
+  'security.capability', 'security.selinux', 'security.ima', 'security.evm', 'security.apparmor',
+  'system.posix_acl_access', 'system.posix_acl_default'
+]
+
+export interface CoherenceStats {
+  /** requests that waited for other names to be invalidated */
+  invalidations: number
+  /** paths invalidated */
+  paths: number
+  /** waits cut short by timeoutMs (should stay 0) */
+  timeouts: number
+  /** invalidations the kernel refused (besides names it never looked up) */
+  errors: number
+  /** xattr names answered by the binding (absent on every inode) */
+  absentXattrs: number
+}
+
+export class Coherence {
+  readonly stats: CoherenceStats = { invalidations: 0, paths: 0, timeouts: 0, errors: 0, absentXattrs: 0 }
+  /** file handle -> the path the kernel inode of its requests has now (null: unlinked) */
+  private readonly handlePaths = new Map<number, string | null>()
+  private absent: Set<string>
+
+  constructor (private readonly fs: FolioFs, private readonly notifier: KernelNotifier, private readonly timeoutMs = 2000) {
+    const inUse = fs.xattrNamesInUse()
+    this.absent = new Set(PROBED_XATTRS.filter(n => !inUse.has(n)))
+    this.publishAbsent()
+    fs.onPrivsDropped = ino => { this.modeChanged(ino) }
+    fs.onXattrName = name => {
+      if (!this.absent.has(name)) return
+      this.absent.delete(name)
+      this.publishAbsent()
+    }
+  }
+
+  private publishAbsent (): void {
+    this.stats.absentXattrs = this.absent.size
+    this.notifier.setAbsentXattrs([...this.absent])
+  }
+
+  // ---- where a handle's requests come from --------------------------------
+
+  opened (fh: number, path: string): void { this.handlePaths.set(fh, path) }
+  released (fh: number): void { this.handlePaths.delete(fh) }
+
+  /** the path whose kernel inode sends requests on fh (null: none any more, or unknown) */
+  via (fh: number): string | null { return this.handlePaths.get(fh) ?? null }
+
+  /** libfuse moved the node of src (and of everything below it) to dst */
+  renamed (src: string, dst: string): void {
+    const prefix = src + '/'
+    for (const [fh, p] of this.handlePaths) {
+      if (p === null) continue
+      if (p === src) this.handlePaths.set(fh, dst)
+      else if (p.startsWith(prefix)) this.handlePaths.set(fh, dst + p.slice(src.length))
+      else if (p === dst || p.startsWith(dst + '/')) this.handlePaths.set(fh, null) // replaced: its node is gone
+    }
+  }
+
+  /** RENAME_EXCHANGE: libfuse swapped the nodes of a and b (and of everything below them) */
+  exchanged (a: string, b: string): void {
+    const swap = (p: string, from: string, to: string): string | null =>
+      p === from ? to : p.startsWith(from + '/') ? to + p.slice(from.length) : null
+    for (const [fh, p] of this.handlePaths) {
+      if (p === null) continue
+      const q = swap(p, a, b) ?? swap(p, b, a)
+      if (q !== null) this.handlePaths.set(fh, q)
+    }
+  }
+
+  /** libfuse dropped the node of path */
+  unlinked (path: string): void {
+    for (const [fh, p] of this.handlePaths) if (p === path) this.handlePaths.set(fh, null)
+  }
+
+  // ---- invalidation ----------------------------------------------------------
+
+  /** whether a change to ino may leave another kernel inode stale (it has several names) */
+  shared (ino: number): boolean {
+    return this.fs.linkCount(ino) > 1
+  }
+
+  /**
+   * ino's mode changed behind the request that carried it (a write or
+   * truncate dropping setuid/setgid: FolioFs.killPriv): invalidate every
+   * name of it, the requesting one included, without waiting. Waiting
+   * could deadlock on the page locks the write holds; the kernel applies
+   * it once the write is answered, so the writer may see the old mode
+   * until then (a mode-only statx; anything asking for the size refreshes
+   * anyway after a write).
+   */
+  modeChanged (ino: number): void {
+    const paths = this.fs.pathsOf(ino)
+    if (paths.length === 0) return
+    this.stats.invalidations++
+    this.stats.paths += paths.length
+    this.notifier.invalidatePaths(paths, err => { if (err !== 0) this.stats.errors++ })
+  }
+
+  /**
+   * After inos changed through the kernel inodes of `via`: invalidate every
+   * other name of them. Resolves when the kernel has dropped what it cached
+   * (or after timeoutMs). Call only with inos that were shared() before or
+   * after the change; never throws.
+   */
+  async others (inos: number[], via: Array<string | null>): Promise<void> {
+    const skip = new Set(via.filter((p): p is string => p !== null))
+    const paths: string[] = []
+    for (const ino of inos) {
+      for (const p of this.fs.pathsOf(ino)) if (!skip.has(p)) paths.push(p)
+    }
+    if (paths.length === 0) return
+    this.stats.invalidations++
+    this.stats.paths += paths.length
+    await new Promise<void>(resolve => {
+      const timer = setTimeout(() => { this.stats.timeouts++; resolve() }, this.timeoutMs)
+      this.notifier.invalidatePaths(paths, err => {
+        clearTimeout(timer)
+        if (err !== 0) this.stats.errors++
+        resolve()
+      })
+    })
+  }
+}
