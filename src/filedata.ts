@@ -18,6 +18,7 @@
 // so a fast machine takes few big steps and a loaded one many small ones.
 // Crash safety across steps is the caller's (fs.ts records the inode as an
 // orphan before the first step; recovery finishes the job).
+import { flushBatch } from './sqltx'
 import * as fs from 'fs'
 import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
@@ -65,6 +66,7 @@ export class FileData {
    * allocatable. Before the first commit there is no WAL: a checkpoint.
    */
   async syncCommits (): Promise<void> {
+    flushBatch(this.db) // the metadata group commit (sqltx.ts) goes into the WAL first
     const mark = this.tree.commitMark
     if (this.walFd === null) {
       try {
@@ -101,6 +103,7 @@ export class FileData {
    * by them may be reused. Synchronous; no SQLite transaction may be open.
    */
   checkpoint (): void {
+    flushBatch(this.db)
     this.db.pragma('wal_checkpoint(PASSIVE)')
     this.tree.markDurable()
   }

@@ -24,6 +24,7 @@ import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './err
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
 import { nameFromDb, nameToDb } from './names'
+import { batchStats, flushBatch, inBatch, onBatchFailure } from './sqltx'
 import { DataArea } from './dataarea'
 import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
@@ -200,6 +201,8 @@ export class FolioFs {
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0, fallocates: 0, copies: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
+  /** a group commit failed: operations answered were lost; nothing more is written */
+  private batchFailure: unknown = null
   /**
    * Called with an xattr name before any xattr of that name is stored (in
    * the storing transaction, before its commit): the FUSE layer keeps a set
@@ -231,6 +234,10 @@ export class FolioFs {
       memoryLow: opts.memoryLow
     })
     this.syncWrites = opts.syncWrites ?? false
+    onBatchFailure(this.db, err => {
+      this.batchFailure = err
+      process.stderr.write(`foliofs: metadata commit failed, the last few ms of metadata changes are lost; refusing further changes: ${String(err)}\n`)
+    })
     this.fiemap = new Fiemap(this.data, this.cache)
     if (!this.readonly) {
       this.recoverOrphans()
@@ -276,12 +283,17 @@ export class FolioFs {
     }
   }
 
-  /** Run fn in one SQLite transaction (one commit). fn must not touch file data (B-tree commits refuse to nest). */
+  /**
+   * Run fn as one all-or-nothing metadata operation: a savepoint in the
+   * open group commit (sqltx.ts: committed within a few ms, and before any
+   * fsync). fn must not touch file data (B-tree commits refuse to nest).
+   */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
+    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
     let r: T
     try {
-      r = this.db.transaction(fn)()
+      r = inBatch(this.db, fn)
     } catch (e) {
       this.dentries.clear() // names it changed are back as they were
       this.iflagsCache.clear() // and so are inode flags it set
@@ -346,6 +358,11 @@ export class FolioFs {
   /** the xattr names some inode has (one scan of the xattrs table) */
   xattrNamesInUse (): Set<string> {
     return new Set(this.q.xattrNames.all() as string[])
+  }
+
+  /** the metadata group commit's counters (sqltx.ts) */
+  groupCommitStats (): ReturnType<typeof batchStats> {
+    return batchStats(this.db)
   }
 
   /** nlink as stored (0 for an inode that no longer exists) */
@@ -579,8 +596,13 @@ export class FolioFs {
     const nlink = isDir(i.mode) ? 0 : i.nlink - 1
     this.q.setNlink.run(nlink, t.sec, t.nsec, ino)
     if (nlink > 0) return null
-    if ((i.mode & S_IFMT) !== S_IFREG) { // no data: free it right here
-      if ((this.openCount.get(ino) ?? 0) === 0) { this.deleteInodeRow(ino); return null }
+    // no data (not a file; or a file with no blocks and nothing in the page
+    // cache): free it right here, no B-tree transaction needed
+    const noData = !isRegular(i.mode) || (i.blocks === 0 && this.cache.folioRange(ino, 0).length === 0)
+    if (noData && (this.openCount.get(ino) ?? 0) === 0) {
+      this.deleteInodeRow(ino)
+      this.attrs.delete(ino)
+      return null
     }
     this.q.addOrphan.run(ino)
     return (this.openCount.get(ino) ?? 0) > 0 ? null : ino
@@ -1326,6 +1348,7 @@ export class FolioFs {
         process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
       }
       // leave the image as a plain database at rest (see mkfs)
+      flushBatch(this.db)
       this.data.closeWal()
       try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
     }

@@ -348,7 +348,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     usedBlocks: fs.used,
     inodes: st.files - st.ffree,
     openHandles: fs.openHandles(),
-    ops: { ...fs.counters },
+    ops: { ...fs.counters, groupCommit: fs.groupCommitStats() },
     btree: { ...fs.data.stats, ...fs.data.summary() },
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },

@@ -34,6 +34,7 @@
 //    transaction ('lock_held_across_await');
 //  - tree access while the locks are dropped (inside dropLocksDo's callback)
 //    is 'trans_misuse'.
+import { flushBatch, inTransaction } from '../sqltx'
 import { BtreeError, TransRestart, type RestartReason } from './errors'
 import { Applier, MAX_EXTENT_LEN } from './interior'
 import { BtreeIter } from './iter'
@@ -351,6 +352,7 @@ export class BtreeTrans implements LockOwner {
     this.checkUsable()
     this.maybeInject('commit')
     const tree = this.tree
+    flushBatch(tree.db) // the metadata group commit goes first: this commit must be top-level
     if (tree.db.inTransaction) throw new BtreeError('trans_misuse', 'commit inside an outer SQLite transaction')
     const ap = new Applier(this)
     const freed: Range[] = []
@@ -366,7 +368,7 @@ export class BtreeTrans implements LockOwner {
     const used: Range[] = []
     let released = false
     try {
-      tree.db.transaction(() => {
+      inTransaction(tree.db, () => {
         ap.persist()
         for (const r of this.reserved) { alloc.commitUse(r); used.push(r) }
         for (const r of this.adopted) { alloc.commitUse(r); used.push(r) }
@@ -374,7 +376,7 @@ export class BtreeTrans implements LockOwner {
         released = true
         alloc.persist(tree.db)
         if (hook) hook(freed)
-      })()
+      })
     } catch (err) {
       if (released) alloc.undoFree(freed)
       for (const r of used) alloc.undoUse(r)
