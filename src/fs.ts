@@ -139,6 +139,9 @@ export const RENAME_EXCHANGE = 2
  */
 const RELEASED_KEPT = 1024
 
+/** inode flags cached at most (iflags) */
+const IFLAGS_CACHE_MAX = 65536
+
 /**
  * FUSE paths start with the '/' of the mount root, which the caller did not
  * write: a path argument of PATH_MAX - 1 bytes relative to the root (the
@@ -177,6 +180,13 @@ export class FolioFs {
   private readonly released = new Map<number, Handle>()
   /** inode flags (iflags.ts) of inodes looked at, by ino; absent: not read yet */
   private readonly iflagsCache = new Map<number, number>()
+  /**
+   * Whether any inode may have flags, or a default ACL: while not, iflags()
+   * and createNode skip their lookups (one scan of the xattrs table at
+   * mount; set, never cleared, when one is stored).
+   */
+  private anyIflags = false
+  private anyDefaultAcl = false
   /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
   private readonly dentries = new Map<string, number>()
   private nextFh = 1
@@ -221,6 +231,8 @@ export class FolioFs {
     this.imageReadonly = img.readonly
     this.ro = img.readonly
     this.q = this.prepare()
+    this.anyIflags = this.q.anyXattrNamed.get(IFLAGS_XATTR) !== undefined
+    this.anyDefaultAcl = this.q.anyXattrNamed.get(ACL_DEFAULT) !== undefined
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
@@ -273,6 +285,7 @@ export class FolioFs {
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
       delXattr: db.prepare('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
       listXattr: db.prepare('SELECT name FROM xattrs WHERE ino = ? ORDER BY name').pluck(),
+      anyXattrNamed: db.prepare('SELECT 1 FROM xattrs WHERE name = ? LIMIT 1').pluck(),
       xattrNames: db.prepare('SELECT DISTINCT name FROM xattrs').pluck(),
       namesOf: db.prepare('SELECT parent, name FROM dirents WHERE ino = ?'),
       nlinkOf: db.prepare('SELECT nlink FROM inodes WHERE ino = ?').pluck(),
@@ -352,6 +365,8 @@ export class FolioFs {
   /** the one place an xattr is stored: every store goes through onXattrName first */
   private putXattr (ino: number, name: string, value: Buffer): void {
     this.onXattrName(name)
+    if (name === IFLAGS_XATTR) this.anyIflags = true
+    else if (name === ACL_DEFAULT) this.anyDefaultAcl = true
     this.q.putXattr.run(ino, name, value)
   }
 
@@ -518,7 +533,7 @@ export class FolioFs {
         if (isDir(mode)) mode |= 0o2000
       }
       // a default ACL of the directory replaces the umask (acl.ts); symlinks keep 0777
-      const def = this.q.getXattr.get(pino, ACL_DEFAULT) as Buffer | undefined
+      const def = this.anyDefaultAcl ? this.q.getXattr.get(pino, ACL_DEFAULT) as Buffer | undefined : undefined
       const defAcl = def === undefined ? null : parseAcl(def)
       let access: Buffer | null = null
       if ((mode & S_IFMT) !== S_IFLNK) {
@@ -1185,8 +1200,10 @@ export class FolioFs {
 
   /** ino's inode flags (cached; the row is read once) */
   iflags (ino: number): number {
+    if (!this.anyIflags) return 0
     let f = this.iflagsCache.get(ino)
     if (f === undefined) {
+      if (this.iflagsCache.size >= IFLAGS_CACHE_MAX) this.iflagsCache.clear() // crude, and rare
       f = decodeIflags(this.q.getXattr.get(ino, IFLAGS_XATTR) as Buffer | undefined)
       this.iflagsCache.set(ino, f)
     }
