@@ -35,7 +35,8 @@
 // getxattr of security.capability before every write (the kernel's
 // file_remove_privs), of system.posix_acl_* and security.selinux for each
 // entry of `ls -l`. The binding answers ENODATA itself for names no inode
-// has (setAbsentXattrs); the set shrinks before a name is stored
+// has (setAbsentXattrs), EOPNOTSUPP for the SELinux label (see
+// UNSUPPORTED_WHILE_ABSENT); the set shrinks before a name is stored
 // (FolioFs.onXattrName, inside the storing transaction) and is computed
 // afresh at each mount.
 import type { FolioFs } from './fs'
@@ -43,9 +44,18 @@ import type { FolioFs } from './fs'
 export interface KernelNotifier {
   /** invalidate the kernel inodes of these paths; cb(0 or -errno) once done */
   invalidatePaths: (paths: string[], cb: (err: number) => void) => void
-  /** getxattr of these names is ENODATA without a call to the daemon */
-  setAbsentXattrs: (names: string[]) => void
+  /** getxattr of these names is ENODATA (EOPNOTSUPP for those in unsupported) without a call to the daemon */
+  setAbsentXattrs: (names: string[], unsupported: string[]) => void
 }
+
+/**
+ * Of PROBED_XATTRS, those answered EOPNOTSUPP while no inode has one: the
+ * SELinux label, which only a host without SELinux asks the filesystem for
+ * (SELinux answers it itself), and whose askers (ls -l, for one) remember
+ * "unsupported" for the whole filesystem instead of asking for every file.
+ * Storing one works all the same, and from then on it is an xattr like any.
+ */
+export const UNSUPPORTED_WHILE_ABSENT = ['security.selinux']
 
 /** names the kernel asks for on its own, and that most filesystems never store */
 export const PROBED_XATTRS = [
@@ -86,7 +96,7 @@ export class Coherence {
 
   private publishAbsent (): void {
     this.stats.absentXattrs = this.absent.size
-    this.notifier.setAbsentXattrs([...this.absent])
+    this.notifier.setAbsentXattrs([...this.absent], UNSUPPORTED_WHILE_ABSENT)
   }
 
   // ---- where a handle's requests come from --------------------------------
