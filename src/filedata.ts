@@ -23,6 +23,7 @@ import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
 import type { DataArea } from './dataarea'
+import { ChecksumError, DataCsums } from './datacsum'
 import { ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
@@ -51,9 +52,14 @@ export class FileData {
   private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
   /** SQLite's WAL file, for syncCommits (opened at its first call) */
   private walFd: number | null = null
+  /** per-block crcs of written data (datacsum.ts) */
+  readonly csums: DataCsums
+  /** data area blocks whose mismatch was logged already (one log line per block, not per read) */
+  private readonly logged = new Set<number>()
 
   constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions) {
     this.tree = ExtentTree.open(db, opts)
+    this.csums = new DataCsums(db)
   }
 
   /**
@@ -122,23 +128,45 @@ export class FileData {
    * Fill bufs with blocks [first, first + bufs.length) of ino; holes and
    * unwritten extents read as zeros. The caller holds the folio locks of
    * these blocks, so their mapping cannot change before the I/O is done
-   * (writeback and truncate take those locks first).
+   * (writeback and truncate take those locks first). Every block read from
+   * the data area is checked against its crc: a ChecksumError (EIO) names
+   * the blocks that mismatched; the other buffers are filled all the same.
    */
   async readBlocks (ino: number, first: number, bufs: Buffer[]): Promise<void> {
     const end = first + bufs.length
     const ex = await this.extents(ino, first, end)
     let at = first
     const io: Array<Promise<void>> = []
+    const pieces: Array<{ lo: number, pblk: number, bufs: Buffer[] }> = []
     for (const e of ex) {
       const lo = Math.max(e.off, first)
       const hi = Math.min(e.off + e.len, end)
       for (; at < lo; at++) bufs[at - first].fill(0)
       if (e.flags & EXT_UNWRITTEN) for (; at < hi; at++) bufs[at - first].fill(0)
-      else io.push(this.area.read(bufs.slice(lo - first, hi - first), e.pblk + (lo - e.off)))
+      else {
+        const piece = { lo, pblk: e.pblk + (lo - e.off), bufs: bufs.slice(lo - first, hi - first) }
+        pieces.push(piece)
+        io.push(this.area.read(piece.bufs, piece.pblk))
+      }
       at = hi
     }
     for (; at < end; at++) bufs[at - first].fill(0)
     await Promise.all(io)
+    const bad: number[] = []
+    for (const p of pieces) {
+      for (const i of this.csums.verify(p.pblk, p.bufs).bad) {
+        bad.push(p.lo + i)
+        this.logMismatch(ino, p.lo + i, p.pblk + i)
+      }
+    }
+    if (bad.length) throw new ChecksumError(ino, bad)
+  }
+
+  /** the log line of a checksum mismatch (once per data area block and mount; the stats count every read) */
+  private logMismatch (ino: number, block: number, pblk: number): void {
+    if (this.logged.has(pblk)) return
+    if (this.logged.size < 10000) this.logged.add(pblk)
+    process.stderr.write(`foliofs: inode ${ino}: data checksum mismatch in block ${block} (data area block ${pblk}): reads of it fail with EIO; see foliofs fsck --verify-data\n`)
   }
 
   /**
@@ -160,8 +188,12 @@ export class FileData {
     })
   }
 
-  /** Writeback step 5: map blocks [start, ...) of ino to the pieces, freeing what they replace. */
-  async commitRun (ino: number, start: number, pieces: Range[], hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
+  /**
+   * Writeback step 5: map blocks [start, ...) of ino to the pieces, freeing
+   * what they replace; crcs (one per block, in order: blockCrcs of the data
+   * written) are recorded in the same commit.
+   */
+  async commitRun (ino: number, start: number, pieces: Range[], crcs: Uint32Array, hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
     await lockrestartDo(transGet(this.tree), t => {
       t.adoptReserved(pieces)
       let off = start
@@ -169,7 +201,14 @@ export class FileData {
         t.insertExtent({ ino, off, len: p.len, pblk: p.pblk, flags: EXT_WRITTEN })
         off += p.len
       }
-      t.commit(freed => hook(off - start, freed.reduce((s, r) => s + r.len, 0)))
+      t.commit(freed => {
+        let k = 0
+        for (const p of pieces) {
+          this.csums.record(p.pblk, crcs.subarray(k, k + p.len))
+          k += p.len
+        }
+        hook(off - start, freed.reduce((s, r) => s + r.len, 0))
+      })
     })
   }
 

@@ -178,6 +178,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     btree: { ...fs.data.stats, ...fs.data.summary() },
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },
+    checksums: { ...fs.data.csums.stats },
     requests: { ...ctx.requests },
     ...ctx.extraStats()
   }
