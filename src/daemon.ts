@@ -7,6 +7,7 @@ import createDebug from 'debug'
 import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
+import { ExtentTree } from './btree'
 import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
 
 const debug = createDebug('foliofs:daemon')
@@ -145,6 +146,26 @@ export async function setReadahead (mountpoint: string, kb: number): Promise<voi
   }
 }
 
+/**
+ * A damaged extent tree (a node page failing its crc or page checks): a
+ * read-write mount is refused, before anything is written (FolioFs writes
+ * at once: orphan recovery); a read-only one is served, reporting it, so
+ * files can be copied off (those mapped by the damaged node read as EIO).
+ * One line for the user, the details in the log (our stderr).
+ */
+function refuseDamagedTree (img: ReturnType<typeof openImage>, readonly: boolean): void {
+  const errs = ExtentTree.checkPages(img.db)
+  if (errs.length === 0) return
+  for (const e of errs) process.stderr.write(`foliofs: ${img.path}: extent tree: ${e}\n`)
+  const what = `extent tree damaged (${errs[0]}${errs.length > 1 ? `, and ${errs.length - 1} more` : ''})`
+  if (readonly) {
+    process.stderr.write(`foliofs: ${img.path}: ${what}: serving read-only; files it maps read as EIO; see foliofs fsck\n`)
+    return
+  }
+  img.db.close()
+  throw new ImageError(`${img.path}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
+}
+
 type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
 
 /** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
@@ -154,6 +175,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   mountpoint = path.resolve(mountpoint)
   checkMountpoint(mountpoint)
   const img = openImage(image, { readonly: opts.readonly })
+  refuseDamagedTree(img, opts.readonly)
   const folio = new FolioFs(img, {
     injectRestarts: opts.injectRestarts,
     debugChecks: opts.debugChecks || undefined,

@@ -153,8 +153,10 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
       const t = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
       const errs = t.verify()
       tree = t // a tree whose tables cannot even be walked is not looked into inode by inode
-      for (const e of errs) add(`extent tree: ${e}`, undefined, /space accounting|free space/.test(e) ? { kind: 'freespace' } : undefined)
-      treeOk = !errs.some(e => !/space accounting|free space/.test(e))
+      const space = (e: string): boolean => /space accounting|free space/.test(e)
+      treeOk = !errs.some(e => !space(e))
+      // with nodes unreadable the accounting cannot add up: not a finding of its own
+      for (const e of errs) if (treeOk || !space(e)) add(`extent tree: ${e}`, undefined, space(e) ? { kind: 'freespace' } : undefined)
     })
     // end: past the last written block (unwritten extents, from fallocate,
     // may lie past the size with KEEP_SIZE)
