@@ -5,6 +5,7 @@ import * as path from 'path'
 import { execFile, execFileSync, spawnSync } from 'child_process'
 import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsckOrCorrupt } from './fsck'
+import { compact } from './compact'
 import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, runDir } from './mounts'
 import { FolioFs } from './fs'
@@ -77,14 +78,18 @@ the daemon to close the image. --lazy detaches at once; the daemon exits
 after the last open file is closed.`
   },
   fsck: {
-    usage: 'foliofs fsck [--verify-data] IMAGE',
+    usage: 'foliofs fsck [--verify-data | --compact] IMAGE',
     help: `Check an unmounted image read-only: SQLite integrity (table by table), the
 extent B-tree, links, reachability, sizes and block accounting. Each finding
 names the inode and its path. --verify-data also reads every written data
 block and checks its crc32 (a scrub), listing damaged files by path.
 Exit 0 clean, 8 errors found, 5 the image cannot be checked at all (cut
 short, unreadable superblock), 4 not a foliofs image. Shows its progress on
-stderr when that is a terminal.`
+stderr when that is a terminal.
+--compact gives unused space back to the host instead of checking: VACUUM
+of the database (turning on incremental auto-vacuum, which later unmounts
+then do by themselves) and a hole punched in IMAGE-data for every free
+range.`
   },
   stats: {
     usage: 'foliofs stats [--json] MOUNTPOINT|IMAGE',
@@ -334,8 +339,15 @@ async function main (argv: string[]): Promise<number> {
     }
     case 'fsck': {
       const p = parseArgs(rest, [])
-      need('fsck', p, 1, ['verify-data'])
+      need('fsck', p, 1, ['verify-data', 'compact'])
       const image = p.pos[0]
+      if (p.flags.has('compact')) {
+        if (p.flags.size > 1) throw new ImageError(`--compact goes alone; usage: ${COMMANDS.fsck.usage}`, EXIT.USAGE)
+        const r = compact(image)
+        r.sqliteAfter = fs.statSync(image).size
+        console.log(`foliofs fsck --compact ${image}: database ${bytes(r.sqliteBefore)} -> ${bytes(r.sqliteAfter)}; ${r.discard ? `${bytes(r.punchedBlocks * 4096)} of free data area punched` : 'the data area cannot be punched here'}`)
+        return 0
+      }
       const shown = progress(`fsck ${image}`)
       const report = ended(() => fsckOrCorrupt(image, { verifyData: p.flags.has('verify-data'), progress: shown.update }), shown.end)
       for (const line of report.errors) console.log(`error: ${line}`)

@@ -32,6 +32,8 @@ export interface MountOptions {
   dirtyExpireMs?: number
   /** kernel readahead window of the mount in KiB (-o readahead=KB, default 1024; 0 leaves the kernel's 128) */
   readaheadKb: number
+  /** punch freed data-area blocks out of IMAGE-data (-o discard, the default; -o nodiscard) */
+  discard: boolean
   /** options handed to the kernel mount / libfuse */
   fuseOptions: string[]
 }
@@ -44,7 +46,7 @@ const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users'
   'big_writes'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
-  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, fuseOptions: [] }
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, discard: true, fuseOptions: [] }
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
@@ -59,6 +61,7 @@ export function parseMountOptions (opts: string[]): MountOptions {
       else if ((key === 'noatime' || key === 'relatime' || key === 'strictatime') && flag) o.atime = key
       else if (key === 'atime' && flag) o.atime = 'relatime' // mount(8)'s default is relatime too
       else if (key === 'debug_checks' && flag) o.debugChecks = true
+      else if ((key === 'discard' || key === 'nodiscard') && flag) o.discard = key === 'discard'
       else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
       else if (key === 'cache_size' && val !== undefined) o.cacheBytes = parseCacheSize(val, opt)
       else if (key === 'writeback_delay_ms' && val !== undefined && /^\d{1,6}$/.test(val)) o.writebackDelayMs = Number(val)
@@ -182,7 +185,8 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     cacheBytes: opts.cacheBytes,
     syncWrites: opts.syncWrites,
     writebackDelayMs: opts.writebackDelayMs,
-    dirtyExpireMs: opts.dirtyExpireMs
+    dirtyExpireMs: opts.dirtyExpireMs,
+    discard: opts.discard
   })
   folio.atime = opts.atime
   const started = Date.now()

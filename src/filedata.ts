@@ -24,6 +24,7 @@ import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
 import type { DataArea } from './dataarea'
 import { ChecksumError, DataCsums } from './datacsum'
+import { Discard } from './discard'
 import { ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
@@ -57,8 +58,13 @@ export class FileData {
   /** data area blocks whose mismatch was logged already (one log line per block, not per read) */
   private readonly logged = new Set<number>()
 
-  constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions) {
-    this.tree = ExtentTree.open(db, opts)
+  /** punches freed blocks out of the data area once they are free for good (discard.ts) */
+  readonly discard: Discard
+
+  /** discard: punch freed blocks (default: on, where the host supports it; never on a read-only image) */
+  constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions & { discard?: boolean }) {
+    this.discard = new Discard(area.descriptor, (opts.discard ?? true) && !db.readonly)
+    this.tree = ExtentTree.open(db, { ...opts, onReusable: this.discard.reusable })
     this.csums = new DataCsums(db)
   }
 

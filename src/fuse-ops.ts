@@ -179,6 +179,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },
     checksums: { ...fs.data.csums.stats },
+    discard: { ...fs.data.discard.stats },
     requests: { ...ctx.requests },
     ...ctx.extraStats()
   }

@@ -28,7 +28,10 @@
 // `pendingFree` until the commit is durable (markDurable(), after a WAL
 // sync): until then a crash brings back the mapping that points at them,
 // so their old contents must not be overwritten. Only then are they in
-// `avail` again.
+// `avail` again. Between the two, markDurable hands them to `onReusable`
+// (discard: the owner punches them out of the data area): the one moment
+// they are free for good and not yet allocatable, so a discard can never
+// hit blocks that were handed out again.
 //
 // Invariant (verify): mapped blocks + durable.total = total, when no
 // commit is in flight; avail is durable minus outstanding reservations.
@@ -145,6 +148,13 @@ export class Allocator {
   private freeSeq = 0
   readonly total: number
   private stmts: Record<'del' | 'put', Database.Statement> | null = null
+  /**
+   * Told the ranges of each durable commit's frees (sorted by start) right
+   * before they become allocatable (discard). Synchronous by contract:
+   * work it defers could land after the blocks were reallocated. Must not
+   * throw (the ranges would never become allocatable).
+   */
+  onReusable: ((starts: readonly number[], lens: readonly number[]) => void) | null = null
 
   private constructor (total: number) {
     this.total = total
@@ -245,6 +255,7 @@ export class Allocator {
     let k = 0
     for (; k < this.pendingFree.length && this.pendingFree[k].seq <= mark; k++) {
       const p = this.pendingFree[k]
+      this.onReusable?.(p.rs.starts, p.rs.lens)
       this.mergeManyOrThrow(this.avail, p.rs, 'release')
       this.pendingBlocks -= p.blocks
     }
@@ -261,6 +272,12 @@ export class Allocator {
     if (r.len <= 0) return
     const dup = merge(s, r.pblk, r.len)
     if (dup >= 0) throw new Error(`${what} of [${r.pblk}, +${r.len}): block ${dup} is already free`)
+  }
+
+  /** the free ranges of the image (durable), ascending (offline tools: fsck --compact) */
+  * durableRanges (): Generator<Range> {
+    const d = this.durable
+    for (let a = d.first(); a; a = d.next(a)) yield { pblk: d.start(a), len: d.len(a) }
   }
 
   /** is pblk free in the image (not mapped by a committed extent)? */

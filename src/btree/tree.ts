@@ -54,6 +54,8 @@ export interface TreeOptions {
    * a crashed image back (tests of the tree alone, benchmarks).
    */
   commitsDurable?: boolean
+  /** told every range freed by a durable commit just before it can be allocated again (Allocator.onReusable: discard) */
+  onReusable?: (starts: readonly number[], lens: readonly number[]) => void
 }
 
 export interface TreeStats {
@@ -84,7 +86,7 @@ export class ExtentTree {
   readonly pageSize: number
   readonly cache: NodeCache
   readonly alloc: Allocator
-  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock'>> & { random: () => number }
+  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock' | 'onReusable'>> & { random: () => number }
   /** blocks below it are never allocated */
   readonly firstBlock: number
   meta: Meta
@@ -127,6 +129,7 @@ export class ExtentTree {
     const initialized = m !== null
     this.firstBlock = m ? m.firstBlock : opts.firstBlock ?? 0
     this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized, this.firstBlock)
+    this.alloc.onReusable = opts.onReusable ?? null
     if (m) {
       this.meta = m
     } else {
@@ -318,6 +321,11 @@ export class ExtentTree {
   /** give back reservations a step detached (BtreeTrans.detachReserved) that will never be committed */
   unreserve (pieces: readonly Range[]): void {
     for (const p of pieces) this.alloc.unreserve(p)
+  }
+
+  /** free ranges as of the last commit, ascending (offline tools only: a live mount reserves out of them) */
+  freeRanges (): Generator<Range> {
+    return this.alloc.durableRanges()
   }
 
   /** blocks mapped by committed extents */
