@@ -6,6 +6,7 @@ import { execFile, execFileSync, spawnSync } from 'child_process'
 import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsckOrCorrupt } from './fsck'
 import { compact } from './compact'
+import { repairImage } from './fsck-repair'
 import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, runDir } from './mounts'
 import { FolioFs } from './fs'
@@ -78,7 +79,7 @@ the daemon to close the image. --lazy detaches at once; the daemon exits
 after the last open file is closed.`
   },
   fsck: {
-    usage: 'foliofs fsck [--verify-data | --compact] IMAGE',
+    usage: 'foliofs fsck [--verify-data] [--repair] [--compact] IMAGE',
     help: `Check an unmounted image read-only: SQLite integrity (table by table), the
 extent B-tree, links, reachability, sizes and block accounting. Each finding
 names the inode and its path. --verify-data also reads every written data
@@ -86,6 +87,12 @@ block and checks its crc32 (a scrub), listing damaged files by path.
 Exit 0 clean, 8 errors found, 5 the image cannot be checked at all (cut
 short, unreadable superblock), 4 not a foliofs image. Shows its progress on
 stderr when that is a terminal.
+--repair then fixes what is safe to fix: entries pointing to missing
+inodes (removed), inodes no entry reaches (linked into /lost+found),
+wrong link counts, block counts and sizes, free-space accounting; anything
+else (damaged tables or extent tree, bad data) is reported and left, and an
+image with such damage is not written at all. Exit 0 when the image is
+clean afterwards, 8 when errors remain.
 --compact gives unused space back to the host instead of checking: VACUUM
 of the database (turning on incremental auto-vacuum, which later unmounts
 then do by themselves) and a hole punched in IMAGE-data for every free
@@ -339,7 +346,7 @@ async function main (argv: string[]): Promise<number> {
     }
     case 'fsck': {
       const p = parseArgs(rest, [])
-      need('fsck', p, 1, ['verify-data', 'compact'])
+      need('fsck', p, 1, ['verify-data', 'compact', 'repair'])
       const image = p.pos[0]
       if (p.flags.has('compact')) {
         if (p.flags.size > 1) throw new ImageError(`--compact goes alone; usage: ${COMMANDS.fsck.usage}`, EXIT.USAGE)
@@ -348,8 +355,16 @@ async function main (argv: string[]): Promise<number> {
         console.log(`foliofs fsck --compact ${image}: database ${bytes(r.sqliteBefore)} -> ${bytes(r.sqliteAfter)}; ${r.discard ? `${bytes(r.punchedBlocks * 4096)} of free data area punched` : 'the data area cannot be punched here'}`)
         return 0
       }
-      const shown = progress(`fsck ${image}`)
-      const report = ended(() => fsckOrCorrupt(image, { verifyData: p.flags.has('verify-data'), progress: shown.update }), shown.end)
+      let report: ReturnType<typeof fsckOrCorrupt>
+      if (p.flags.has('repair')) {
+        const r = repairImage(image, { verifyData: p.flags.has('verify-data') })
+        for (const line of r.repaired) console.log(`repaired: ${line}`)
+        if (r.refused) console.log(`not repaired: ${r.refused}; mount it read-only (-o ro) to copy files off`)
+        report = r.report
+      } else {
+        const shown = progress(`fsck ${image}`)
+        report = ended(() => fsckOrCorrupt(image, { verifyData: p.flags.has('verify-data'), progress: shown.update }), shown.end)
+      }
       for (const line of report.errors) console.log(`error: ${line}`)
       for (const file of report.damaged ?? []) console.log(`damaged: ${file}`)
       const data = report.verified === undefined ? '' : `; data: ${report.verified} blocks verified, ${report.unverified ?? 0} without checksum, ${report.damaged?.length ?? 0} damaged files`

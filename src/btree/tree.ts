@@ -18,7 +18,7 @@
 // Transactions live in trans.ts (which imports this file, never the other
 // way round).
 import type Database from 'better-sqlite3'
-import { Allocator, type Range } from './alloc'
+import { Allocator, bucketsOf, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
@@ -298,6 +298,41 @@ export class ExtentTree {
       }
     }
     return errors
+  }
+
+  /** every extent of every leaf, in key order (offline tools: fsck --repair; throws on a damaged node) */
+  * allExtents (): Generator<Extent> {
+    const walk = function * (t: ExtentTree, id: number): Generator<Extent> {
+      const n = t.cache.get(id)
+      if (n.isLeaf) yield * n.extents
+      else for (const c of n.children) yield * walk(t, c)
+    }
+    yield * walk(this, this.meta.rootId)
+  }
+
+  /**
+   * Offline repair (fsck --repair, nothing else open on the image): rewrite
+   * free_buckets as exactly the blocks no extent maps, in one SQLite
+   * transaction; returns the free blocks before and after. The caller
+   * reopens the tree afterwards (this one's allocator is stale). Misuse: on
+   * a live tree it would free reservations in flight.
+   */
+  rebuildFreeSpace (): { before: number, after: number } {
+    const used = [...this.allExtents()].map(e => ({ start: e.pblk, end: e.pblk + e.len })).sort((a, b) => a.start - b.start)
+    const free: Array<{ start: number, len: number }> = []
+    let at = this.firstBlock
+    for (const u of used) {
+      if (u.start > at) free.push({ start: at, len: u.start - at })
+      at = Math.max(at, u.end)
+    }
+    if (at < this.alloc.total) free.push({ start: at, len: this.alloc.total - at })
+    const before = this.alloc.durableFree
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM free_buckets')
+      const put = this.db.prepare('INSERT INTO free_buckets (bucket, ranges) VALUES (?, ?)')
+      for (const [b, blob] of bucketsOf(free)) put.run(b, blob)
+    })()
+    return { before, after: free.reduce((n, r) => n + r.len, 0) }
   }
 
   /** the owner synced the WAL: everything committed up to mark (commitMark before the sync; default all) is durable */
