@@ -319,7 +319,7 @@ async function main (argv: string[]): Promise<number> {
       const [image, mountpoint] = p.pos
       const opts = parseMountOptions(p.o)
       if (p.flags.has('foreground')) {
-        const notify = (m: { ready?: true, error?: string, exitCode?: number }): void => { if (process.send) process.send(m) }
+        const notify = (m: { ready?: true, error?: string, exitCode?: number, phase?: string }): void => { if (process.send) process.send(m) }
         try {
           return await runWorker(image, mountpoint, opts, notify)
         } catch (err) {

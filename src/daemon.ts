@@ -8,6 +8,7 @@ import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, type FuseLike } from './fuse-ops'
 import { ExtentTree } from './btree'
+import { progress } from './progress'
 import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
 
 const debug = createDebug('foliofs:daemon')
@@ -169,7 +170,7 @@ function refuseDamagedTree (img: ReturnType<typeof openImage>, readonly: boolean
   throw new ImageError(`${img.path}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
 }
 
-type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
+type Notify = (msg: { ready?: true, error?: string, exitCode?: number, phase?: string }) => void
 
 /** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
 export async function runWorker (image: string, mountpoint: string, opts: MountOptions, notify: Notify): Promise<number> {
@@ -177,8 +178,15 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   image = path.resolve(image)
   mountpoint = path.resolve(mountpoint)
   checkMountpoint(mountpoint)
+  // each phase is told to `foliofs mount`, which shows it once the mount takes over a second
+  const t0 = performance.now()
+  notify({ phase: 'checking the image' })
   const img = openImage(image, { readonly: opts.readonly })
+  const t1 = performance.now()
+  notify({ phase: 'checking the extent tree' })
   refuseDamagedTree(img, opts.readonly)
+  const t2 = performance.now()
+  notify({ phase: 'opening, finishing interrupted truncates and frees' })
   const folio = new FolioFs(img, {
     injectRestarts: opts.injectRestarts,
     debugChecks: opts.debugChecks || undefined,
@@ -189,6 +197,8 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     discard: opts.discard
   })
   folio.atime = opts.atime
+  notify({ phase: 'mounting' })
+  debug('mount checks: image %d ms, extent tree pages %d ms, open and orphan recovery %d ms', Math.round(t1 - t0), Math.round(t2 - t1), Math.round(performance.now() - t2))
   const started = Date.now()
   const holder: { fuse: FuseLike } = { fuse: {} }
   const ops = makeOps({
@@ -300,18 +310,29 @@ export function startBackground (image: string, mountpoint: string, optArgs: str
     stdio: ['ignore', log, log, 'ipc']
   })
   fs.closeSync(log)
+  // a mount that takes over a second shows what it is doing (on a terminal)
+  const shown = progress(`mount ${image}`)
+  let phase = 'starting'
+  let showing = false
+  const slow = setTimeout(() => { showing = true; shown.update(phase) }, 1000)
   return new Promise(resolve => {
     let done = false
     const end = (code: number, msg?: string): void => {
       if (done) return
       done = true
+      clearTimeout(slow)
+      shown.end()
       if (msg) process.stderr.write(`foliofs: ${msg}\n`)
       sup.removeAllListeners()
       if (sup.connected) sup.disconnect()
       sup.unref()
       resolve(code)
     }
-    sup.on('message', (m: { ready?: boolean, error?: string, exitCode?: number }) => {
+    sup.on('message', (m: { ready?: boolean, error?: string, exitCode?: number, phase?: string }) => {
+      if (m.phase) {
+        phase = m.phase
+        if (showing) shown.update(phase) // shown already: follow the phases
+      }
       if (m.ready) end(0)
       else if (m.error) end(m.exitCode || EXIT.MOUNT_FAILED, m.error)
     })

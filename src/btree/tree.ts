@@ -22,7 +22,7 @@ import { Allocator, bucketsOf, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
-import { BtreeNode, cmpPos, deserializeNode, interiorCapacity, leafCapacity, type Extent, type Pos } from './node'
+import { BtreeNode, cmpPos, interiorCapacity, leafCapacity, pageProblem, type Extent, type Pos } from './node'
 
 export const BTREE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS btree_nodes (id INTEGER PRIMARY KEY, page BLOB NOT NULL);
@@ -282,20 +282,16 @@ export class ExtentTree {
 
   /**
    * Mount's check: every stored node page passes its page checks (type,
-   * size, crc32, cell count, key order), reading each row once without the
-   * node cache and without the structural walk of verify(); what is wrong,
-   * at most `limit` lines. Cost: one read and one crc per node.
+   * size, crc32, cell count), reading each row once, without building nodes
+   * and without the structural walk of verify(); what is wrong, at most
+   * `limit` lines. Cost: one row read and one crc per node.
    */
   static checkPages (db: Database.Database, pageSize = 4096, limit = 20): string[] {
     const errors: string[] = []
     for (const r of db.prepare('SELECT id, page FROM btree_nodes').iterate() as Iterable<{ id: number, page: Buffer }>) {
-      try {
-        if (!Buffer.isBuffer(r.page)) throw new BtreeError('node_corrupt', `node ${r.id}: page is not a blob`)
-        deserializeNode(r.id, r.page, pageSize)
-      } catch (e) {
-        errors.push((e as Error).message)
-        if (errors.length >= limit) break
-      }
+      const problem = Buffer.isBuffer(r.page) ? pageProblem(r.page, pageSize) : 'page is not a blob'
+      if (problem) errors.push(`node_corrupt: node ${r.id}: ${problem}`)
+      if (errors.length >= limit) break
     }
     return errors
   }
