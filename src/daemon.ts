@@ -323,9 +323,17 @@ export function startBackground (image: string, mountpoint: string, optArgs: str
       clearTimeout(slow)
       shown.end()
       if (msg) process.stderr.write(`foliofs: ${msg}\n`)
-      sup.removeAllListeners()
-      if (sup.connected) sup.disconnect()
-      sup.unref()
+      // only our own listeners go: removeAllListeners() also took node's
+      // internal IPC ones, and a message still queued (the supervisor
+      // forwards the worker's exit after its error) then threw TypeError
+      // (reading 'Symbol(kPendingMessages)') after the right answer (issue 13 item 7)
+      sup.removeAllListeners('message')
+      sup.removeAllListeners('exit')
+      sup.on('message', () => {})
+      setImmediate(() => {
+        if (sup.connected) sup.disconnect()
+        sup.unref()
+      })
       resolve(code)
     }
     sup.on('message', (m: { ready?: boolean, error?: string, exitCode?: number, phase?: string }) => {

@@ -182,7 +182,7 @@ export class FileData {
    * it back.
    */
   async allocRun (ino: number, start: number, len: number): Promise<Range[]> {
-    return await lockrestartDo(transGet(this.tree), t => {
+    return await this.afterDiscards(async () => await lockrestartDo(transGet(this.tree), t => {
       let hint = t.allocHint(ino, start)
       for (let done = 0; done < len;) {
         const r = this.allocOrReclaim(t, len - done, hint)
@@ -191,7 +191,23 @@ export class FileData {
         hint = r.pblk + r.len
       }
       return t.detachReserved()
-    })
+    }))
+  }
+
+  /**
+   * Run an allocating step; on ENOSPC while punches are in flight (their
+   * blocks are free but not allocatable until punched: discard.ts), wait
+   * for them and run it again.
+   */
+  private async afterDiscards<T> (step: () => Promise<T>): Promise<T> {
+    for (;;) {
+      try {
+        return await step()
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ENOSPC' || this.discard.stats.inFlight === 0) throw err
+        await this.discard.idle()
+      }
+    }
   }
 
   /**
@@ -290,7 +306,7 @@ export class FileData {
     for (let pos = from; pos < to;) {
       if (pos > from) await yieldToLoop()
       const at = pos
-      pos = await lockrestartDo(trans, t => this.preallocateStep(t, ino, at, to, onStep))
+      pos = await this.afterDiscards(async () => await lockrestartDo(trans, t => this.preallocateStep(t, ino, at, to, onStep)))
     }
   }
 

@@ -358,7 +358,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     if (ro && !(err instanceof ImageError) && String((err as { code?: string }).code).startsWith('SQLITE_CORRUPT')) {
       try {
         const problems = tableProblems(ro, true)
-        if (problems.length) e = new ImageError(`${path}: corrupt image (${describeProblems(problems.slice(0, 1))}); run foliofs fsck`, EXIT.CORRUPT)
+        if (problems.length) e = new ImageError(`${path}: corrupt image (${describeProblems(problems.slice(0, 1))})`, EXIT.CORRUPT)
       } catch { /* keep SQLite's own error */ }
     }
     if (ro) ro.close()

@@ -54,8 +54,8 @@ export interface TreeOptions {
    * a crashed image back (tests of the tree alone, benchmarks).
    */
   commitsDurable?: boolean
-  /** told every range freed by a durable commit just before it can be allocated again (Allocator.onReusable: discard) */
-  onReusable?: (starts: readonly number[], lens: readonly number[]) => void
+  /** told every range freed by a durable commit, which becomes allocatable when it calls release (Allocator.onReusable: discard) */
+  onReusable?: (starts: readonly number[], lens: readonly number[], release: () => void) => void
 }
 
 export interface TreeStats {
