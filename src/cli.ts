@@ -93,10 +93,9 @@ wrong link counts, block counts and sizes, free-space accounting; anything
 else (damaged tables or extent tree, bad data) is reported and left, and an
 image with such damage is not written at all. Exit 0 when the image is
 clean afterwards, 8 when errors remain.
---compact gives unused space back to the host instead of checking: VACUUM
-of the database (turning on incremental auto-vacuum, which later unmounts
-then do by themselves) and a hole punched in IMAGE-data for every free
-range.`
+--compact gives unused space back to the host instead of checking: the
+database is vacuumed (and set to vacuum itself at every unmount from then
+on) and a hole is punched in IMAGE-data for every free range.`
   },
   stats: {
     usage: 'foliofs stats [--json] MOUNTPOINT|IMAGE',
