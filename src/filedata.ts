@@ -25,7 +25,7 @@ import { BLOCK_SIZE } from './imageerror'
 import type { DataArea } from './dataarea'
 import { ChecksumError, DataCsums } from './datacsum'
 import { Discard } from './discard'
-import { ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
+import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
 /** extents unmapped by the first truncate step; later ones adapt (see above) */
@@ -57,6 +57,16 @@ export class FileData {
   readonly csums: DataCsums
   /** data area blocks whose mismatch was logged already (one log line per block, not per read) */
   private readonly logged = new Set<number>()
+
+  /**
+   * Why the extent tree is known damaged (a node failed its page checks
+   * when read), or null. From then on nothing is written: every mutating
+   * operation here fails with EROFS, and the filesystem refuses metadata
+   * changes too (FolioFs.tx), so an image known corrupt is never written
+   * (mount checks every page first; this catches damage that appears
+   * while mounted). Reads of what the damaged node maps fail with EIO.
+   */
+  damaged: string | null = null
 
   /** punches freed blocks out of the data area once they are free for good (discard.ts) */
   readonly discard: Discard
@@ -125,9 +135,27 @@ export class FileData {
     return t.alloc(want, hint)
   }
 
+  /** a node failed its checks: remember it (one log line), so nothing more is written */
+  private noteDamage (err: unknown): void {
+    if (!(err instanceof BtreeError) || err.code !== 'node_corrupt' || this.damaged) return
+    this.damaged = err.message
+    process.stderr.write(`foliofs: extent tree damaged (${err.message}): read-only from now on; unmount and see foliofs fsck\n`)
+  }
+
+  /** run fn, noting a damaged node; writes refuse (EROFS) once the tree is known damaged */
+  private async guard<T> (write: boolean, fn: () => Promise<T>): Promise<T> {
+    if (write && this.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.damaged}`)
+    try {
+      return await fn()
+    } catch (err) {
+      this.noteDamage(err)
+      throw err
+    }
+  }
+
   /** committed extents of ino overlapping [start, end) */
   async extents (ino: number, start = 0, end = END): Promise<Extent[]> {
-    return await lockrestartDo(transGet(this.tree), t => t.extentsIn(ino, start, end))
+    return await this.guard(false, async () => await lockrestartDo(transGet(this.tree), t => t.extentsIn(ino, start, end)))
   }
 
   /**
@@ -182,7 +210,7 @@ export class FileData {
    * it back.
    */
   async allocRun (ino: number, start: number, len: number): Promise<Range[]> {
-    return await this.afterDiscards(async () => await lockrestartDo(transGet(this.tree), t => {
+    return await this.guard(true, async () => await this.afterDiscards(async () => await lockrestartDo(transGet(this.tree), t => {
       let hint = t.allocHint(ino, start)
       for (let done = 0; done < len;) {
         const r = this.allocOrReclaim(t, len - done, hint)
@@ -191,7 +219,7 @@ export class FileData {
         hint = r.pblk + r.len
       }
       return t.detachReserved()
-    }))
+    })))
   }
 
   /**
@@ -216,7 +244,7 @@ export class FileData {
    * written) are recorded in the same commit.
    */
   async commitRun (ino: number, start: number, pieces: Range[], crcs: Uint32Array, hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
-    await lockrestartDo(transGet(this.tree), t => {
+    await this.guard(true, async () => await lockrestartDo(transGet(this.tree), t => {
       t.adoptReserved(pieces)
       let off = start
       for (const p of pieces) {
@@ -231,7 +259,7 @@ export class FileData {
         }
         hook(off - start, freed.reduce((s, r) => s + r.len, 0))
       })
-    })
+    }))
   }
 
   /** give back a reservation from allocRun that will not be committed */
@@ -269,6 +297,10 @@ export class FileData {
 
   /** Unmap blocks [from, to) of ino (punch a hole), in bounded steps like truncate. */
   async unmap (ino: number, from: number, to: number, onStep: TruncateStep): Promise<void> {
+    await this.guard(true, async () => { await this.unmapSteps(ino, from, to, onStep) })
+  }
+
+  private async unmapSteps (ino: number, from: number, to: number, onStep: TruncateStep): Promise<void> {
     const trans = transGet(this.tree)
     let batch = TRUNCATE_BATCH
     for (let first = true; ; first = false) {
@@ -301,6 +333,10 @@ export class FileData {
    * ext4 does). Bounded steps; onStep(added) runs inside each commit.
    */
   async preallocate (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
+    await this.guard(true, async () => { await this.preallocateSteps(ino, from, to, onStep) })
+  }
+
+  private async preallocateSteps (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
     if (await this.holeBlocks(ino, from, to) > this.free) throw fsErr('ENOSPC', `fallocate of inode ${ino}`)
     const trans = transGet(this.tree)
     for (let pos = from; pos < to;) {

@@ -240,6 +240,7 @@ export class FolioFs {
   /** Run fn in one SQLite transaction (one commit). fn must not touch file data (B-tree commits refuse to nest). */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
+    if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`) // never write to an image known corrupt
     const r = this.db.transaction(fn)()
     this.counters.commits++
     return r

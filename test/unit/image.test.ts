@@ -236,3 +236,32 @@ test('a data block that no longer matches its checksum reads as EIO (never wrong
   await h.close()
   assert.deepEqual(fsck(img, { verifyData: true }).damaged, [])
 })
+
+test('an extent-tree node found damaged while mounted makes the filesystem refuse every write from then on (EROFS): an image known corrupt is never written', async () => {
+  const { FolioFs } = await import('../../src/fs')
+  const Database = (await import('better-sqlite3')).default
+  const img = path.join(tmpdir(), 'rot.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  const root = { uid: 0, gid: 0 }
+  const f = new FolioFs(openImage(img))
+  const a = f.create('/a', 0o644, root)
+  await f.write(a, Buffer.alloc(8192, 1), 0)
+  await f.close()
+  // damage the leaf that maps /a (bypassing mount's page check: damage that appears while mounted)
+  const db = new Database(img)
+  const { id, page } = db.prepare('SELECT id, page FROM btree_nodes ORDER BY id DESC LIMIT 1').get() as { id: number, page: Buffer }
+  page[100] ^= 0xff
+  db.prepare('UPDATE btree_nodes SET page = ? WHERE id = ?').run(page, id)
+  db.close()
+
+  const g = new FolioFs(openImage(img))
+  const buf = Buffer.alloc(8192)
+  await assert.rejects(g.read(g.resolve('/a'), buf, buf.length, 0), /checksum mismatch/)
+  assert.match(String(g.data.damaged), /checksum mismatch/)
+  assert.throws(() => g.create('/new', 0o644, root), (e: unknown) => (e as { code?: string }).code === 'EROFS')
+  await assert.rejects(g.unlink('/a'), (e: unknown) => (e as { code?: string }).code === 'EROFS')
+  await g.close()
+  const after = new Database(img, { readonly: true })
+  assert.deepEqual(after.prepare('SELECT name FROM dirents ORDER BY name').pluck().all(), ['a'], 'nothing written after the damage was seen')
+  after.close()
+})
