@@ -69,7 +69,13 @@ function verify () {
 }
 
 function buildTools () {
-  execFileSync('make', ['-s', '-C', __dirname], { stdio: ['ignore', 'inherit', 'inherit'] })
+  // the punch addon needs node_api.h: the running node's own headers
+  const prefix = path.resolve(path.dirname(process.execPath), '..')
+  const inc = [process.env.npm_config_nodedir, prefix, '/usr'].filter(Boolean).map(d => path.join(d, 'include', 'node'))
+    .find(d => fs.existsSync(path.join(d, 'node_api.h')))
+  const args = ['-s', '-C', __dirname]
+  if (inc) args.push(`NODE_INCLUDE=${inc}`)
+  execFileSync('make', args, { stdio: ['ignore', 'inherit', 'inherit'] })
 }
 
 try {

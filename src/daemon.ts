@@ -8,6 +8,8 @@ import { EXIT, ImageError, openImage, parseSize } from './image'
 import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext } from './fuse-ops'
 import { Coherence } from './coherence'
+import { ExtentTree } from './btree'
+import { progress } from './progress'
 import { alive, findMount, isStale, mountsOfDev, mountTable, recordsOfWorker, removeRecord, unmountPath, writeRecord, readRecord, type MountEntry } from './mounts'
 import { execFileSync } from 'child_process'
 
@@ -33,6 +35,8 @@ export interface MountOptions {
   dirtyExpireMs?: number
   /** kernel readahead window of the mount in KiB (-o readahead=KB, default 1024; 0 leaves the kernel's 128) */
   readaheadKb: number
+  /** punch freed data-area blocks out of IMAGE-data (-o discard, the default; -o nodiscard) */
+  discard: boolean
   /** options handed to the kernel mount / libfuse */
   fuseOptions: string[]
 }
@@ -45,7 +49,7 @@ const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users'
   'big_writes'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
-  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, fuseOptions: [] }
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, discard: true, fuseOptions: [] }
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
@@ -60,6 +64,7 @@ export function parseMountOptions (opts: string[]): MountOptions {
       else if ((key === 'noatime' || key === 'relatime' || key === 'strictatime') && flag) o.atime = key
       else if (key === 'atime' && flag) o.atime = 'relatime' // mount(8)'s default is relatime too
       else if (key === 'debug_checks' && flag) o.debugChecks = true
+      else if ((key === 'discard' || key === 'nodiscard') && flag) o.discard = key === 'discard'
       else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
       else if (key === 'cache_size' && val !== undefined) o.cacheBytes = parseCacheSize(val, opt)
       else if (key === 'writeback_delay_ms' && val !== undefined && /^\d{1,6}$/.test(val)) o.writebackDelayMs = Number(val)
@@ -217,7 +222,27 @@ export async function setReadahead (mountpoint: string, kb: number): Promise<voi
   }
 }
 
-type Notify = (msg: { ready?: true, error?: string, exitCode?: number }) => void
+/**
+ * A damaged extent tree (a node page failing its crc or page checks): a
+ * read-write mount is refused, before anything is written (FolioFs writes
+ * at once: orphan recovery); a read-only one is served, reporting it, so
+ * files can be copied off (those mapped by the damaged node read as EIO).
+ * One line for the user, the details in the log (our stderr).
+ */
+function refuseDamagedTree (img: ReturnType<typeof openImage>, readonly: boolean): void {
+  const errs = ExtentTree.checkPages(img.db)
+  if (errs.length === 0) return
+  for (const e of errs) process.stderr.write(`foliofs: ${img.path}: extent tree: ${e}\n`)
+  const what = `extent tree damaged (${errs[0]}${errs.length > 1 ? `, and ${errs.length - 1} more` : ''})`
+  if (readonly) {
+    process.stderr.write(`foliofs: ${img.path}: ${what}: serving read-only; files it maps read as EIO; see foliofs fsck\n`)
+    return
+  }
+  img.db.close()
+  throw new ImageError(`${img.path}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
+}
+
+type Notify = (msg: { ready?: true, error?: string, exitCode?: number, phase?: string }) => void
 
 /** The FUSE worker: mounts, serves until unmounted or signalled, then closes the image. */
 export async function runWorker (image: string, mountpoint: string, opts: MountOptions, notify: Notify): Promise<number> {
@@ -225,16 +250,27 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   image = path.resolve(image)
   mountpoint = path.resolve(mountpoint)
   checkMountpoint(mountpoint)
+  // each phase is told to `foliofs mount`, which shows it once the mount takes over a second
+  const t0 = performance.now()
+  notify({ phase: 'checking the image' })
   const img = openImage(image, { readonly: opts.readonly })
+  const t1 = performance.now()
+  notify({ phase: 'checking the extent tree' })
+  refuseDamagedTree(img, opts.readonly)
+  const t2 = performance.now()
+  notify({ phase: 'opening, finishing interrupted truncates and frees' })
   const folio = new FolioFs(img, {
     injectRestarts: opts.injectRestarts,
     debugChecks: opts.debugChecks || undefined,
     cacheBytes: opts.cacheBytes,
     syncWrites: opts.syncWrites,
     writebackDelayMs: opts.writebackDelayMs,
-    dirtyExpireMs: opts.dirtyExpireMs
+    dirtyExpireMs: opts.dirtyExpireMs,
+    discard: opts.discard
   })
   folio.atime = opts.atime
+  notify({ phase: 'mounting' })
+  debug('mount checks: image %d ms, extent tree pages %d ms, open and orphan recovery %d ms', Math.round(t1 - t0), Math.round(t2 - t1), Math.round(performance.now() - t2))
   const started = Date.now()
   const holder: { fuse: FuseLike } = { fuse: {} }
   const ctx: OpsContext = {
@@ -356,18 +392,37 @@ export function startBackground (image: string, mountpoint: string, optArgs: str
     stdio: ['ignore', log, log, 'ipc']
   })
   fs.closeSync(log)
+  // a mount that takes over a second shows what it is doing (on a terminal)
+  const shown = progress(`mount ${image}`)
+  let phase = 'starting'
+  let showing = false
+  const slow = setTimeout(() => { showing = true; shown.update(phase) }, 1000)
   return new Promise(resolve => {
     let done = false
     const end = (code: number, msg?: string): void => {
       if (done) return
       done = true
+      clearTimeout(slow)
+      shown.end()
       if (msg) process.stderr.write(`foliofs: ${msg}\n`)
-      sup.removeAllListeners()
-      if (sup.connected) sup.disconnect()
-      sup.unref()
+      // only our own listeners go: removeAllListeners() also took node's
+      // internal IPC ones, and a message still queued (the supervisor
+      // forwards the worker's exit after its error) then threw TypeError
+      // (reading 'Symbol(kPendingMessages)') after the right answer (issue 13 item 7)
+      sup.removeAllListeners('message')
+      sup.removeAllListeners('exit')
+      sup.on('message', () => {})
+      setImmediate(() => {
+        if (sup.connected) sup.disconnect()
+        sup.unref()
+      })
       resolve(code)
     }
-    sup.on('message', (m: { ready?: boolean, error?: string, exitCode?: number }) => {
+    sup.on('message', (m: { ready?: boolean, error?: string, exitCode?: number, phase?: string }) => {
+      if (m.phase) {
+        phase = m.phase
+        if (showing) shown.update(phase) // shown already: follow the phases
+      }
       if (m.ready) end(0)
       else if (m.error) end(m.exitCode || EXIT.MOUNT_FAILED, m.error)
     })

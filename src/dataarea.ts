@@ -119,6 +119,9 @@ export class DataArea {
     this.stats.syncs++
   }
 
+  /** the descriptor, for discard (punching freed blocks; see discard.ts) only */
+  get descriptor (): number { return this.fd }
+
   /** bytes the data area file spans (fsck: mapped blocks must lie below) */
   size (): number {
     return fs.fstatSync(this.fd).size

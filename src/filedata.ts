@@ -24,7 +24,9 @@ import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
 import type { DataArea } from './dataarea'
-import { ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
+import { ChecksumError, DataCsums } from './datacsum'
+import { Discard } from './discard'
+import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
 /** extents unmapped by the first truncate step; later ones adapt (see above) */
@@ -52,9 +54,29 @@ export class FileData {
   private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
   /** SQLite's WAL file, for syncCommits (opened at its first call) */
   private walFd: number | null = null
+  /** per-block crcs of written data (datacsum.ts) */
+  readonly csums: DataCsums
+  /** data area blocks whose mismatch was logged already (one log line per block, not per read) */
+  private readonly logged = new Set<number>()
 
-  constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions) {
-    this.tree = ExtentTree.open(db, opts)
+  /**
+   * Why the extent tree is known damaged (a node failed its page checks
+   * when read), or null. From then on nothing is written: every mutating
+   * operation here fails with EROFS, and the filesystem refuses metadata
+   * changes too (FolioFs.tx), so an image known corrupt is never written
+   * (mount checks every page first; this catches damage that appears
+   * while mounted). Reads of what the damaged node maps fail with EIO.
+   */
+  damaged: string | null = null
+
+  /** punches freed blocks out of the data area once they are free for good (discard.ts) */
+  readonly discard: Discard
+
+  /** discard: punch freed blocks (default: on, where the host supports it; never on a read-only image) */
+  constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions & { discard?: boolean }) {
+    this.discard = new Discard(area.descriptor, (opts.discard ?? true) && !db.readonly)
+    this.tree = ExtentTree.open(db, { ...opts, onReusable: this.discard.reusable })
+    this.csums = new DataCsums(db)
   }
 
   /**
@@ -116,32 +138,72 @@ export class FileData {
     return t.alloc(want, hint)
   }
 
+  /** a node failed its checks: remember it (one log line), so nothing more is written */
+  private noteDamage (err: unknown): void {
+    if (!(err instanceof BtreeError) || err.code !== 'node_corrupt' || this.damaged) return
+    this.damaged = err.message
+    process.stderr.write(`foliofs: extent tree damaged (${err.message}): read-only from now on; unmount and see foliofs fsck\n`)
+  }
+
+  /** run fn, noting a damaged node; writes refuse (EROFS) once the tree is known damaged */
+  private async guard<T> (write: boolean, fn: () => Promise<T>): Promise<T> {
+    if (write && this.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.damaged}`)
+    try {
+      return await fn()
+    } catch (err) {
+      this.noteDamage(err)
+      throw err
+    }
+  }
+
   /** committed extents of ino overlapping [start, end) */
   async extents (ino: number, start = 0, end = END): Promise<Extent[]> {
-    return await lockrestartDo(transGet(this.tree), t => t.extentsIn(ino, start, end))
+    return await this.guard(false, async () => await lockrestartDo(transGet(this.tree), t => t.extentsIn(ino, start, end)))
   }
 
   /**
    * Fill bufs with blocks [first, first + bufs.length) of ino; holes and
    * unwritten extents read as zeros. The caller holds the folio locks of
    * these blocks, so their mapping cannot change before the I/O is done
-   * (writeback and truncate take those locks first).
+   * (writeback and truncate take those locks first). Every block read from
+   * the data area is checked against its crc: a ChecksumError (EIO) names
+   * the blocks that mismatched; the other buffers are filled all the same.
    */
   async readBlocks (ino: number, first: number, bufs: Buffer[]): Promise<void> {
     const end = first + bufs.length
     const ex = await this.extents(ino, first, end)
     let at = first
     const io: Array<Promise<void>> = []
+    const pieces: Array<{ lo: number, pblk: number, bufs: Buffer[] }> = []
     for (const e of ex) {
       const lo = Math.max(e.off, first)
       const hi = Math.min(e.off + e.len, end)
       for (; at < lo; at++) bufs[at - first].fill(0)
       if (e.flags & EXT_UNWRITTEN) for (; at < hi; at++) bufs[at - first].fill(0)
-      else io.push(this.area.read(bufs.slice(lo - first, hi - first), e.pblk + (lo - e.off)))
+      else {
+        const piece = { lo, pblk: e.pblk + (lo - e.off), bufs: bufs.slice(lo - first, hi - first) }
+        pieces.push(piece)
+        io.push(this.area.read(piece.bufs, piece.pblk))
+      }
       at = hi
     }
     for (; at < end; at++) bufs[at - first].fill(0)
     await Promise.all(io)
+    const bad: number[] = []
+    for (const p of pieces) {
+      for (const i of this.csums.verify(p.pblk, p.bufs).bad) {
+        bad.push(p.lo + i)
+        this.logMismatch(ino, p.lo + i, p.pblk + i)
+      }
+    }
+    if (bad.length) throw new ChecksumError(ino, bad)
+  }
+
+  /** the log line of a checksum mismatch (once per data area block and mount; the stats count every read) */
+  private logMismatch (ino: number, block: number, pblk: number): void {
+    if (this.logged.has(pblk)) return
+    if (this.logged.size < 10000) this.logged.add(pblk)
+    process.stderr.write(`foliofs: inode ${ino}: data checksum mismatch in block ${block} (data area block ${pblk}): reads of it fail with EIO; see foliofs fsck --verify-data\n`)
   }
 
   /**
@@ -151,7 +213,7 @@ export class FileData {
    * it back.
    */
   async allocRun (ino: number, start: number, len: number): Promise<Range[]> {
-    return await lockrestartDo(transGet(this.tree), t => {
+    return await this.guard(true, async () => await this.afterDiscards(async () => await lockrestartDo(transGet(this.tree), t => {
       let hint = t.allocHint(ino, start)
       for (let done = 0; done < len;) {
         const r = this.allocOrReclaim(t, len - done, hint)
@@ -160,20 +222,47 @@ export class FileData {
         hint = r.pblk + r.len
       }
       return t.detachReserved()
-    })
+    })))
   }
 
-  /** Writeback step 5: map blocks [start, ...) of ino to the pieces, freeing what they replace. */
-  async commitRun (ino: number, start: number, pieces: Range[], hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
-    await lockrestartDo(transGet(this.tree), t => {
+  /**
+   * Run an allocating step; on ENOSPC while punches are in flight (their
+   * blocks are free but not allocatable until punched: discard.ts), wait
+   * for them and run it again.
+   */
+  private async afterDiscards<T> (step: () => Promise<T>): Promise<T> {
+    for (;;) {
+      try {
+        return await step()
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ENOSPC' || this.discard.stats.inFlight === 0) throw err
+        await this.discard.idle()
+      }
+    }
+  }
+
+  /**
+   * Writeback step 5: map blocks [start, ...) of ino to the pieces, freeing
+   * what they replace; crcs (one per block, in order: blockCrcs of the data
+   * written) are recorded in the same commit.
+   */
+  async commitRun (ino: number, start: number, pieces: Range[], crcs: Uint32Array, hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
+    await this.guard(true, async () => await lockrestartDo(transGet(this.tree), t => {
       t.adoptReserved(pieces)
       let off = start
       for (const p of pieces) {
         t.insertExtent({ ino, off, len: p.len, pblk: p.pblk, flags: EXT_WRITTEN })
         off += p.len
       }
-      t.commit(freed => hook(off - start, freed.reduce((s, r) => s + r.len, 0)))
-    })
+      t.commit(freed => {
+        let k = 0
+        for (const p of pieces) {
+          this.csums.record(p.pblk, crcs.subarray(k, k + p.len))
+          k += p.len
+        }
+        hook(off - start, freed.reduce((s, r) => s + r.len, 0))
+      })
+    }))
   }
 
   /** give back a reservation from allocRun that will not be committed */
@@ -211,6 +300,10 @@ export class FileData {
 
   /** Unmap blocks [from, to) of ino (punch a hole), in bounded steps like truncate. */
   async unmap (ino: number, from: number, to: number, onStep: TruncateStep): Promise<void> {
+    await this.guard(true, async () => { await this.unmapSteps(ino, from, to, onStep) })
+  }
+
+  private async unmapSteps (ino: number, from: number, to: number, onStep: TruncateStep): Promise<void> {
     const trans = transGet(this.tree)
     let batch = TRUNCATE_BATCH
     for (let first = true; ; first = false) {
@@ -243,12 +336,16 @@ export class FileData {
    * ext4 does). Bounded steps; onStep(added) runs inside each commit.
    */
   async preallocate (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
+    await this.guard(true, async () => { await this.preallocateSteps(ino, from, to, onStep) })
+  }
+
+  private async preallocateSteps (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
     if (await this.holeBlocks(ino, from, to) > this.free) throw fsErr('ENOSPC', `fallocate of inode ${ino}`)
     const trans = transGet(this.tree)
     for (let pos = from; pos < to;) {
       if (pos > from) await yieldToLoop()
       const at = pos
-      pos = await lockrestartDo(trans, t => this.preallocateStep(t, ino, at, to, onStep))
+      pos = await this.afterDiscards(async () => await lockrestartDo(trans, t => this.preallocateStep(t, ino, at, to, onStep)))
     }
   }
 

@@ -45,6 +45,8 @@ export interface FsOptions extends TreeOptions {
   dirtyExpireMs?: number
   /** memory pressure probe (tests); default: /proc/meminfo */
   memoryLow?: () => boolean
+  /** punch freed blocks out of the data area (-o discard, the default; -o nodiscard) */
+  discard?: boolean
 }
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
@@ -189,6 +191,8 @@ export class FolioFs {
   private anyDefaultAcl = false
   /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
   private readonly dentries = new Map<string, number>()
+  /** dangling entries' inodes logged already (danglingStat) */
+  private readonly danglingLogged = new Set<number>()
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
@@ -262,6 +266,7 @@ export class FolioFs {
     return {
       getInode: db.prepare('SELECT * FROM inodes WHERE ino = ?'),
       lookup: db.prepare('SELECT ino FROM dirents WHERE parent = ? AND name = ?').pluck(),
+      nameOfIno: db.prepare('SELECT 1 FROM dirents WHERE ino = ? LIMIT 1').pluck(),
       listDir: db.prepare('SELECT name, ino FROM dirents WHERE parent = ? ORDER BY name'),
       dirHasEntries: db.prepare('SELECT 1 FROM dirents WHERE parent = ? LIMIT 1').pluck(),
       insDirent: db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)'),
@@ -303,6 +308,7 @@ export class FolioFs {
    */
   tx<T> (fn: () => T): T {
     if (this.readonly) throw fsErr('EROFS')
+    if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`) // never write to an image known corrupt
     if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
     let r: T
     try {
@@ -464,6 +470,8 @@ export class FolioFs {
   }
 
   stat (ino: number): Stat {
+    const row = this.q.getInode.get(ino) as Inode | undefined
+    if (!row && this.q.nameOfIno.get(ino) !== undefined) return this.danglingStat(ino)
     const i = this.inode(ino)
     if (this.attrs.has(ino)) {
       // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
@@ -471,6 +479,22 @@ export class FolioFs {
       i.blocks += this.cache.dirtyFrom(ino, Math.ceil(stored / BLOCK_SIZE))
     }
     return this.toStat(i)
+  }
+
+  /**
+   * A directory entry whose inode is missing (a damaged image; fsck:
+   * "points to missing inode"): it is listed and can be stat'ed as an
+   * empty file without permissions, so one bad entry does not hide the
+   * others and `rm` can remove it (unlink drops just the name). Logged
+   * once per inode.
+   */
+  private danglingStat (ino: number): Stat {
+    if (!this.danglingLogged.has(ino)) {
+      this.danglingLogged.add(ino)
+      process.stderr.write(`foliofs: a directory entry points to missing inode ${ino}: listed as an empty file, remove it with rm; see foliofs fsck\n`)
+    }
+    const t0 = { sec: 0, nsec: 0 }
+    return { ino, mode: S_IFREG, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 0, blksize: BLOCK_SIZE, blocks: 0, atime: t0, mtime: t0, ctime: t0 }
   }
 
   toStat (i: Inode): Stat {
@@ -678,9 +702,14 @@ export class FolioFs {
       const pino = this.dirIno(parent)
       const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
+      const t = nowTime()
+      if (this.q.getInode.get(ino) === undefined) { // a dangling entry (danglingStat): only the name goes
+        this.removeName(pino, name)
+        this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
+        return null
+      }
       if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR', path)
       this.checkNameRemoved(pino, ino)
-      const t = nowTime()
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t)
@@ -1364,9 +1393,11 @@ export class FolioFs {
       } catch (err) {
         process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
       }
-      // leave the image as a plain database at rest (see mkfs)
+      await this.data.discard.idle() // punches of the last frees, before the data area closes
+      // leave the image as a plain database at rest (see mkfs), without free pages (auto_vacuum = INCREMENTAL; a no-op on older images: fsck --compact)
       flushBatch(this.db)
       this.data.closeWal()
+      try { this.db.pragma('incremental_vacuum') } catch { /* best effort: the pages stay free inside the file */ }
       try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
     }
     this.db.close()

@@ -1,109 +1,294 @@
-// Read-only consistency check of an image: SQLite's own integrity check,
-// then the filesystem invariants (links, parents, reachability, block
-// counts), the extent tree, and the data area (present, of this image, and
-// holding every mapped block).
+// Consistency check of an unmounted image, read-only: the SQLite file
+// (cut short? damaged tables, one by one), then the filesystem invariants
+// (links, parents, reachability, block counts, sizes), the extent tree,
+// the data area (present, of this image, holding every mapped block) and,
+// with verifyData, every written data block against its checksum.
+//
+// It reports like e2fsck: each finding names the inode and its path where
+// it has them, and what is wrong. A damaged table never stops the check
+// with an exception: the phases that need it are skipped with a finding,
+// the others run. Only an image that cannot be opened at all (not an
+// image, cut short, superblock unreadable) is an ImageError (exit 4/5).
+//
+// Findings that repair (fsck-repair.ts) may fix carry a `fix`; the check
+// itself never writes.
 import * as fs from 'fs'
-import { BLOCK_SIZE, openImage, ROOT_INO } from './image'
+import { BLOCK_SIZE, EXIT, ImageError, openImage, ROOT_INO } from './image'
 import { dataAreaPath } from './dataarea'
-import { ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet } from './btree'
+import { DataCsums } from './datacsum'
+import { tableProblems } from './imagecheck'
+import { nameFromDb } from './names'
+import { ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet, type Extent } from './btree'
 
-export interface FsckReport { errors: string[], inodes: number, dirents: number, blocks: number }
+/** what repair may do about a finding (fsck-repair.ts) */
+export type Fix =
+  | { kind: 'dangling', parent: number, name: string | Buffer }
+  | { kind: 'nlink', ino: number, nlink: number }
+  | { kind: 'blocks', ino: number, blocks: number }
+  | { kind: 'size', ino: number, size: number }
+  | { kind: 'unreachable', ino: number, dir: boolean }
+  | { kind: 'freespace' }
 
-export function fsck (image: string, progress?: (phase: string, done?: number, total?: number) => void): FsckReport {
+export interface Finding {
+  ino?: number
+  what: string
+  fix?: Fix
+}
+
+export interface FsckReport {
+  /** one line per finding, "inode N (PATH): what" (the CLI prints them) */
+  errors: string[]
+  findings: Finding[]
+  inodes: number
+  dirents: number
+  blocks: number
+  /** verifyData: blocks checked against their crc, and blocks without one (written by a format-3 build) */
+  verified?: number
+  unverified?: number
+  /** verifyData: damaged files by path */
+  damaged?: string[]
+}
+
+export interface FsckOptions {
+  /** read every written data block and check its crc (a scrub) */
+  verifyData?: boolean
+  progress?: (phase: string, done?: number, total?: number) => void
+}
+
+type InodeRow = { ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number }
+const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
+const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
+const msg = (e: unknown): string => (e as Error)?.message ?? String(e)
+
+/** paths of inodes from the entries that name them (the first name found; null when unreachable) */
+class Paths {
+  private readonly up = new Map<number, { parent: number, name: string }>()
+  add (parent: number, name: string, ino: number): void {
+    if (!this.up.has(ino)) this.up.set(ino, { parent, name })
+  }
+
+  of (ino: number): string | null {
+    if (ino === ROOT_INO) return '/'
+    const parts: string[] = []
+    const seen = new Set<number>()
+    for (let at = ino; at !== ROOT_INO;) {
+      const u = this.up.get(at)
+      if (!u || seen.has(at)) return null
+      seen.add(at)
+      parts.push(u.name)
+      at = u.parent
+    }
+    return '/' + parts.reverse().join('/')
+  }
+}
+
+export function fsck (image: string, opts: FsckOptions | FsckOptions['progress'] = {}): FsckReport {
+  const o: FsckOptions = typeof opts === 'function' ? { progress: opts } : opts
+  const progress = o.progress
   const img = openImage(image, { readonly: true, check: false })
   const db = img.db
-  const errors: string[] = []
+  const findings: Finding[] = []
+  const paths = new Paths()
+  const add = (what: string, ino?: number, fix?: Fix): void => { findings.push({ ino, what, fix }) }
+  const report: FsckReport = { errors: [], findings, inodes: 0, dirents: 0, blocks: 0 }
   try {
     progress?.('sqlite integrity check')
-    const integrity = db.pragma('integrity_check', { simple: false }) as Array<{ integrity_check: string }>
-    for (const r of integrity) if (r.integrity_check !== 'ok') errors.push(`sqlite: ${r.integrity_check}`)
+    const damaged = new Set<string>()
+    for (const p of tableProblems(db, false)) {
+      damaged.add(p.table)
+      add(`table '${p.table}' is damaged: ${p.first}${p.count > 1 ? ` (and ${p.count - 1} more problems)` : ''}`)
+    }
+    /** run a phase that reads tables; a damaged one ends the phase with a finding, not an exception */
+    const phase = (what: string, fn: () => void): boolean => {
+      try { fn(); return true } catch (e) { add(`${what} not checked: ${msg(e)}`); return false }
+    }
 
     progress?.('inodes and entries')
-    const inodes = new Map<number, { mode: number, nlink: number, size: number, blocks: number, parent: number }>()
-    for (const r of db.prepare('SELECT ino, mode, nlink, size, blocks, parent FROM inodes').iterate() as Iterable<{ ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number }>) {
-      inodes.set(r.ino, r)
-    }
-    const orphans = new Set(db.prepare('SELECT ino FROM orphans').pluck().all() as number[])
+    const inodes = new Map<number, InodeRow>()
+    const inodesOk = phase('inodes', () => {
+      for (const r of db.prepare('SELECT ino, mode, nlink, size, blocks, parent FROM inodes').iterate() as Iterable<InodeRow>) {
+        if (typeof r.ino !== 'number' || typeof r.mode !== 'number' || typeof r.nlink !== 'number' || typeof r.size !== 'number' ||
+            typeof r.blocks !== 'number' || r.size < 0 || r.nlink < 0) {
+          add(`malformed inode row (mode ${String(r.mode)}, nlink ${String(r.nlink)}, size ${String(r.size)})`, Number(r.ino))
+          continue
+        }
+        inodes.set(r.ino, r)
+      }
+    })
+    report.inodes = inodes.size
+    const orphans = new Set<number>()
+    phase('orphan list', () => { for (const i of db.prepare('SELECT ino FROM orphans').pluck().all() as number[]) orphans.add(i) })
     const links = new Map<number, number>()
     const subdirs = new Map<number, number>()
     const children = new Map<number, number[]>()
-    let dirents = 0
-    for (const d of db.prepare('SELECT parent, name, ino FROM dirents').iterate() as Iterable<{ parent: number, name: string, ino: number }>) {
-      dirents++
-      const p = inodes.get(d.parent)
-      const c = inodes.get(d.ino)
-      if (!p) { errors.push(`entry '${d.name}' in missing directory ${d.parent}`); continue }
-      if ((p.mode & 0o170000) !== 0o040000) errors.push(`entry '${d.name}' in non-directory ${d.parent}`)
-      if (!c) { errors.push(`entry '${d.name}' in ${d.parent} points to missing inode ${d.ino}`); continue }
-      if (d.name === '' || d.name.includes('/') || Buffer.byteLength(d.name) > 255) errors.push(`bad name in ${d.parent}: ${JSON.stringify(d.name)}`)
-      links.set(d.ino, (links.get(d.ino) ?? 0) + 1)
-      if ((c.mode & 0o170000) === 0o040000) {
-        subdirs.set(d.parent, (subdirs.get(d.parent) ?? 0) + 1)
-        if (c.parent !== d.parent) errors.push(`directory ${d.ino} has parent ${c.parent} but is linked from ${d.parent}`)
+    const direntsOk = inodesOk && phase('directory entries', () => {
+      const rows = db.prepare('SELECT parent, name, ino FROM dirents').all() as Array<{ parent: number, name: string | Buffer, ino: number }>
+      for (const d of rows) if (inodes.has(d.ino)) paths.add(d.parent, nameFromDb(d.name), d.ino)
+      for (const d of rows) {
+        report.dirents++
+        const name = nameFromDb(d.name)
+        const where = `entry '${name}' in ${paths.of(d.parent) ?? `directory ${d.parent}`}`
+        const p = inodes.get(d.parent)
+        const c = inodes.get(d.ino)
+        if (!p) { add(`${where}: its directory ${d.parent} is missing`, d.ino, { kind: 'dangling', parent: d.parent, name: d.name }); continue }
+        if (!isDir(p.mode)) add(`${where}: ${d.parent} is not a directory`, d.ino)
+        if (!c) { add(`${where} points to missing inode ${d.ino}`, undefined, { kind: 'dangling', parent: d.parent, name: d.name }); continue }
+        if (name === '' || name.includes('/') || Buffer.byteLength(name, 'latin1') > 255) add(`bad name in ${d.parent}: ${JSON.stringify(name)}`, d.ino)
+        links.set(d.ino, (links.get(d.ino) ?? 0) + 1)
+        if (isDir(c.mode)) {
+          subdirs.set(d.parent, (subdirs.get(d.parent) ?? 0) + 1)
+          if (c.parent !== d.parent) add(`directory has parent ${c.parent} but is linked from ${d.parent}`, d.ino)
+        }
+        const list = children.get(d.parent) ?? []
+        list.push(d.ino)
+        children.set(d.parent, list)
       }
-      const list = children.get(d.parent) ?? []
-      list.push(d.ino)
-      children.set(d.parent, list)
-    }
-    // the extent tree: structure, then what it maps against inodes and block rows
+    })
+
+    // the extent tree: structure, then what it maps against inodes
     let tree: ExtentTree | null = null
-    try {
-      tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
-      for (const e of tree.verify()) errors.push(`extent tree: ${e}`)
-    } catch (e) {
-      errors.push(`extent tree: ${(e as Error).message}`)
-    }
+    let treeOk = false
+    phase('extent tree', () => {
+      const t = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      const errs = t.verify()
+      tree = t // a tree whose tables cannot even be walked is not looked into inode by inode
+      const space = (e: string): boolean => /space accounting|free space/.test(e)
+      treeOk = !errs.some(e => !space(e))
+      // with nodes unreadable the accounting cannot add up: not a finding of its own
+      for (const e of errs) if (treeOk || !space(e)) add(`extent tree: ${e}`, undefined, space(e) ? { kind: 'freespace' } : undefined)
+    })
     // end: past the last written block (unwritten extents, from fallocate,
     // may lie past the size with KEEP_SIZE)
     const mapped = new Map<number, { blocks: number, end: number }>()
+    const written = new Map<number, Extent[]>()
     // openImage checked the data area's header; every written block must lie
     // inside it (unwritten ones are never read, so the area need not cover them)
     const areaBlocks = Math.floor(fs.statSync(dataAreaPath(image)).size / BLOCK_SIZE)
-    let blocks = 0
+    const unreadable = new Set<number>()
     if (tree) {
-      const t = tree
+      const t: ExtentTree = tree
       let total = 0
       let checked = 0
       for (const ino of inodes.keys()) {
         progress?.('extents of inodes', checked++, inodes.size)
         const m = { blocks: 0, end: 0 }
-        for (const e of lockrestartDoSync(transGet(t), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))) {
-          m.blocks += e.len
-          if (e.pblk < 1) errors.push(`inode ${ino}: extent at ${e.off} maps the data area's header`)
-          if (e.flags & EXT_UNWRITTEN) continue
-          m.end = Math.max(m.end, e.off + e.len)
-          if (e.pblk + e.len > areaBlocks) errors.push(`inode ${ino}: extent at ${e.off} maps blocks past the end of the data area (${e.pblk + e.len} > ${areaBlocks})`)
+        let ex: Extent[]
+        try {
+          ex = lockrestartDoSync(transGet(t), tr => tr.extentsIn(ino, 0, Number.MAX_SAFE_INTEGER))
+        } catch (e) {
+          unreadable.add(ino)
+          add(`extents unreadable: ${msg(e)}`, ino)
+          continue
         }
+        const w: Extent[] = []
+        for (const e of ex) {
+          m.blocks += e.len
+          if (e.pblk < 1) add(`extent at ${e.off} maps the data area's header`, ino)
+          if (e.flags & EXT_UNWRITTEN) continue
+          w.push(e)
+          m.end = Math.max(m.end, e.off + e.len)
+          if (e.pblk + e.len > areaBlocks) add(`extent at ${e.off} maps blocks past the end of the data area (${e.pblk + e.len} > ${areaBlocks})`, ino)
+        }
+        if (w.length) written.set(ino, w)
         if (m.blocks) mapped.set(ino, m)
         total += m.blocks
       }
-      blocks = total
-      const inUse = t.usedBlocks()
-      if (total !== inUse) errors.push(`space accounting: ${total} blocks mapped by inodes, ${inUse} in use`)
-    }
-    progress?.('links, reachability')
-    // reachability from the root
-    const seen = new Set<number>([ROOT_INO])
-    const stack = [ROOT_INO]
-    while (stack.length) {
-      for (const c of children.get(stack.pop() as number) ?? []) {
-        if (seen.has(c)) continue
-        seen.add(c)
-        stack.push(c)
+      report.blocks = total
+      if (treeOk && inodesOk && unreadable.size === 0) {
+        const inUse = t.usedBlocks()
+        if (total !== inUse) add(`space accounting: ${total} blocks mapped by inodes, ${inUse} in use`, undefined, { kind: 'freespace' })
       }
     }
-    for (const [ino, i] of inodes) {
-      const isDir = (i.mode & 0o170000) === 0o040000
-      const expect = isDir ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
-      if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) errors.push(`inode ${ino}: nlink ${i.nlink}, expected ${expect}`)
-      if (isDir && ino !== ROOT_INO && (links.get(ino) ?? 0) !== 1 && !orphans.has(ino)) errors.push(`directory ${ino} has ${links.get(ino) ?? 0} names`)
-      if (!seen.has(ino) && !orphans.has(ino)) errors.push(`inode ${ino} is not reachable from the root`)
-      const m = mapped.get(ino)
-      if (tree && (m?.blocks ?? 0) !== i.blocks) errors.push(`inode ${ino}: block count ${i.blocks}, extents map ${m?.blocks ?? 0}`)
-      if (m && m.end > Math.ceil(i.size / BLOCK_SIZE) && !orphans.has(ino)) errors.push(`inode ${ino}: extent beyond size ${i.size}`)
+
+    if (inodesOk && direntsOk) {
+      progress?.('links, reachability')
+      const seen = new Set<number>([ROOT_INO])
+      const stack = [ROOT_INO]
+      while (stack.length) {
+        for (const c of children.get(stack.pop() as number) ?? []) {
+          if (seen.has(c)) continue
+          seen.add(c)
+          stack.push(c)
+        }
+      }
+      for (const [ino, i] of inodes) {
+        const dir = isDir(i.mode)
+        const expect = dir ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
+        const reachable = seen.has(ino) || orphans.has(ino)
+        if (!reachable) add(`${dir ? 'directory' : 'inode'} is not reachable from the root`, ino, { kind: 'unreachable', ino, dir })
+        else if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) add(`nlink ${i.nlink}, expected ${expect}`, ino, { kind: 'nlink', ino, nlink: expect })
+        if (dir && ino !== ROOT_INO && reachable && (links.get(ino) ?? 0) !== 1 && !orphans.has(ino)) add(`directory has ${links.get(ino) ?? 0} names`, ino)
+      }
     }
-    return { errors, inodes: inodes.size, dirents, blocks }
+    if (tree && inodesOk) {
+      for (const [ino, i] of inodes) {
+        if (unreadable.has(ino)) continue
+        const m = mapped.get(ino)
+        if ((m?.blocks ?? 0) !== i.blocks) add(`block count ${i.blocks}, extents map ${m?.blocks ?? 0}`, ino, { kind: 'blocks', ino, blocks: m?.blocks ?? 0 })
+        if (m && m.end > Math.ceil(i.size / BLOCK_SIZE) && !orphans.has(ino)) add(`extent beyond size ${i.size}`, ino, { kind: 'size', ino, size: m.end * BLOCK_SIZE })
+      }
+    }
+
+    if (o.verifyData) verifyData(image, db, written, areaBlocks, report, add, progress)
+
+    report.errors = findings.map(f => describe(f, paths))
+    return report
   } finally {
     db.close()
+  }
+
+  function describe (f: Finding, p: Paths): string {
+    if (f.ino === undefined) return f.what
+    const path = p.of(f.ino)
+    return `inode ${f.ino}${path ? ` (${path})` : ''}: ${f.what}`
+  }
+
+  /** the scrub: read every written block, compare with its crc; damaged files listed by path */
+  function verifyData (image: string, db: ReturnType<typeof openImage>['db'], written: Map<number, Extent[]>, areaBlocks: number,
+    report: FsckReport, add: (what: string, ino?: number) => void, progress?: FsckOptions['progress']): void {
+    const csums = new DataCsums(db)
+    const fd = fs.openSync(dataAreaPath(image), 'r')
+    const CHUNK = 256
+    const bufs = Array.from({ length: CHUNK }, () => Buffer.alloc(BLOCK_SIZE))
+    const total = [...written.values()].reduce((n, ex) => n + ex.reduce((k, e) => k + e.len, 0), 0)
+    let done = 0
+    report.damaged = []
+    try {
+      for (const [ino, ex] of written) {
+        const bad: number[] = []
+        for (const e of ex) {
+          for (let k = 0; k < e.len; k += CHUNK) {
+            progress?.('data blocks', done, total)
+            const n = Math.min(CHUNK, e.len - k)
+            const pblk = e.pblk + k
+            if (pblk + n > areaBlocks) { done += n; continue } // reported above
+            const part = bufs.slice(0, n)
+            const got = fs.readvSync(fd, part, pblk * BLOCK_SIZE)
+            if (got < n * BLOCK_SIZE) { for (let b = Math.floor(got / BLOCK_SIZE); b < n; b++) bad.push(e.off + k + b); done += n; continue }
+            for (const i of csums.verify(pblk, part).bad) bad.push(e.off + k + i)
+            done += n
+          }
+        }
+        if (bad.length) {
+          add(`data checksum mismatch in ${bad.length} block${bad.length > 1 ? 's' : ''} (first: block ${bad[0]}, byte ${bad[0] * BLOCK_SIZE}); reads of ${bad.length > 1 ? 'them' : 'it'} fail with EIO`, ino)
+          report.damaged.push(paths.of(ino) ?? `inode ${ino} (no path)`)
+        }
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
+    report.verified = csums.stats.verifiedBlocks
+    report.unverified = csums.stats.unverifiedBlocks
+  }
+}
+
+/** fsck for the CLI: anything unexpected is a one-line corrupt-image error, never a stack trace */
+export function fsckOrCorrupt (image: string, opts: FsckOptions): FsckReport {
+  try {
+    return fsck(image, opts)
+  } catch (e) {
+    if (e instanceof ImageError) throw e
+    throw new ImageError(`${image}: corrupt image (${msg(e)})`, EXIT.CORRUPT)
   }
 }

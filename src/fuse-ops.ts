@@ -352,6 +352,8 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     btree: { ...fs.data.stats, ...fs.data.summary() },
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },
+    checksums: { ...fs.data.csums.stats },
+    discard: { ...fs.data.discard.stats },
     requests: { ...ctx.requests },
     coherence: ctx.coherence ? { ...ctx.coherence.stats } : null,
     ...ctx.extraStats()

@@ -7,7 +7,10 @@
 // Format versions: 1 kept file data in a `blocks` table inside SQLite;
 // 2 keeps it in the data area (physical block 0 is the data area's header
 // and never allocated); 3 stores free space as one row per 4096-block
-// bucket (`free_buckets`) instead of one row per free range (`free_space`).
+// bucket (`free_buckets`) instead of one row per free range (`free_space`);
+// 4 adds `data_csums`, a crc32 of every written data block (datacsum.ts).
+// A read-write open upgrades 2 and 3 in place (upgradeImage); a read-only
+// one reads 3 as it is (its data is read unverified) and refuses 2.
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
@@ -15,13 +18,17 @@ import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 import { bucketsOf } from './btree/alloc'
 import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
 import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
+import { CSUM_SCHEMA } from './datacsum'
+import { describeProblems, tableProblems, truncation } from './imagecheck'
 
 export { BLOCK_SIZE, EXIT, ImageError }
 
 export const MAGIC = 'foliofs'
-export const FORMAT_VERSION = 3
-/** the older format a read-write open upgrades in place (upgradeImage) */
+export const FORMAT_VERSION = 4
+/** the oldest format a read-write open upgrades in place (upgradeImage) */
 const UPGRADABLE_VERSION = 2
+/** the older format a read-only open reads as it is (no data checksums) */
+const READABLE_OLD_VERSION = 3
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
 /** WAL pages after which a commit checkpoints (see openImage) */
@@ -126,6 +133,8 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
   const db = new Database(path)
   try {
     opts.progress?.('schema, superblock, root directory')
+    // free pages go back to the host at unmount (FolioFs.close: incremental_vacuum); set before any table exists
+    db.pragma('auto_vacuum = INCREMENTAL')
     db.pragma('journal_mode = WAL')
     const sb: Superblock = {
       magic: MAGIC,
@@ -139,6 +148,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
     db.transaction(() => {
       db.exec(SCHEMA)
       db.exec(BTREE_SCHEMA)
+      db.exec(CSUM_SCHEMA)
       db.prepare('INSERT INTO superblock VALUES (0, ?, ?, ?, ?, ?, ?, ?)')
         .run(sb.magic, sb.version, sb.blockSize, sb.uuid, sb.createdSec, sb.capacityBlocks, sb.label)
       const t = nowTime()
@@ -181,7 +191,7 @@ export function readSuperblock (db: Database.Database, path: string, upgradable 
     if (!upgradable) throw new ImageError(`${path}: foliofs format version ${UPGRADABLE_VERSION}: mount it read-write once (it is upgraded to ${FORMAT_VERSION} then)`, EXIT.NOT_FOLIOFS)
     tables.delete('free_space')
     tables.add('free_buckets') // upgradeImage makes it
-  } else if (row.version !== FORMAT_VERSION) {
+  } else if (row.version !== FORMAT_VERSION && row.version !== READABLE_OLD_VERSION) {
     throw new ImageError(`${path}: unsupported foliofs format version ${String(row.version)} (this build reads ${FORMAT_VERSION})`, EXIT.NOT_FOLIOFS)
   }
   if (row.block_size !== BLOCK_SIZE) throw new ImageError(`${path}: corrupt superblock (block size ${String(row.block_size)})`, EXIT.CORRUPT)
@@ -203,17 +213,32 @@ export function readSuperblock (db: Database.Database, path: string, upgradable 
 }
 
 /**
- * Format 2 -> 3, in one SQLite transaction (a crash leaves format 2):
- * free space moves from free_space (a row per range) to free_buckets (a
- * row per FREE_BUCKET blocks). Nothing else changed between the two.
+ * Format 2 -> 3: free space moves from free_space (a row per range) to
+ * free_buckets (a row per FREE_BUCKET blocks). Nothing else changed
+ * between the two.
  */
+function upgrade2to3 (db: Database.Database): void {
+  const ranges = db.prepare('SELECT start, len FROM free_space ORDER BY start').all() as Array<{ start: number, len: number }>
+  db.exec(BTREE_SCHEMA) // makes free_buckets (the tree's other tables exist)
+  const put = db.prepare('INSERT INTO free_buckets (bucket, ranges) VALUES (?, ?)')
+  for (const [b, blob] of bucketsOf(ranges)) put.run(b, blob)
+  db.exec('DROP TABLE free_space')
+}
+
+/**
+ * Format 3 -> 4: an empty data_csums. Blocks written before have no
+ * checksum and read unverified until rewritten (datacsum.ts says why the
+ * upgrade computes none).
+ */
+function upgrade3to4 (db: Database.Database): void {
+  db.exec(CSUM_SCHEMA)
+}
+
+/** Upgrade an older image to FORMAT_VERSION, every step in one SQLite transaction (a crash leaves the old format). */
 function upgradeImage (db: Database.Database, sb: Superblock): void {
   db.transaction(() => {
-    const ranges = db.prepare('SELECT start, len FROM free_space ORDER BY start').all() as Array<{ start: number, len: number }>
-    db.exec(BTREE_SCHEMA) // makes free_buckets (the tree's other tables exist)
-    const put = db.prepare('INSERT INTO free_buckets (bucket, ranges) VALUES (?, ?)')
-    for (const [b, blob] of bucketsOf(ranges)) put.run(b, blob)
-    db.exec('DROP TABLE free_space')
+    if (sb.version === 2) upgrade2to3(db)
+    upgrade3to4(db)
     db.prepare('UPDATE superblock SET version = ? WHERE id = 0').run(FORMAT_VERSION)
   })()
   sb.version = FORMAT_VERSION
@@ -283,6 +308,9 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     throw new ImageError(`${path}: written by a newer foliofs or SQLite (file format write version ${head[18]}): this build can only read it; mount it read-only (-o ro)`, EXIT.NOT_FOLIOFS)
   }
 
+  const cut = truncation(path)
+  if (cut) throw new ImageError(`${path}: corrupt image (truncated: ${cut})`, EXIT.CORRUPT)
+
   let ro: Database.Database | null = null
   try {
     ro = new Database(path, { readonly: true, fileMustExist: true, timeout: 100 })
@@ -290,8 +318,12 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     const sb = readSuperblock(ro, path, opts.upgradable ?? !opts.readonly)
     checkDataArea(path, sb.uuid)
     if (opts.check !== false) {
-      const res = ro.pragma('quick_check', { simple: true })
-      if (res !== 'ok') throw new ImageError(`${path}: corrupt image (${String(res)})`, EXIT.CORRUPT)
+      const problems = tableProblems(ro, true)
+      if (problems.length) {
+        // one line for the user; every table's first problem in the log (our stderr)
+        for (const p of problems) process.stderr.write(`foliofs: ${path}: table '${p.table}': ${p.count} problem(s), first: ${p.first}\n`)
+        throw new ImageError(`${path}: corrupt image (${describeProblems(problems.slice(0, 1))}${problems.length > 1 ? `; ${problems.length - 1} more damaged table(s)` : ''}); run foliofs fsck`, EXIT.CORRUPT)
+      }
     }
     if (opts.readonly) return { db: ro, sb, path, readonly: true }
     ro.close()
@@ -310,9 +342,10 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
       // take the exclusive lock now: a second mount of the same image fails here
       db.prepare('BEGIN IMMEDIATE').run()
       db.prepare('COMMIT').run()
-      if (sb.version === UPGRADABLE_VERSION) {
+      if (sb.version !== FORMAT_VERSION) {
+        const from = sb.version
         upgradeImage(db, sb)
-        process.stderr.write(`foliofs: ${path}: upgraded from format version ${UPGRADABLE_VERSION} to ${FORMAT_VERSION}\n`)
+        process.stderr.write(`foliofs: ${path}: upgraded from format version ${from} to ${FORMAT_VERSION}\n`)
       }
     } catch (err) {
       db.close()
@@ -320,8 +353,16 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     }
     return { db, sb, path, readonly: false }
   } catch (err) {
+    let e = err
+    // SQLite says only "malformed": name the damaged table (one line)
+    if (ro && !(err instanceof ImageError) && String((err as { code?: string }).code).startsWith('SQLITE_CORRUPT')) {
+      try {
+        const problems = tableProblems(ro, true)
+        if (problems.length) e = new ImageError(`${path}: corrupt image (${describeProblems(problems.slice(0, 1))})`, EXIT.CORRUPT)
+      } catch { /* keep SQLite's own error */ }
+    }
     if (ro) ro.close()
-    if (err instanceof ImageError) throw err
-    throw sqliteError(path, err)
+    if (e instanceof ImageError) throw e
+    throw sqliteError(path, e)
   }
 }

@@ -28,7 +28,11 @@
 // `pendingFree` until the commit is durable (markDurable(), after a WAL
 // sync): until then a crash brings back the mapping that points at them,
 // so their old contents must not be overwritten. Only then are they in
-// `avail` again.
+// `avail` again. Between the two, markDurable hands them to `onReusable`
+// (discard: the owner punches them out of the data area, asynchronously)
+// and they join `avail` only when it calls release(): they are free for
+// good and not allocatable meanwhile, so a discard can never hit blocks
+// that were handed out again. Until released they count as `pending`.
 //
 // Invariant (verify): mapped blocks + durable.total = total, when no
 // commit is in flight; avail is durable minus outstanding reservations.
@@ -145,6 +149,14 @@ export class Allocator {
   private freeSeq = 0
   readonly total: number
   private stmts: Record<'del' | 'put', Database.Statement> | null = null
+  /**
+   * Told the ranges of each durable commit's frees (sorted by start)
+   * before they become allocatable (discard); they become allocatable when
+   * it calls release (at once, or later). Misuse: calling release before
+   * the work on the blocks is over (a late punch would destroy data written
+   * there since), or never (the blocks leak until unmount); throwing.
+   */
+  onReusable: ((starts: readonly number[], lens: readonly number[], release: () => void) => void) | null = null
 
   private constructor (total: number) {
     this.total = total
@@ -245,10 +257,24 @@ export class Allocator {
     let k = 0
     for (; k < this.pendingFree.length && this.pendingFree[k].seq <= mark; k++) {
       const p = this.pendingFree[k]
-      this.mergeManyOrThrow(this.avail, p.rs, 'release')
-      this.pendingBlocks -= p.blocks
+      if (this.onReusable) {
+        let released = false
+        this.onReusable(p.rs.starts, p.rs.lens, () => {
+          if (released) return
+          released = true
+          this.release(p)
+        })
+      } else {
+        this.release(p)
+      }
     }
     this.pendingFree.splice(0, k)
+  }
+
+  /** a durable commit's freed blocks become allocatable */
+  private release (p: { rs: Sorted, blocks: number }): void {
+    this.mergeManyOrThrow(this.avail, p.rs, 'release')
+    this.pendingBlocks -= p.blocks
   }
 
   /** merge rs into s, all or nothing */
@@ -261,6 +287,12 @@ export class Allocator {
     if (r.len <= 0) return
     const dup = merge(s, r.pblk, r.len)
     if (dup >= 0) throw new Error(`${what} of [${r.pblk}, +${r.len}): block ${dup} is already free`)
+  }
+
+  /** the free ranges of the image (durable), ascending (offline tools: fsck --compact) */
+  * durableRanges (): Generator<Range> {
+    const d = this.durable
+    for (let a = d.first(); a; a = d.next(a)) yield { pblk: d.start(a), len: d.len(a) }
   }
 
   /** is pblk free in the image (not mapped by a committed extent)? */

@@ -146,17 +146,29 @@ export function serializeNode (n: BtreeNode, pageSize: number): Buffer {
   return b
 }
 
+/**
+ * The checks of a page that need no node built: size, type, page size
+ * field, crc32, cell count. What is wrong, or null. (Mount runs it over
+ * every page; deserializeNode runs it and also checks key order.)
+ */
+export function pageProblem (b: Buffer, pageSize: number): string | null {
+  if (b.length !== pageSize) return `page is ${b.length} bytes, expected ${pageSize}`
+  if (b[0] !== PAGE_LEAF && b[0] !== PAGE_INTERIOR) return `bad page type 0x${b[0].toString(16)}`
+  if (b.readUInt32BE(12) !== pageSize) return 'page size field mismatch'
+  if (b.readUInt32BE(8) !== crc32(b.subarray(12))) return 'checksum mismatch'
+  const leaf = b[0] === PAGE_LEAF
+  if (leaf !== (b.readUInt32BE(4) === 0)) return 'page type does not match level'
+  if (b.readUInt16BE(2) > (leaf ? leafCapacity(pageSize) : interiorCapacity(pageSize))) return 'cell count too large'
+  return null
+}
+
 export function deserializeNode (id: number, b: Buffer, pageSize: number): BtreeNode {
   const bad = (why: string): never => { throw new BtreeError('node_corrupt', `node ${id}: ${why}`) }
-  if (b.length !== pageSize) bad(`page is ${b.length} bytes, expected ${pageSize}`)
-  if (b[0] !== PAGE_LEAF && b[0] !== PAGE_INTERIOR) bad(`bad page type 0x${b[0].toString(16)}`)
-  if (b.readUInt32BE(12) !== pageSize) bad('page size field mismatch')
-  if (b.readUInt32BE(8) !== crc32(b.subarray(12))) bad('checksum mismatch')
+  const problem = pageProblem(b, pageSize)
+  if (problem) bad(problem)
   const leaf = b[0] === PAGE_LEAF
   const count = b.readUInt16BE(2)
   const level = b.readUInt32BE(4)
-  if (leaf !== (level === 0)) bad('page type does not match level')
-  if (count > (leaf ? leafCapacity(pageSize) : interiorCapacity(pageSize))) bad('cell count too large')
   const n = new BtreeNode(id, level)
   let at = HEADER_SIZE
   for (let i = 0; i < count; i++) {

@@ -18,11 +18,11 @@
 // Transactions live in trans.ts (which imports this file, never the other
 // way round).
 import type Database from 'better-sqlite3'
-import { Allocator, type Range } from './alloc'
+import { Allocator, bucketsOf, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
-import { BtreeNode, cmpPos, interiorCapacity, leafCapacity, type Extent, type Pos } from './node'
+import { BtreeNode, cmpPos, interiorCapacity, leafCapacity, pageProblem, type Extent, type Pos } from './node'
 
 export const BTREE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS btree_nodes (id INTEGER PRIMARY KEY, page BLOB NOT NULL);
@@ -54,6 +54,8 @@ export interface TreeOptions {
    * a crashed image back (tests of the tree alone, benchmarks).
    */
   commitsDurable?: boolean
+  /** told every range freed by a durable commit, which becomes allocatable when it calls release (Allocator.onReusable: discard) */
+  onReusable?: (starts: readonly number[], lens: readonly number[], release: () => void) => void
 }
 
 export interface TreeStats {
@@ -84,7 +86,7 @@ export class ExtentTree {
   readonly pageSize: number
   readonly cache: NodeCache
   readonly alloc: Allocator
-  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock'>> & { random: () => number }
+  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock' | 'onReusable'>> & { random: () => number }
   /** blocks below it are never allocated */
   readonly firstBlock: number
   meta: Meta
@@ -127,6 +129,7 @@ export class ExtentTree {
     const initialized = m !== null
     this.firstBlock = m ? m.firstBlock : opts.firstBlock ?? 0
     this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized, this.firstBlock)
+    this.alloc.onReusable = opts.onReusable ?? null
     if (m) {
       this.meta = m
     } else {
@@ -277,6 +280,57 @@ export class ExtentTree {
     return errors
   }
 
+  /**
+   * Mount's check: every stored node page passes its page checks (type,
+   * size, crc32, cell count), reading each row once, without building nodes
+   * and without the structural walk of verify(); what is wrong, at most
+   * `limit` lines. Cost: one row read and one crc per node.
+   */
+  static checkPages (db: Database.Database, pageSize = 4096, limit = 20): string[] {
+    const errors: string[] = []
+    for (const r of db.prepare('SELECT id, page FROM btree_nodes').iterate() as Iterable<{ id: number, page: Buffer }>) {
+      const problem = Buffer.isBuffer(r.page) ? pageProblem(r.page, pageSize) : 'page is not a blob'
+      if (problem) errors.push(`node_corrupt: node ${r.id}: ${problem}`)
+      if (errors.length >= limit) break
+    }
+    return errors
+  }
+
+  /** every extent of every leaf, in key order (offline tools: fsck --repair; throws on a damaged node) */
+  * allExtents (): Generator<Extent> {
+    const walk = function * (t: ExtentTree, id: number): Generator<Extent> {
+      const n = t.cache.get(id)
+      if (n.isLeaf) yield * n.extents
+      else for (const c of n.children) yield * walk(t, c)
+    }
+    yield * walk(this, this.meta.rootId)
+  }
+
+  /**
+   * Offline repair (fsck --repair, nothing else open on the image): rewrite
+   * free_buckets as exactly the blocks no extent maps, in one SQLite
+   * transaction; returns the free blocks before and after. The caller
+   * reopens the tree afterwards (this one's allocator is stale). Misuse: on
+   * a live tree it would free reservations in flight.
+   */
+  rebuildFreeSpace (): { before: number, after: number } {
+    const used = [...this.allExtents()].map(e => ({ start: e.pblk, end: e.pblk + e.len })).sort((a, b) => a.start - b.start)
+    const free: Array<{ start: number, len: number }> = []
+    let at = this.firstBlock
+    for (const u of used) {
+      if (u.start > at) free.push({ start: at, len: u.start - at })
+      at = Math.max(at, u.end)
+    }
+    if (at < this.alloc.total) free.push({ start: at, len: this.alloc.total - at })
+    const before = this.alloc.durableFree
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM free_buckets')
+      const put = this.db.prepare('INSERT INTO free_buckets (bucket, ranges) VALUES (?, ?)')
+      for (const [b, blob] of bucketsOf(free)) put.run(b, blob)
+    })()
+    return { before, after: free.reduce((n, r) => n + r.len, 0) }
+  }
+
   /** the owner synced the WAL: everything committed up to mark (commitMark before the sync; default all) is durable */
   markDurable (mark?: number): void {
     this.alloc.markDurable(mark)
@@ -298,6 +352,11 @@ export class ExtentTree {
   /** give back reservations a step detached (BtreeTrans.detachReserved) that will never be committed */
   unreserve (pieces: readonly Range[]): void {
     for (const p of pieces) this.alloc.unreserve(p)
+  }
+
+  /** free ranges as of the last commit, ascending (offline tools only: a live mount reserves out of them) */
+  freeRanges (): Generator<Range> {
+    return this.alloc.durableRanges()
   }
 
   /** blocks mapped by committed extents */

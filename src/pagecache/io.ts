@@ -14,6 +14,7 @@
 import { FOLIO_SIZE, type Folio } from './folio'
 import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
+import { ChecksumError } from '../datacsum'
 
 const READAHEAD_MIN = 8 //  32 KiB
 const READAHEAD_MAX = 1024 // 4 MiB: the kernel's requests are 1 MiB; keep several ahead
@@ -28,14 +29,32 @@ export class BufferedIO {
   /** sizeOf(ino): the file's size now (never a value read before an await: truncate may run meanwhile) */
   constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number) {}
 
-  /** fill folios (locked by the caller, consecutive indices) from the data area */
+  /**
+   * Fill folios (locked by the caller, consecutive indices) from the data
+   * area. Blocks that fail their checksum are removed from the cache (a
+   * later read tries the disk again) and the ChecksumError is thrown; the
+   * other folios are uptodate all the same.
+   */
   private async fill (ino: number, folios: Folio[]): Promise<void> {
     const first = folios[0].index
     const onDisk = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE) // blocks past EOF are zeros, no I/O
     const n = Math.max(0, Math.min(folios.length, onDisk - first))
-    if (n > 0) await this.data.readBlocks(ino, first, folios.slice(0, n).map(f => f.data))
+    let damaged: ChecksumError | null = null
+    if (n > 0) {
+      try {
+        await this.data.readBlocks(ino, first, folios.slice(0, n).map(f => f.data))
+      } catch (err) {
+        if (!(err instanceof ChecksumError)) throw err
+        damaged = err
+      }
+    }
     for (let k = n; k < folios.length; k++) folios[k].data.fill(0)
-    for (const f of folios) f.uptodate = true
+    const bad = new Set(damaged?.blocks)
+    for (const f of folios) {
+      if (bad.has(f.index)) this.cache.remove(f)
+      else f.uptodate = true
+    }
+    if (damaged) throw damaged
   }
 
   /** fill, or on failure remove the folios (never uptodate: a later reader tries again); the caller unlocks */
@@ -43,7 +62,7 @@ export class BufferedIO {
     try {
       await this.fill(ino, folios)
     } catch (err) {
-      for (const f of folios) this.cache.remove(f)
+      if (!(err instanceof ChecksumError)) for (const f of folios) this.cache.remove(f)
       throw err
     }
   }
@@ -97,7 +116,12 @@ export class BufferedIO {
       this.cache.stats.misses += Math.min(end, last + 1) - idx
       this.cache.stats.readaheadFolios += Math.max(0, end - (last + 1))
       try {
-        await this.fillOrForget(ino, run)
+        try {
+          await this.fillOrForget(ino, run)
+        } catch (err) {
+          // a damaged block only readahead wanted fails nobody (it is not cached: a reader of it gets EIO)
+          if (!(err instanceof ChecksumError) || err.blocks.some(b => b >= idx && b <= last)) throw err
+        }
         for (const g of run) if (g.index <= last) this.copyOut(g, buf, pos, n)
       } finally {
         for (const g of run) g.unlock()

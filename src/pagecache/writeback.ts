@@ -14,7 +14,9 @@
 //      crash leaves the old data or the new, never a torn block;
 //   4. fdatasync the data area, so the data is durable before any commit
 //      that maps it (ordered mode);
-//   5. commit the new extents in one B-tree step (adoptReserved); the
+//   5. commit the new extents and the crc32 of every block written
+//      (datacsum.ts: taken under the folio locks before the I/O, so it
+//      is the crc of exactly the bytes written) in one B-tree step (adoptReserved); the
 //      blocks they replace are freed, reusable once that commit is durable;
 //      the inode's on-disk size advances to the end of written data only;
 //   6. clear writeback and unlock.
@@ -27,6 +29,7 @@
 import { readFileSync } from 'fs'
 import createDebug from 'debug'
 import type { FileData } from '../filedata'
+import { blockCrcs } from '../datacsum'
 import type { Folio } from './folio'
 import type { PageCache } from './cache'
 
@@ -163,6 +166,8 @@ export class Writeback {
       const pieces = await this.data.allocRun(ino, start, run.length)
       let committed = false
       try {
+        // the folios are locked: their bytes are what is written and checksummed
+        const crcs = blockCrcs(run.map(f => f.data))
         let k = 0
         for (const p of pieces) {
           await this.data.area.write(run.slice(k, k + p.len).map(f => f.data), p.pblk)
@@ -170,7 +175,7 @@ export class Writeback {
         }
         await this.data.area.datasync()
         if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
-        await this.data.commitRun(ino, start, pieces, (added, freed) => this.committed(ino, start, start + run.length, added, freed))
+        await this.data.commitRun(ino, start, pieces, crcs, (added, freed) => this.committed(ino, start, start + run.length, added, freed))
         committed = true
       } finally {
         if (!committed) this.data.unreserve(pieces)

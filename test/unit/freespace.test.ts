@@ -140,3 +140,34 @@ test('a damaged free_buckets row is a corrupt image, not a wrong free map', () =
   assert.equal(ExtentTree.open(d, { pageSize: 4096, totalBlocks: 5 * FREE_BUCKET + 17 }).alloc.free, 5 * FREE_BUCKET + 17)
   d.close()
 })
+
+test('blocks a durable commit freed go to onReusable (discard) and are allocatable only once it releases them', () => {
+  const db = new Database(path.join(tmpdir(), 'reuse.db'))
+  const handed: Array<{ starts: number[], lens: number[], release: () => void }> = []
+  const tree = ExtentTree.open(db, {
+    pageSize: 4096, totalBlocks: 64, firstBlock: 1, commitsDurable: false, debugChecks: false,
+    onReusable: (starts, lens, release) => { handed.push({ starts: [...starts], lens: [...lens], release }) }
+  })
+  // the whole device mapped by one file, then half of it freed
+  lockrestartDoSync(transGet(tree), t => {
+    const a = t.alloc(63, 1)
+    assert.deepEqual(a, { pblk: 1, len: 63 })
+    t.insertExtent({ ino: 5, off: 0, len: 63, pblk: 1, flags: 0 })
+    t.commit()
+  })
+  lockrestartDoSync(transGet(tree), t => { t.deleteRange(5, 32, Number.MAX_SAFE_INTEGER); t.commit() })
+  // a transaction that ends uncommitted hands its reservation back
+  const tryAlloc = (): unknown => lockrestartDoSync(transGet(tree), t => t.alloc(4, 0))
+  assert.equal(tryAlloc(), null, 'not durable yet')
+  assert.equal(handed.length, 0)
+  tree.markDurable()
+  assert.deepEqual(handed.map(h => [h.starts, h.lens]), [[[33], [31]]], 'handed over once durable')
+  assert.equal(tryAlloc(), null, 'not allocatable while the discard runs')
+  assert.equal(tree.pendingFreeBlocks(), 31)
+  handed[0].release()
+  handed[0].release() // a second call changes nothing
+  assert.deepEqual(tryAlloc(), { pblk: 33, len: 4 })
+  assert.equal(tree.pendingFreeBlocks(), 0)
+  assert.deepEqual(tree.verify(), [])
+  db.close()
+})

@@ -92,7 +92,7 @@ test('a read-write image checkpoints its WAL in small pieces (a 1000-page autoch
   o.db.close()
 })
 
-test('a format 2 image (free space a row per range) is upgraded to format 3 at its first read-write open, with its files and free space intact', async () => {
+test('a format 2 image (free space a row per range) is upgraded to format 4 at its first read-write open, with its files and free space intact', async () => {
   const { FolioFs } = await import('../../src/fs')
   const { fsck } = await import('../../src/fsck')
   const { decodeBucket } = await import('../../src/btree/alloc')
@@ -116,14 +116,14 @@ test('a format 2 image (free space a row per range) is upgraded to format 3 at i
     decodeBucket(r.bucket, r.ranges, 64 << 8, (s, l) => ranges.push([s, l]))
   }
   assert.ok(ranges.length > 5, 'fragmented free space')
-  db.exec('CREATE TABLE free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL); DROP TABLE free_buckets; UPDATE superblock SET version = 2')
+  db.exec('CREATE TABLE free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL); DROP TABLE free_buckets; DROP TABLE data_csums; UPDATE superblock SET version = 2')
   const ins = db.prepare('INSERT INTO free_space (start, len) VALUES (?, ?)')
   for (const [s, l] of ranges) ins.run(s, l)
   db.close()
 
   assert.throws(() => openImage(img, { readonly: true }), (e: unknown) => e instanceof ImageError && /format version 2: mount it read-write once/.test(e.message))
   const up = openImage(img)
-  assert.equal(up.sb.version, 3)
+  assert.equal(up.sb.version, 4)
   const g = new FolioFs(up)
   const back = Buffer.alloc(data.length)
   assert.equal(await g.read(g.resolve('/f1'), back, back.length, 8192), data.length)
@@ -134,8 +134,134 @@ test('a format 2 image (free space a row per range) is upgraded to format 3 at i
   for (const r of check.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').all() as Array<{ bucket: number, ranges: Buffer }>) {
     decodeBucket(r.bucket, r.ranges, 64 << 8, (s, l) => after.push([s, l]))
   }
-  assert.equal(check.prepare('SELECT version FROM superblock').pluck().get(), 3)
+  assert.equal(check.prepare('SELECT version FROM superblock').pluck().get(), 4)
   check.close()
   assert.deepEqual(after, ranges, 'the same free ranges, now in buckets')
   assert.deepEqual(fsck(img).errors, [])
+})
+
+test('a format 3 image (no data checksums) reads as it is read-only, and is upgraded to format 4 at its first read-write open: old blocks read unverified, new ones checksummed', async () => {
+  const { FolioFs } = await import('../../src/fs')
+  const { fsck } = await import('../../src/fsck')
+  const Database = (await import('better-sqlite3')).default
+  const img = path.join(tmpdir(), 'v3.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  const root = { uid: 0, gid: 0 }
+  const old = Buffer.alloc(64 * 1024, 3)
+  const f = new FolioFs(openImage(img))
+  const a = f.create('/old', 0o644, root)
+  await f.write(a, old, 0)
+  await f.close()
+  // what format 3 was: no data_csums
+  const db = new Database(img)
+  db.exec('DROP TABLE data_csums; UPDATE superblock SET version = 3')
+  db.close()
+
+  const ro = new FolioFs(openImage(img, { readonly: true }))
+  const back = Buffer.alloc(old.length)
+  assert.equal(await ro.read(ro.resolve('/old'), back, back.length, 0), old.length)
+  assert.ok(back.equals(old))
+  assert.equal(ro.data.csums.stats.unverifiedBlocks, 16)
+  await ro.close()
+  assert.equal(new Database(img, { readonly: true }).prepare('SELECT version FROM superblock').pluck().get(), 3, 'a read-only open changes nothing')
+
+  const up = openImage(img)
+  assert.equal(up.sb.version, 4)
+  const g = new FolioFs(up)
+  back.fill(0)
+  assert.equal(await g.read(g.resolve('/old'), back, back.length, 0), old.length)
+  assert.ok(back.equals(old))
+  assert.equal(g.data.csums.stats.unverifiedBlocks, 16)
+  const fresh = Buffer.alloc(32 * 1024, 9)
+  const b = g.create('/new', 0o644, root)
+  await g.write(b, fresh, 0)
+  await g.close()
+  const h = new FolioFs(openImage(img, { readonly: true }))
+  const back2 = Buffer.alloc(fresh.length)
+  assert.equal(await h.read(h.resolve('/new'), back2, back2.length, 0), fresh.length)
+  assert.ok(back2.equals(fresh))
+  assert.deepEqual(h.data.csums.stats, { verifiedBlocks: 8, unverifiedBlocks: 0, errors: 0 })
+  await h.close()
+  const r = fsck(img, { verifyData: true })
+  assert.deepEqual(r.errors, [])
+  assert.equal(r.verified, 8)
+  assert.equal(r.unverified, 16)
+})
+
+test('a data block that no longer matches its checksum reads as EIO (never wrong bytes), the rest of the file reads, and fsck --verify-data names the file', async () => {
+  const { FolioFs } = await import('../../src/fs')
+  const { fsck } = await import('../../src/fsck')
+  const img = path.join(tmpdir(), 'csum.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  const root = { uid: 0, gid: 0 }
+  const data = Buffer.alloc(16 * 4096)
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 12)) & 0xff
+  const f = new FolioFs(openImage(img))
+  f.mkdir('/d', 0o755, root)
+  const ino = f.create('/d/file', 0o644, root)
+  await f.write(ino, data, 0)
+  await f.close()
+  const g0 = new FolioFs(openImage(img, { readonly: true }))
+  const pblk = (await g0.data.extents(g0.resolve('/d/file')))[0].pblk
+  await g0.close()
+  // flip one byte of the file's block 5 in the data area
+  const fd = fs.openSync(`${img}-data`, 'r+')
+  const one = Buffer.alloc(1)
+  fs.readSync(fd, one, 0, 1, (pblk + 5) * 4096 + 100)
+  one[0] ^= 0x01
+  fs.writeSync(fd, one, 0, 1, (pblk + 5) * 4096 + 100)
+  fs.closeSync(fd)
+  const scrub = fsck(img, { verifyData: true })
+  assert.deepEqual(scrub.damaged, ['/d/file'])
+  assert.match(scrub.errors.join('\n'), /^inode \d+ \(\/d\/file\): data checksum mismatch in 1 block \(first: block 5, byte 20480\)/)
+
+  const g = new FolioFs(openImage(img))
+  const ino2 = g.resolve('/d/file')
+  const buf = Buffer.alloc(data.length)
+  await assert.rejects(g.read(ino2, buf, buf.length, 0), (e: unknown) => (e as { code?: string }).code === 'EIO')
+  await assert.rejects(g.read(ino2, buf, 4096, 5 * 4096), (e: unknown) => (e as { code?: string }).code === 'EIO')
+  const head = Buffer.alloc(5 * 4096)
+  assert.equal(await g.read(ino2, head, head.length, 0), head.length)
+  assert.ok(head.equals(data.subarray(0, 5 * 4096)))
+  const tail = Buffer.alloc(10 * 4096)
+  assert.equal(await g.read(ino2, tail, tail.length, 6 * 4096), tail.length)
+  assert.ok(tail.equals(data.subarray(6 * 4096)))
+  assert.ok(g.data.csums.stats.errors >= 2)
+  // overwriting the whole damaged block repairs it (copy-on-write, a new crc)
+  await g.write(ino2, data.subarray(5 * 4096, 6 * 4096), 5 * 4096)
+  await g.close()
+  const h = new FolioFs(openImage(img, { readonly: true }))
+  assert.equal(await h.read(h.resolve('/d/file'), buf, buf.length, 0), buf.length)
+  assert.ok(buf.equals(data))
+  await h.close()
+  assert.deepEqual(fsck(img, { verifyData: true }).damaged, [])
+})
+
+test('an extent-tree node found damaged while mounted makes the filesystem refuse every write from then on (EROFS): an image known corrupt is never written', async () => {
+  const { FolioFs } = await import('../../src/fs')
+  const Database = (await import('better-sqlite3')).default
+  const img = path.join(tmpdir(), 'rot.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  const root = { uid: 0, gid: 0 }
+  const f = new FolioFs(openImage(img))
+  const a = f.create('/a', 0o644, root)
+  await f.write(a, Buffer.alloc(8192, 1), 0)
+  await f.close()
+  // damage the leaf that maps /a (bypassing mount's page check: damage that appears while mounted)
+  const db = new Database(img)
+  const { id, page } = db.prepare('SELECT id, page FROM btree_nodes ORDER BY id DESC LIMIT 1').get() as { id: number, page: Buffer }
+  page[100] ^= 0xff
+  db.prepare('UPDATE btree_nodes SET page = ? WHERE id = ?').run(page, id)
+  db.close()
+
+  const g = new FolioFs(openImage(img))
+  const buf = Buffer.alloc(8192)
+  await assert.rejects(g.read(g.resolve('/a'), buf, buf.length, 0), /checksum mismatch/)
+  assert.match(String(g.data.damaged), /checksum mismatch/)
+  assert.throws(() => g.create('/new', 0o644, root), (e: unknown) => (e as { code?: string }).code === 'EROFS')
+  await assert.rejects(g.unlink('/a'), (e: unknown) => (e as { code?: string }).code === 'EROFS')
+  await g.close()
+  const after = new Database(img, { readonly: true })
+  assert.deepEqual(after.prepare('SELECT name FROM dirents ORDER BY name').pluck().all(), ['a'], 'nothing written after the damage was seen')
+  after.close()
 })

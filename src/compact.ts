@@ -1,0 +1,36 @@
+// `foliofs fsck --compact IMAGE`: give an unmounted image's unused space
+// back to the host filesystem, offline.
+//  * SQLite: VACUUM, switching the database to auto_vacuum = INCREMENTAL on
+//    the way (images made before it was the default; from then on every
+//    unmount returns free pages by itself, FolioFs.close);
+//  * data area: punch every free range (discard.ts), e.g. space freed by a
+//    mount with -o nodiscard or on a host that could not punch then.
+// The image is opened read-write and validated first (openImage: a corrupt
+// image is refused, never compacted); the exclusive lock keeps a mount out.
+import * as fs from 'fs'
+import { openImage } from './image'
+import { DataArea } from './dataarea'
+import { Discard } from './discard'
+import { ExtentTree } from './btree'
+
+export interface CompactReport { sqliteBefore: number, sqliteAfter: number, punchedBlocks: number, discard: boolean }
+
+export function compact (image: string, log?: (line: string) => void): CompactReport {
+  const sqliteBefore = fs.statSync(image).size
+  const img = openImage(image)
+  const db = img.db
+  let area: DataArea | null = null
+  try {
+    db.pragma('auto_vacuum = INCREMENTAL')
+    db.exec('VACUUM')
+    const tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+    area = DataArea.open(image, img.sb.uuid, false)
+    const d = new Discard(area.descriptor, true, log)
+    for (const r of tree.freeRanges()) d.punch(r.pblk, r.len)
+    db.pragma('journal_mode = DELETE')
+    return { sqliteBefore, sqliteAfter: 0, punchedBlocks: d.stats.blocks, discard: d.stats.enabled }
+  } finally {
+    area?.close()
+    db.close()
+  }
+}

@@ -1,0 +1,136 @@
+// `foliofs fsck --repair`: fix what fsck found that can be fixed safely,
+// and leave everything else as it is (reported).
+//
+// Fixed (the findings carrying a `fix`, fsck.ts):
+//   * an entry pointing to a missing inode (or in a missing directory):
+//     the entry is removed;
+//   * an inode no entry reaches (not in `orphans`): linked into
+//     /lost+found as "#INO" (created when needed), like e2fsck; nothing is
+//     freed, so nothing is lost;
+//   * a wrong link count, block count or size (size too small for its
+//     written extents): set to what the entries and extents say;
+//   * free-space accounting: extents of inodes that do not exist are
+//     unmapped, and the free-space map is rebuilt as exactly the blocks no
+//     extent maps.
+// Not fixed: damaged SQLite tables, a damaged extent tree (nodes failing
+// their checks), data checksum mismatches, anything without a `fix`. When
+// the SQLite file or the extent tree is damaged, nothing is repaired at all:
+// writing to such an image could make it worse.
+//
+// Repairs run in one SQLite transaction per round on a read-write open
+// (validated first, exclusive: a mounted image is refused), then fsck runs
+// again; a round can make the next one's work visible (a directory linked
+// into lost+found makes its children reachable), so up to MAX_ROUNDS.
+import { EXIT, ImageError, nowTime, openImage, ROOT_INO } from './image'
+import { fsck, type Finding, type FsckReport } from './fsck'
+import { ExtentTree, lockrestartDoSync, transGet } from './btree'
+
+const MAX_ROUNDS = 3
+const LOST_FOUND = 'lost+found'
+
+export interface RepairResult { report: FsckReport, repaired: string[], refused: string | null }
+
+/** damage repair must not write over: SQLite tables, extent tree nodes */
+function unsafe (report: FsckReport): string | null {
+  const f = report.findings.find(x => /^table '.*' is damaged|not checked|^extent tree: (?!space accounting|free space)|extents unreadable/.test(x.what))
+  return f ? f.what : null
+}
+
+export function repairImage (image: string, opts: { verifyData?: boolean } = {}): RepairResult {
+  let report = fsck(image, opts)
+  const repaired: string[] = []
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    const fixes = report.findings.filter(f => f.fix)
+    if (fixes.length === 0) break
+    const why = unsafe(report)
+    if (why) return { report, repaired, refused: `the image has damage repair cannot fix (${why})` }
+    repaired.push(...applyFixes(image, fixes, report))
+    report = fsck(image, opts)
+  }
+  return { report, repaired, refused: null }
+}
+
+function applyFixes (image: string, fixes: Finding[], report: FsckReport): string[] {
+  const img = openImage(image)
+  const db = img.db
+  const done: string[] = []
+  const line = (f: Finding, what: string): void => { done.push(`${report.errors[report.findings.indexOf(f)]}: ${what}`) }
+  try {
+    const t = nowTime()
+    db.transaction(() => {
+      let lostFound: number | null = null
+      const lf = (): number => {
+        if (lostFound !== null) return lostFound
+        const have = db.prepare('SELECT ino FROM dirents WHERE parent = ? AND name = ?').pluck().get(ROOT_INO, LOST_FOUND) as number | undefined
+        if (have !== undefined) return (lostFound = have)
+        const r = db.prepare(`INSERT INTO inodes (mode, uid, gid, nlink, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns)
+                              VALUES (?, 0, 0, 2, ?, ?, ?, ?, ?, ?, ?)`).run(0o040700, ROOT_INO, t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec)
+        lostFound = Number(r.lastInsertRowid)
+        db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)').run(ROOT_INO, LOST_FOUND, lostFound)
+        db.prepare('UPDATE inodes SET nlink = nlink + 1 WHERE ino = ?').run(ROOT_INO)
+        done.push(`created /${LOST_FOUND}`)
+        return lostFound
+      }
+      const named = db.prepare('SELECT 1 FROM dirents WHERE ino = ? LIMIT 1').pluck()
+      for (const f of fixes) {
+        const x = f.fix
+        if (!x) continue
+        switch (x.kind) {
+          case 'dangling':
+            db.prepare('DELETE FROM dirents WHERE parent = ? AND name = ?').run(x.parent, x.name)
+            line(f, 'entry removed')
+            break
+          case 'nlink':
+            db.prepare('UPDATE inodes SET nlink = ? WHERE ino = ?').run(x.nlink, x.ino)
+            line(f, `nlink set to ${x.nlink}`)
+            break
+          case 'blocks':
+            db.prepare('UPDATE inodes SET blocks = ? WHERE ino = ?').run(x.blocks, x.ino)
+            line(f, `block count set to ${x.blocks}`)
+            break
+          case 'size':
+            db.prepare('UPDATE inodes SET size = ? WHERE ino = ?').run(x.size, x.ino)
+            line(f, `size set to ${x.size}`)
+            break
+          case 'unreachable': {
+            if (named.get(x.ino) !== undefined) break // inside an unreachable directory: reachable once its top is linked
+            const dir = lf()
+            db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)').run(dir, `#${x.ino}`, x.ino)
+            if (x.dir) {
+              db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?').run(dir, x.ino)
+              db.prepare('UPDATE inodes SET nlink = nlink + 1 WHERE ino = ?').run(dir)
+            } else {
+              db.prepare('UPDATE inodes SET nlink = 1 WHERE ino = ?').run(x.ino)
+            }
+            line(f, `linked as /${LOST_FOUND}/#${x.ino}`)
+            break
+          }
+          case 'freespace':
+            break // below, with the tree
+        }
+      }
+    })()
+    const space = fixes.filter(f => f.fix?.kind === 'freespace')
+    if (space.length) {
+      const tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      const live = new Set(db.prepare('SELECT ino FROM inodes').pluck().all() as number[])
+      const dead = new Set<number>()
+      for (const e of tree.allExtents()) if (!live.has(e.ino)) dead.add(e.ino)
+      for (const ino of dead) {
+        lockrestartDoSync(transGet(tree), tr => { tr.deleteRange(ino, 0, Number.MAX_SAFE_INTEGER); tr.commit() })
+        done.push(`extents of missing inode ${ino}: unmapped`)
+      }
+      const t2 = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      const r = t2.rebuildFreeSpace()
+      for (const f of space) line(f, 'free-space map rebuilt')
+      done.push(`free-space map rebuilt: ${r.before} free blocks recorded, ${r.after} really free`)
+    }
+    db.pragma('journal_mode = DELETE')
+    return done
+  } catch (e) {
+    if (e instanceof ImageError) throw e
+    throw new ImageError(`${image}: repair failed, nothing of the failed round was written: ${(e as Error).message}`, EXIT.CORRUPT)
+  } finally {
+    db.close()
+  }
+}

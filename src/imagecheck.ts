@@ -1,0 +1,78 @@
+// Checks of the SQLite file under an image that SQLite itself does not
+// make, or makes in a form users cannot read: a file cut short, and
+// damaged tables named one by one (integrity_check of the whole database
+// stops at a damaged root page with "database disk image is malformed",
+// and otherwise prints a line per bad cell: about 100 for one bad page).
+//
+// Misuse: truncation() on an image with a non-empty -wal says nothing (the
+// WAL may legitimately hold pages past the end of the file and a header
+// newer than it), so it must run before anything replays or checkpoints.
+import * as fs from 'fs'
+import type Database from 'better-sqlite3'
+
+/** the SQLite header fields truncation() reads */
+const HEADER_BYTES = 100
+
+/**
+ * Why the file at path is shorter than the database it holds, or null:
+ * its size is not a whole number of pages, or is below the page count the
+ * header records (when that count is valid: SQLite's "version-valid-for"
+ * equals the change counter).
+ */
+export function truncation (path: string): string | null {
+  let walBytes = 0
+  try { walBytes = fs.statSync(`${path}-wal`).size } catch { /* no WAL */ }
+  if (walBytes > 0) return null
+  const size = fs.statSync(path).size
+  const h = Buffer.alloc(HEADER_BYTES)
+  const fd = fs.openSync(path, 'r')
+  try { if (fs.readSync(fd, h, 0, HEADER_BYTES, 0) < HEADER_BYTES) return `file is ${size} bytes, shorter than an SQLite header` } finally { fs.closeSync(fd) }
+  const raw = h.readUInt16BE(16)
+  const pageSize = raw === 1 ? 65536 : raw
+  if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0) return null // not ours to judge: SQLite refuses it
+  const pages = h.readUInt32BE(28)
+  const valid = h.readUInt32BE(92) === h.readUInt32BE(24)
+  if (size % pageSize !== 0) return `file is ${size} bytes, not a whole number of ${pageSize}-byte pages${valid ? ` (the header says ${pages} pages, ${pages * pageSize} bytes)` : ''}`
+  if (valid && size < pages * pageSize) return `file is ${size} bytes, the header says ${pages} pages (${pages * pageSize} bytes)`
+  return null
+}
+
+export interface TableProblem {
+  table: string
+  /** how many problems SQLite listed (1 when the table could not be read at all) */
+  count: number
+  /** SQLite's first message */
+  first: string
+}
+
+/**
+ * SQLite's check, one table at a time (with its indexes): what is wrong
+ * with each damaged table. quick skips the index/table cross-checks
+ * (quick_check: what mount runs); fsck runs the full integrity_check.
+ */
+export function tableProblems (db: Database.Database, quick: boolean): TableProblem[] {
+  const out: TableProblem[] = []
+  let tables: string[]
+  try {
+    tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rootpage").pluck().all() as string[]
+  } catch (e) {
+    return [{ table: 'sqlite_master', count: 1, first: (e as Error).message }]
+  }
+  const pragma = quick ? 'quick_check' : 'integrity_check'
+  for (const t of tables) {
+    try {
+      const rows = db.prepare(`PRAGMA ${pragma}("${t.replace(/"/g, '""')}")`).pluck().all() as string[]
+      // a row may carry several lines, the first naming the database
+      const bad = rows.flatMap(r => r.split('\n')).filter(r => r !== 'ok' && !/^\*\*\* in database/.test(r))
+      if (bad.length) out.push({ table: t, count: bad.length, first: bad[0] })
+    } catch (e) {
+      out.push({ table: t, count: 1, first: (e as Error).message })
+    }
+  }
+  return out
+}
+
+/** one line for a list of damaged tables */
+export function describeProblems (ps: TableProblem[]): string {
+  return ps.map(p => `table '${p.table}': ${p.first}${p.count > 1 ? ` (and ${p.count - 1} more)` : ''}`).join('; ')
+}
