@@ -37,7 +37,7 @@ RUN npm run build \
 FROM ${BASE_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      fuse3 attr xfsprogs e2fsprogs python3 strace \
+      fuse3 attr acl xfsprogs e2fsprogs python3 strace \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/foliofs
 COPY --from=build /opt/foliofs/node_modules/ node_modules/

@@ -3,6 +3,8 @@
  *   foliofs-ioctl fiemap [--start N] [--length N] [--count N] [--flags N] PATH
  *                                one raw FOLIOFS_IOC_FIEMAP call, printed as JSON
  *                                (defaults: the whole file, 291 extents, no flags)
+ *   foliofs-ioctl remount PATH ro|rw
+ *                                switch the daemon serving PATH (foliofs mount -o remount)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +18,7 @@
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: foliofs-ioctl stats PATH | fiemap [--start N] [--length N] [--count N] [--flags N] PATH\n");
+	fprintf(stderr, "usage: foliofs-ioctl stats PATH | fiemap [--start N] [--length N] [--count N] [--flags N] PATH | remount PATH ro|rw\n");
 	return 2;
 }
 
@@ -105,8 +107,33 @@ static int cmd_stats(const char *path)
 	return 0;
 }
 
+static int cmd_remount(const char *path, const char *mode)
+{
+	static char buf[FOLIOFS_IOC_BUFSIZE];
+	int fd;
+
+	if (strcmp(mode, "ro") && strcmp(mode, "rw"))
+		return usage();
+	fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		fprintf(stderr, "foliofs-ioctl: %s: %s\n", path, strerror(errno));
+		return 1;
+	}
+	memset(buf, 0, sizeof(buf));
+	buf[0] = !strcmp(mode, "ro");
+	if (ioctl(fd, FOLIOFS_IOC_REMOUNT, buf) < 0) {
+		fprintf(stderr, "foliofs-ioctl: %s: remount ioctl: %s\n", path, strerror(errno));
+		close(fd);
+		return 1;
+	}
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 4 && !strcmp(argv[1], "remount"))
+		return cmd_remount(argv[2], argv[3]);
 	if (argc == 3 && !strcmp(argv[1], "stats"))
 		return cmd_stats(argv[2]);
 	if (argc >= 3 && !strcmp(argv[1], "fiemap"))

@@ -16,4 +16,9 @@
 #define FOLIOFS_FIEMAP_MAX 291
 #define FOLIOFS_IOC_FIEMAP _IOC(_IOC_READ | _IOC_WRITE, FOLIOFS_IOC_MAGIC, 2, FOLIOFS_IOC_BUFSIZE)
 
+/* remount: byte 0 of the area is 1 (read-only) or 0 (read-write); the
+ * daemon writes back everything before it turns read-only (src/fs.ts
+ * setReadonly). Errors: EROFS (the image was opened read-only), EIO. */
+#define FOLIOFS_IOC_REMOUNT _IOC(_IOC_READ | _IOC_WRITE, FOLIOFS_IOC_MAGIC, 3, FOLIOFS_IOC_BUFSIZE)
+
 #endif

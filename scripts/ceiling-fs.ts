@@ -240,7 +240,8 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       dir.nlink--
       dir.mtime = dir.ctime = now()
     }),
-    rename: (src: string, dst: string, cb: Cb) => reply(cb, () => {
+    rename: (src: string, dst: string, flags: number, cb: Cb) => reply(cb, () => {
+      if (flags !== 0) throw err('EINVAL') // renameat2 flags: not in the ceiling
       const s = parentOf(src)
       const d = parentOf(dst)
       const n = s.dir.children!.get(s.name)
@@ -261,21 +262,21 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       const t = now()
       s.dir.mtime = s.dir.ctime = d.dir.mtime = d.dir.ctime = n.ctime = t
     }),
-    utimens: (p: string | null, atime: Time, mtime: Time, cb: Cb) => reply(cb, () => {
-      const n = nodeOf(p, 0)
+    utimens: (p: string | null, atime: Time, mtime: Time, fd: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, fd)
       const t = now()
       const pick = (v: Time, old: Time): Time => v.nsec === UTIME_OMIT ? old : v.nsec === UTIME_NOW ? t : { sec: v.sec, nsec: v.nsec }
       n.atime = pick(atime, n.atime)
       n.mtime = pick(mtime, n.mtime)
       n.ctime = t
     }),
-    chmod: (p: string | null, mode: number, cb: Cb) => reply(cb, () => {
-      const n = nodeOf(p, 0)
+    chmod: (p: string | null, mode: number, fd: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, fd)
       n.mode = (n.mode & S_IFMT) | (mode & 0o7777)
       n.ctime = now()
     }),
-    chown: (p: string | null, uid: number, gid: number, cb: Cb) => reply(cb, () => {
-      const n = nodeOf(p, 0)
+    chown: (p: string | null, uid: number, gid: number, fd: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, fd)
       if (uid !== -1 && uid !== 0xffffffff) n.uid = uid
       if (gid !== -1 && gid !== 0xffffffff) n.gid = gid
       n.ctime = now()

@@ -7,7 +7,7 @@ import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsckOrCorrupt } from './fsck'
 import { compact } from './compact'
 import { repairImage } from './fsck-repair'
-import { parseMountOptions, preflight, runSupervisor, runWorker, startBackground, umount } from './daemon'
+import { bindSecondMount, isRemount, mountOfImage, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
@@ -70,6 +70,11 @@ on stderr when that is a terminal.`
 keeps the FUSE worker running in the background (log: /run/foliofs/, or
 --log FILE). --foreground (-f) runs the worker in the terminal until it is
 unmounted or gets SIGINT/SIGTERM.
+-o remount,ro / -o remount,rw (root; IMAGE may be left out): switch a live
+mount: to read-only after writing everything back (refused while files are
+open for writing), back to read-write if it was mounted read-write. Other
+options cannot change on a remount and are ignored, as mount(8) passes the
+mount's current ones along.
 ${MOUNT_OPTIONS}`
   },
   umount: {
@@ -314,6 +319,11 @@ async function main (argv: string[]): Promise<number> {
     }
     case 'mount': {
       const p = parseArgs(rest, ['log'])
+      if (isRemount(p.o)) {
+        if (p.flags.size > 0 || p.pos.length < 1 || p.pos.length > 2) throw new ImageError(`usage: foliofs mount [IMAGE] MOUNTPOINT -o remount,ro|rw`, EXIT.USAGE)
+        await remount(p.pos[p.pos.length - 1], parseRemountOptions(p.o).readonly)
+        return 0
+      }
       need('mount', p, 2, ['foreground', 'log'])
       const [image, mountpoint] = p.pos
       const opts = parseMountOptions(p.o)
@@ -327,6 +337,8 @@ async function main (argv: string[]): Promise<number> {
           throw err
         }
       }
+      const first = mountOfImage(image)
+      if (first) { bindSecondMount(first, mountpoint, opts); return 0 }
       preflight(image, mountpoint, opts.readonly)
       const log = p.flags.get('log')
       const logFile = typeof log === 'string' ? log : path.join(runDir(), path.resolve(mountpoint).replace(/\//g, '_') + '.log')

@@ -86,6 +86,7 @@ export class Coherence {
     const inUse = fs.xattrNamesInUse()
     this.absent = new Set(PROBED_XATTRS.filter(n => !inUse.has(n)))
     this.publishAbsent()
+    fs.onPrivsDropped = ino => { this.modeChanged(ino) }
     fs.onXattrName = name => {
       if (!this.absent.has(name)) return
       this.absent.delete(name)
@@ -117,6 +118,17 @@ export class Coherence {
     }
   }
 
+  /** RENAME_EXCHANGE: libfuse swapped the nodes of a and b (and of everything below them) */
+  exchanged (a: string, b: string): void {
+    const swap = (p: string, from: string, to: string): string | null =>
+      p === from ? to : p.startsWith(from + '/') ? to + p.slice(from.length) : null
+    for (const [fh, p] of this.handlePaths) {
+      if (p === null) continue
+      const q = swap(p, a, b) ?? swap(p, b, a)
+      if (q !== null) this.handlePaths.set(fh, q)
+    }
+  }
+
   /** libfuse dropped the node of path */
   unlinked (path: string): void {
     for (const [fh, p] of this.handlePaths) if (p === path) this.handlePaths.set(fh, null)
@@ -127,6 +139,23 @@ export class Coherence {
   /** whether a change to ino may leave another kernel inode stale (it has several names) */
   shared (ino: number): boolean {
     return this.fs.linkCount(ino) > 1
+  }
+
+  /**
+   * ino's mode changed behind the request that carried it (a write or
+   * truncate dropping setuid/setgid: FolioFs.killPriv): invalidate every
+   * name of it, the requesting one included, without waiting. Waiting
+   * could deadlock on the page locks the write holds; the kernel applies
+   * it once the write is answered, so the writer may see the old mode
+   * until then (a mode-only statx; anything asking for the size refreshes
+   * anyway after a write).
+   */
+  modeChanged (ino: number): void {
+    const paths = this.fs.pathsOf(ino)
+    if (paths.length === 0) return
+    this.stats.invalidations++
+    this.stats.paths += paths.length
+    this.notifier.invalidatePaths(paths, err => { if (err !== 0) this.stats.errors++ })
   }
 
   /**

@@ -10,7 +10,8 @@ import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext
 import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
-import { alive, findMount, isStale, removeRecord, unmountPath, writeRecord, readRecord } from './mounts'
+import { alive, findMount, isStale, mountsOfDev, mountTable, recordsOfWorker, removeRecord, unmountPath, writeRecord, readRecord, type MountEntry } from './mounts'
+import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
 
@@ -78,6 +79,75 @@ export function parseMountOptions (opts: string[]): MountOptions {
     }
   }
   return o
+}
+
+/** -o remount,...: a remount of a live mount, not a mount */
+export const isRemount = (opts: string[]): boolean => opts.some(g => g.split(',').some(o => o.trim() === 'remount'))
+
+/**
+ * The options of a remount: only ro/rw matter (the last wins; default rw,
+ * as mount(8)). FUSE takes no other option on a remount, and mount(8)
+ * hands the helper the mount's current ones (user_id=, allow_other, ...):
+ * they are ignored, not refused.
+ */
+export function parseRemountOptions (opts: string[]): { readonly: boolean } {
+  let readonly = false
+  for (const group of opts) {
+    for (const raw of group.split(',')) {
+      const o = raw.trim()
+      if (o === 'ro') readonly = true
+      else if (o === 'rw') readonly = false
+    }
+  }
+  return { readonly }
+}
+
+/**
+ * `foliofs mount -o remount,ro|rw MOUNTPOINT` (and mount(8)'s remount
+ * through the helper). The kernel's read-only flag is the superblock's,
+ * set by mount(2) MS_REMOUNT (here `mount -i`, which calls no helper):
+ * root only; fusermount3 cannot remount. To read-only, the kernel first
+ * (it refuses while files are open for writing, and afterwards no write
+ * can start), then the daemon writes everything back and refuses changes
+ * (EROFS). To read-write, the daemon first (refused if the image was
+ * opened read-only), then the kernel; a failed step undoes the other.
+ */
+export async function remount (mountpoint: string, readonly: boolean): Promise<void> {
+  const mp = path.resolve(mountpoint)
+  const m = findMount(mp)
+  if (!m || m.fstype !== 'fuse.foliofs') throw new ImageError(`${mp}: not a foliofs mount point`, EXIT.USAGE)
+  if (process.getuid?.() !== 0) throw new ImageError(`${mp}: remount needs root (the kernel's MS_REMOUNT; fusermount3 cannot remount)`, EXIT.MOUNT_FAILED)
+  const mode = readonly ? 'ro' : 'rw'
+  const kernel = (to: string): void => {
+    try {
+      execFileSync('mount', ['-i', '-o', `remount,${to}`, mp], { stdio: ['ignore', 'ignore', 'pipe'] })
+    } catch (err) {
+      const msg = String((err as { stderr?: Buffer }).stderr ?? err).trim().replace(/^mount: /, '')
+      const busy = /busy/i.test(msg)
+      throw new ImageError(`${mp}: remount,${to} refused: ${busy ? 'files are open for writing' : msg}`, busy ? EXIT.BUSY : EXIT.MOUNT_FAILED)
+    }
+  }
+  const daemon = (to: string): void => {
+    try {
+      execFileSync(ioctlTool(), ['remount', mp, to], { stdio: ['ignore', 'ignore', 'pipe'] })
+    } catch (err) {
+      const msg = String((err as { stderr?: Buffer }).stderr ?? err).trim()
+      const rofs = /read-only file system/i.test(msg)
+      throw new ImageError(`${mp}: remount,${to}: ${rofs ? 'mounted read-only from the start (-o ro); unmount and mount it read-write' : msg}`, EXIT.MOUNT_FAILED)
+    }
+  }
+  if (readonly) {
+    kernel(mode)
+    try { daemon(mode) } catch (err) { try { kernel('rw') } catch { /* stays read-only in the kernel */ } throw err }
+  } else {
+    daemon(mode)
+    try { kernel(mode) } catch (err) { try { daemon('ro') } catch { /* the kernel still refuses writes */ } throw err }
+  }
+}
+
+/** native/build/foliofs-ioctl (the private ioctls) */
+function ioctlTool (): string {
+  return path.resolve(__dirname, '..', '..', 'native', 'build', 'foliofs-ioctl')
 }
 
 function parseCacheSize (val: string, opt: string): number {
@@ -207,7 +277,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     fs: folio,
     get fuse () { return holder.fuse },
     requests: newRequestStats(),
-    extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: opts.readonly })
+    extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: folio.readonly })
   }
   const ops = makeOps(ctx)
   // libfuse calls destroy when the session ends: unmounted (umount(8),
@@ -239,7 +309,8 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     await folio.close()
     throw err
   })
-  writeRecord({ image, mountpoint, worker: process.pid, supervisor: process.ppid })
+  const dev = findMount(mountpoint)?.dev
+  writeRecord({ image, mountpoint, worker: process.pid, supervisor: process.ppid, dev })
   debug('mounted %s on %s', image, mountpoint)
 
   return await new Promise<number>(resolve => {
@@ -251,13 +322,14 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       folio.close()
         .catch(err => { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) })
         .finally(() => {
-          removeRecord(mountpoint, process.pid)
+          for (const r of recordsOfWorker(process.pid)) removeRecord(r.mountpoint, process.pid)
           resolve(code)
         })
     }
     const shutdown = (sig: string): void => {
       if (closing) return
       debug('%s: unmounting %s', sig, mountpoint)
+      unmountOthers(dev, mountpoint) // bind mounts of this mount (second mount points) go too
       // committed data is already in the image; unmount, then close it
       fuse.unmount((err: Error | null) => {
         if (err && findMount(mountpoint)) {
@@ -297,13 +369,14 @@ export function runSupervisor (argv: string[]): void {
   child.on('exit', (code, signal) => {
     const mp = path.resolve(mountpoint)
     if (code !== 0 || signal) {
-      const m = findMount(mp)
-      if (m && m.fstype === 'fuse.foliofs') {
-        process.stderr.write(`foliofs: worker ${child.pid} died (${signal ?? `exit ${code}`}); unmounting ${mp}\n`)
-        try { unmountPath(mp, true) } catch (err) { process.stderr.write(`foliofs: ${String(err)}\n`) }
+      const recs = child.pid ? recordsOfWorker(child.pid) : []
+      const dev = recs[0]?.dev ?? findMount(mp)?.dev
+      const dead = dev ? mountsOfDev(dev) : [findMount(mp)].filter((m): m is MountEntry => m?.fstype === 'fuse.foliofs')
+      for (const m of dead) {
+        process.stderr.write(`foliofs: worker ${child.pid} died (${signal ?? `exit ${code}`}); unmounting ${m.mountpoint}\n`)
+        try { unmountPath(m.mountpoint, true) } catch (err) { process.stderr.write(`foliofs: ${String(err)}\n`) }
       }
-      const rec = readRecord(mp)
-      if (rec && rec.worker === child.pid) removeRecord(mp)
+      for (const r of recs) removeRecord(r.mountpoint)
       forward({ error: `worker exited (${signal ?? `exit ${code}`})`, exitCode: code ?? EXIT.MOUNT_FAILED })
     }
     process.exit(code ?? 1)
@@ -384,8 +457,71 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
     }
     throw err
   }
+  // other mount points of the same mount (second mount points: bind
+  // mounts) keep it alive: the record moves to one of them
+  const others = mountsOfDev(m.dev)
+  if (others.length > 0) {
+    if (rec) {
+      writeRecord({ ...rec, mountpoint: others[0].mountpoint })
+      removeRecord(mp)
+    }
+    return
+  }
   if (opts.lazy || !rec) return
   const deadline = Date.now() + (opts.timeoutMs ?? 60000)
   while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
   if (alive(rec.worker)) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} has not exited yet`, EXIT.BUSY)
+  removeRecord(mp, rec.worker)
+}
+
+/** lazily unmount the mount points of connection dev other than mountpoint (best effort) */
+function unmountOthers (dev: string | undefined, mountpoint: string): void {
+  if (!dev) return
+  for (const m of mountsOfDev(dev)) {
+    if (m.mountpoint === mountpoint) continue
+    try { unmountPath(m.mountpoint, true) } catch (err) { process.stderr.write(`foliofs: ${String(err)}\n`) }
+  }
+}
+
+/**
+ * The live foliofs mount of image, if there is one: a mount table entry
+ * of type fuse.foliofs named after it (the daemon's fsname is the image's
+ * path, commas made '_') whose daemon says, through the stats ioctl, that
+ * it serves exactly that file.
+ */
+export function mountOfImage (image: string): MountEntry | undefined {
+  let real: string
+  try { real = fs.realpathSync(image) } catch { return undefined }
+  const name = path.resolve(image).replace(/,/g, '_')
+  for (const m of mountTable()) {
+    if (m.fstype !== 'fuse.foliofs' || (m.source !== name && m.source !== real.replace(/,/g, '_'))) continue
+    try {
+      const st = JSON.parse(execFileSync(ioctlTool(), ['stats', m.mountpoint], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10000 })) as { image?: string }
+      if (st.image && fs.realpathSync(st.image) === real) return m
+    } catch { /* dead or foreign: not this image's */ }
+  }
+  return undefined
+}
+
+/**
+ * A second mount point of an image that is mounted already: as a block
+ * filesystem mounted twice, the same filesystem at both places, here a
+ * bind mount of the first (root only: mount(2) MS_BIND). -o ro makes the
+ * new mount point read-only (a read-only bind); every other option is
+ * the first mount's. Unmounting either leaves the other working
+ * (umount moves the daemon's record).
+ */
+export function bindSecondMount (first: MountEntry, mountpoint: string, opts: MountOptions): void {
+  const mp = path.resolve(mountpoint)
+  checkMountpoint(mp)
+  if (process.getuid?.() !== 0) {
+    throw new ImageError(`${first.source}: already mounted at ${first.mountpoint} (a second mount point is a bind mount: root only)`, EXIT.BUSY)
+  }
+  try {
+    execFileSync('mount', ['--bind', first.mountpoint, mp], { stdio: ['ignore', 'ignore', 'pipe'] })
+    if (opts.readonly) execFileSync('mount', ['-o', 'remount,bind,ro', mp], { stdio: ['ignore', 'ignore', 'pipe'] })
+  } catch (err) {
+    if (findMount(mp)?.dev === first.dev) try { unmountPath(mp, true) } catch { /* best effort */ }
+    throw new ImageError(`${mp}: bind mount of ${first.mountpoint} failed: ${String((err as { stderr?: Buffer }).stderr ?? err).trim()}`, EXIT.MOUNT_FAILED)
+  }
 }

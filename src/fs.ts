@@ -31,6 +31,8 @@ import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
 import { decodeRequest, encodeBadFlags, encodeReply, Fiemap, FIEMAP_FLAG_SYNC, FIEMAP_FLAGS_COMPAT, FIEMAP_MAX_PER_CALL } from './fiemap'
+import { ACL_ACCESS, ACL_DEFAULT, aclModeBits, encodeAcl, inherit, isAclName, modeOnly, parseAcl, withMode } from './acl'
+import { decodeIflags, encodeIflags, FS_APPEND_FL, FS_IMMUTABLE_FL, FS_NOATIME_FL, IFLAGS_XATTR, isFrozen, PRIVILEGED_IFLAGS, SUPPORTED_IFLAGS } from './iflags'
 
 export interface FsOptions extends TreeOptions {
   /** page cache size in bytes (default 256 MiB) */
@@ -59,6 +61,8 @@ export const S_IFLNK = 0o120000
 const UTIME_NOW = (1 << 30) - 1
 const UTIME_OMIT = (1 << 30) - 2
 const XATTR_CREATE = 1
+const O_ACCMODE = 3
+const O_APPEND = 0o2000
 const XATTR_REPLACE = 2
 const RELATIME_SEC = 24 * 3600
 export const MAX_FILE_SIZE = 2 ** 52 // bytes; keeps block numbers exact in doubles
@@ -104,7 +108,15 @@ export interface Stat {
   ctime: Time
 }
 
-export interface Creds { uid: number, gid: number }
+/** the caller; umask applies to a new inode unless its directory has a default ACL (acl.ts) */
+export interface Creds { uid: number, gid: number, umask?: number }
+
+/**
+ * Who writes or truncates (killPriv): uid 0 stands for CAP_FSETID;
+ * inGroup answers for the caller's supplementary groups too (the FUSE
+ * request carries only the fsgid).
+ */
+export interface Writer { uid: number, gid: number, inGroup?: (gid: number) => boolean }
 
 export interface StatFs {
   bsize: number, frsize: number, blocks: number, bfree: number, bavail: number,
@@ -116,13 +128,21 @@ interface Handle { ino: number, flags: number, dir: boolean }
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
 const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
 
+/** renameat2 flags */
+export const RENAME_NOREPLACE = 1
+export const RENAME_EXCHANGE = 2
+
 /**
- * libfuse (without hard_remove) unlinks an open file by renaming it to
- * '.fuse_hiddenXXXXXXXXXXXXXXXX' and unlinks that name after the last close.
- * We treat that rename as the unlink itself and keep the hidden name only in
- * memory, so it never shows in readdir nor keeps a directory from rmdir.
+ * Handles released lately, still answered (by inode) for a while: the
+ * binding may have chosen a handle to name an unlinked open file in a
+ * GETATTR just before that handle's RELEASE was served (see the binding's
+ * foliofs_io). fh numbers are never reused, so a late answer is for the
+ * right inode.
  */
-export const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/
+const RELEASED_KEPT = 1024
+
+/** inode flags cached at most (iflags) */
+const IFLAGS_CACHE_MAX = 65536
 
 /**
  * FUSE paths start with the '/' of the mount root, which the caller did not
@@ -152,10 +172,23 @@ export function checkName (name: string): void {
 export class FolioFs {
   readonly db: Database.Database
   readonly sb: Superblock
-  readonly readonly: boolean
+  /** the image connection is read-only (-o ro from the start): never writable */
+  private readonly imageReadonly: boolean
+  /** serving read-only: the image was opened so, or a remount made it (setReadonly) */
+  private ro: boolean
+  get readonly (): boolean { return this.ro }
   private readonly handles = new Map<number, Handle>()
   private readonly openCount = new Map<number, number>()
-  private readonly hidden = new Map<string, number>()
+  private readonly released = new Map<number, Handle>()
+  /** inode flags (iflags.ts) of inodes looked at, by ino; absent: not read yet */
+  private readonly iflagsCache = new Map<number, number>()
+  /**
+   * Whether any inode may have flags, or a default ACL: while not, iflags()
+   * and createNode skip their lookups (one scan of the xattrs table at
+   * mount; set, never cleared, when one is stored).
+   */
+  private anyIflags = false
+  private anyDefaultAcl = false
   /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
   private readonly dentries = new Map<string, number>()
   /** dangling entries' inodes logged already (danglingStat) */
@@ -190,12 +223,20 @@ export class FolioFs {
    * of names no inode has, answered ENODATA without asking the daemon.
    */
   onXattrName: (name: string) => void = () => {}
+  /**
+   * Called after a write or truncate dropped setuid/setgid of ino
+   * (killPriv): the kernel inode that sent it caches the old mode.
+   */
+  onPrivsDropped: (ino: number) => void = () => {}
 
   constructor (img: OpenImage, opts: FsOptions = {}) {
     this.db = img.db
     this.sb = img.sb
-    this.readonly = img.readonly
+    this.imageReadonly = img.readonly
+    this.ro = img.readonly
     this.q = this.prepare()
+    this.anyIflags = this.q.anyXattrNamed.get(IFLAGS_XATTR) !== undefined
+    this.anyDefaultAcl = this.q.anyXattrNamed.get(ACL_DEFAULT) !== undefined
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
@@ -249,6 +290,7 @@ export class FolioFs {
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
       delXattr: db.prepare('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
       listXattr: db.prepare('SELECT name FROM xattrs WHERE ino = ? ORDER BY name').pluck(),
+      anyXattrNamed: db.prepare('SELECT 1 FROM xattrs WHERE name = ? LIMIT 1').pluck(),
       xattrNames: db.prepare('SELECT DISTINCT name FROM xattrs').pluck(),
       namesOf: db.prepare('SELECT parent, name FROM dirents WHERE ino = ?'),
       nlinkOf: db.prepare('SELECT nlink FROM inodes WHERE ino = ?').pluck(),
@@ -273,6 +315,7 @@ export class FolioFs {
       r = inBatch(this.db, fn)
     } catch (e) {
       this.dentries.clear() // names it changed are back as they were
+      this.iflagsCache.clear() // and so are inode flags it set
       throw e
     }
     this.counters.commits++
@@ -328,6 +371,8 @@ export class FolioFs {
   /** the one place an xattr is stored: every store goes through onXattrName first */
   private putXattr (ino: number, name: string, value: Buffer): void {
     this.onXattrName(name)
+    if (name === IFLAGS_XATTR) this.anyIflags = true
+    else if (name === ACL_DEFAULT) this.anyDefaultAcl = true
     this.q.putXattr.run(ino, name, value)
   }
 
@@ -474,8 +519,6 @@ export class FolioFs {
     if (path === '/' || path === '') return ROOT_INO
     if (tooLong(path)) throw fsErr('ENAMETOOLONG')
     const parts = path.split('/')
-    const hiddenIno = this.hidden.get(parts[parts.length - 1])
-    if (hiddenIno !== undefined) return hiddenIno
     let ino = ROOT_INO
     for (let k = 1; k < parts.length; k++) {
       const name = parts[k]
@@ -504,6 +547,7 @@ export class FolioFs {
     return this.tx(() => {
       const pino = this.dirIno(parent)
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', path)
+      this.checkNamesAdded(pino)
       const t = nowTime()
       const p = this.inode(pino)
       let gid = creds.gid
@@ -512,12 +556,22 @@ export class FolioFs {
         gid = p.gid
         if (isDir(mode)) mode |= 0o2000
       }
+      // a default ACL of the directory replaces the umask (acl.ts); symlinks keep 0777
+      const def = this.anyDefaultAcl ? this.q.getXattr.get(pino, ACL_DEFAULT) as Buffer | undefined : undefined
+      const defAcl = def === undefined ? null : parseAcl(def)
+      let access: Buffer | null = null
+      if ((mode & S_IFMT) !== S_IFLNK) {
+        if (defAcl) ({ access, mode } = inherit(defAcl, mode))
+        else mode &= ~((creds.umask ?? 0) & 0o777)
+      }
       const dir = isDir(mode)
       const res = this.q.insInode.run({
         mode, uid: creds.uid, gid, nlink: dir ? 2 : 1, size: target ? target.length : 0, rdev,
         parent: dir ? pino : 0, s: t.sec, ns: t.nsec, target
       })
       const ino = Number(res.lastInsertRowid)
+      if (access) this.putXattr(ino, ACL_ACCESS, access)
+      if (dir && defAcl && def) this.putXattr(ino, ACL_DEFAULT, def)
       this.addName(pino, name, ino)
       if (dir) this.q.addNlink.run(1, pino)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
@@ -560,7 +614,9 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EPERM', 'hard link to directory')
       if (i.nlink >= 65000) throw fsErr('EMLINK')
+      this.checkNotFrozen(ino)
       const pino = this.dirIno(parent)
+      this.checkNamesAdded(pino)
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', dst)
       const t = nowTime()
       this.addName(pino, name, ino)
@@ -592,6 +648,7 @@ export class FolioFs {
   }
 
   private deleteInodeRow (ino: number): void {
+    this.iflagsCache.delete(ino)
     this.q.delXattrs.run(ino)
     this.q.delInode.run(ino)
     this.q.delOrphan.run(ino)
@@ -641,13 +698,6 @@ export class FolioFs {
 
   async unlink (path: string): Promise<void> {
     const { parent, name } = splitPath(path)
-    const hiddenIno = this.hidden.get(name)
-    if (hiddenIno !== undefined) {
-      // libfuse's final unlink of a file we already unlinked at its hide-rename
-      this.hidden.delete(name)
-      await this.freeIfUnused(hiddenIno)
-      return
-    }
     await this.reap(this.tx(() => {
       const pino = this.dirIno(parent)
       const ino = this.lookupName(pino, name)
@@ -659,6 +709,7 @@ export class FolioFs {
         return null
       }
       if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR', path)
+      this.checkNameRemoved(pino, ino)
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t)
@@ -674,6 +725,7 @@ export class FolioFs {
       if (ino === undefined) throw fsErr('ENOENT', path)
       if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR', path)
       if (this.q.dirHasEntries.get(ino) !== undefined) throw fsErr('ENOTEMPTY', path)
+      this.checkNameRemoved(pino, ino)
       const t = nowTime()
       this.removeName(pino, name)
       this.q.addNlink.run(-1, pino)
@@ -682,17 +734,17 @@ export class FolioFs {
     })
   }
 
-  async rename (src: string, dst: string): Promise<void> {
+  /**
+   * rename and renameat2 (flags RENAME_NOREPLACE, RENAME_EXCHANGE), one
+   * SQLite transaction whatever it replaces: a target that is open stays
+   * as an orphan (nlink 0) until its last release, freed at the next mount
+   * after a crash (dropLink). The binding refuses RENAME_WHITEOUT.
+   */
+  async rename (src: string, dst: string, flags = 0): Promise<void> {
     const s = splitPath(src)
     const d = splitPath(dst)
-    if (HIDDEN_NAME.test(d.name) && !this.hidden.has(d.name)) {
-      const ino = this.resolve(src)
-      if (!isDir(this.inode(ino).mode)) {
-        await this.unlink(src)
-        this.hidden.set(d.name, ino)
-        return
-      }
-    }
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL', `rename flags ${flags}`)
+    if (flags & RENAME_EXCHANGE) { this.exchange(s, d); return }
     await this.reap(this.tx(() => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
@@ -701,14 +753,12 @@ export class FolioFs {
       const srcInode = this.inode(ino)
       const srcIsDir = isDir(srcInode.mode)
       const existing = this.lookupName(dp, d.name)
+      if (existing !== undefined && (flags & RENAME_NOREPLACE)) throw fsErr('EEXIST', dst)
       if (existing === ino) return null // same file: POSIX says do nothing
-      if (srcIsDir) {
-        // refuse to move a directory below itself
-        for (let a = dp; ; a = this.inode(a).parent) {
-          if (a === ino) throw fsErr('EINVAL', 'rename into own subtree')
-          if (a === ROOT_INO) break
-        }
-      }
+      if (srcIsDir) this.checkNotBelow(dp, ino)
+      this.checkNameRemoved(sp, ino)
+      this.checkNamesAdded(dp)
+      if (existing !== undefined) this.checkNameRemoved(dp, existing)
       const t = nowTime()
       let gone: number | null = null
       if (existing !== undefined) {
@@ -735,6 +785,56 @@ export class FolioFs {
       if (dp !== sp) this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, dp)
       return gone
     }))
+  }
+
+  /** refuse to move directory ino into dir or below it (inside tx) */
+  private checkNotBelow (dir: number, ino: number): void {
+    for (let a = dir; ; a = this.inode(a).parent) {
+      if (a === ino) throw fsErr('EINVAL', 'rename into own subtree')
+      if (a === ROOT_INO) break
+    }
+  }
+
+  /**
+   * RENAME_EXCHANGE: both names must exist; they swap inodes in one
+   * transaction. A directory changing parent moves its '..' (parent
+   * field, both parents' link counts).
+   */
+  private exchange (s: { parent: string, name: string }, d: { parent: string, name: string }): void {
+    this.tx(() => {
+      const sp = this.dirIno(s.parent)
+      const dp = this.dirIno(d.parent)
+      const a = this.lookupName(sp, s.name)
+      const b = this.lookupName(dp, d.name)
+      if (a === undefined || b === undefined) throw fsErr('ENOENT')
+      if (a === b) return
+      this.checkNameRemoved(sp, a)
+      this.checkNameRemoved(dp, b)
+      const aDir = isDir(this.inode(a).mode)
+      const bDir = isDir(this.inode(b).mode)
+      if (sp !== dp) {
+        if (aDir) this.checkNotBelow(dp, a)
+        if (bDir) this.checkNotBelow(sp, b)
+      }
+      const t = nowTime()
+      this.removeName(sp, s.name)
+      this.removeName(dp, d.name)
+      this.addName(sp, s.name, b)
+      this.addName(dp, d.name, a)
+      if (sp !== dp) {
+        if (aDir) this.q.setParent.run(dp, a)
+        if (bDir) this.q.setParent.run(sp, b)
+        const delta = (aDir ? 1 : 0) - (bDir ? 1 : 0) // directories that moved from sp to dp, net
+        if (delta !== 0) {
+          this.q.addNlink.run(-delta, sp)
+          this.q.addNlink.run(delta, dp)
+        }
+      }
+      this.q.touchC.run(t.sec, t.nsec, a)
+      this.q.touchC.run(t.sec, t.nsec, b)
+      this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, sp)
+      if (dp !== sp) this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, dp)
+    })
   }
 
   /**
@@ -775,14 +875,20 @@ export class FolioFs {
 
   chmod (ino: number, mode: number): void {
     this.tx(() => {
+      this.checkNotFrozen(ino)
       const i = this.inode(ino)
       const t = nowTime()
       this.q.setMode.run((i.mode & S_IFMT) | (mode & 0o7777), t.sec, t.nsec, ino)
+      // the access ACL follows the mode (acl.ts)
+      const stored = this.q.getXattr.get(ino, ACL_ACCESS) as Buffer | undefined
+      const acl = stored === undefined ? null : parseAcl(stored)
+      if (acl) this.putXattr(ino, ACL_ACCESS, encodeAcl(withMode(acl, mode)))
     })
   }
 
   chown (ino: number, uid: number, gid: number): void {
     this.tx(() => {
+      this.checkNotFrozen(ino)
       const i = this.inode(ino)
       const t = nowTime()
       const nuid = uid === 0xffffffff || uid === -1 ? i.uid : uid
@@ -799,6 +905,9 @@ export class FolioFs {
 
   utimens (ino: number, atime: Time, mtime: Time): void {
     this.tx(() => {
+      // append-only allows only "now" (touch), as ext4; immutable nothing
+      const flags = this.iflags(ino)
+      if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && (atime.nsec !== UTIME_NOW || mtime.nsec !== UTIME_NOW))) throw fsErr('EPERM')
       const i = this.inode(ino)
       const now = nowTime()
       const pick = (v: Time, s: number, ns: number): Time =>
@@ -814,6 +923,10 @@ export class FolioFs {
   // ---- file data -------------------------------------------------------
 
   open (ino: number, flags: number, dir = false): number {
+    if (!dir && (flags & O_ACCMODE) !== 0) { // opened for writing
+      const f = this.iflags(ino)
+      if ((f & FS_IMMUTABLE_FL) || ((f & FS_APPEND_FL) && !(flags & O_APPEND))) throw fsErr('EPERM')
+    }
     const fh = this.nextFh++
     this.handles.set(fh, { ino, flags, dir })
     this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1)
@@ -821,7 +934,7 @@ export class FolioFs {
   }
 
   handle (fh: number): Handle {
-    const h = this.handles.get(fh)
+    const h = this.handles.get(fh) ?? this.released.get(fh)
     if (!h) throw fsErr('EBADF', `fh ${fh}`)
     return h
   }
@@ -836,6 +949,8 @@ export class FolioFs {
     const h = this.handles.get(fh)
     if (!h) return
     this.handles.delete(fh)
+    this.released.set(fh, h)
+    if (this.released.size > RELEASED_KEPT) this.released.delete(this.released.keys().next().value as number)
     const n = (this.openCount.get(h.ino) ?? 1) - 1
     if (n > 0) {
       this.openCount.set(h.ino, n)
@@ -864,14 +979,14 @@ export class FolioFs {
 
   /** relatime: update atime only when it is older than mtime/ctime or a day old. */
   private touchAtime (i: Inode): void {
-    if (this.readonly || this.atime === 'noatime') return
+    if (this.readonly || this.atime === 'noatime' || (this.iflags(i.ino) & FS_NOATIME_FL)) return
     const t = nowTime()
     const older = i.atime_s < i.mtime_s || (i.atime_s === i.mtime_s && i.atime_ns <= i.mtime_ns) ||
       i.atime_s < i.ctime_s || t.sec - i.atime_s >= RELATIME_SEC
     if (older || this.atime === 'strictatime') this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
-  async write (ino: number, data: Buffer, pos: number): Promise<number> {
+  async write (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
     const len = data.length
     if (len === 0) return 0
     if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
@@ -880,6 +995,9 @@ export class FolioFs {
     return await this.withInode(ino, async () => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
+      const flags = this.iflags(ino)
+      if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && pos < i.size)) throw fsErr('EPERM')
+      this.killPriv(i, who)
       await this.reserveSpace(ino, pos, len)
       if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
       await this.io.write(ino, data, pos)
@@ -907,13 +1025,15 @@ export class FolioFs {
     if (need() > this.data.free) throw fsErr('ENOSPC')
   }
 
-  async truncate (ino: number, size: number): Promise<void> {
+  async truncate (ino: number, size: number, who?: Writer): Promise<void> {
     if (size < 0) throw fsErr('EINVAL')
     if (size > MAX_FILE_SIZE) throw fsErr('EFBIG')
     if (this.readonly) throw fsErr('EROFS')
     await this.withInode(ino, async () => {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
+      this.checkNotFrozen(ino)
+      this.killPriv(i, who)
       const t = nowTime()
       if (size >= i.size) {
         await this.extend(ino, i.size, size, t)
@@ -925,6 +1045,25 @@ export class FolioFs {
       await this.data.truncate(ino, size, this.truncateStep(ino, size, t))
       if (this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino) // all of it is in the row now
     })
+  }
+
+  /**
+   * ext4's rule for a write or truncate by a caller without CAP_FSETID
+   * (should_remove_suid, setattr_should_drop_sgid): setuid goes, and
+   * setgid when the file is group-executable or the caller is not in its
+   * group. The kernel does part of it before it sends a FUSE write (the
+   * binding leaves HANDLE_KILLPRIV off) but keeps setgid on a file that
+   * is not group-executable, so the daemon does all of it. No writer
+   * (internal callers): nothing.
+   */
+  private killPriv (i: Inode, who?: Writer): void {
+    if (!who || who.uid === 0 || !(i.mode & 0o6000) || !isRegular(i.mode)) return
+    let mode = i.mode & ~0o4000
+    if ((i.mode & 0o2000) && ((i.mode & 0o010) || !(who.gid === i.gid || (who.inGroup?.(i.gid) ?? false)))) mode &= ~0o2000
+    if (mode === i.mode) return
+    const t = nowTime()
+    this.tx(() => this.q.setMode.run(mode, t.sec, t.nsec, i.ino))
+    this.onPrivsDropped(i.ino)
   }
 
   /** grow ino from size `from` to `size` (holes: nothing to write) */
@@ -968,6 +1107,8 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
       if (!isRegular(i.mode)) throw fsErr('ENODEV')
+      const flags = this.iflags(ino)
+      if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))) throw fsErr('EPERM')
       const t = nowTime()
       const end = offset + length
       if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) await this.punch(ino, offset, Math.min(end, this.sizeOf(ino)), t)
@@ -1084,18 +1225,70 @@ export class FolioFs {
     this.data.checkpoint()
   }
 
+  // ---- inode flags (iflags.ts) -----------------------------------------
+
+  /** ino's inode flags (cached; the row is read once) */
+  iflags (ino: number): number {
+    if (!this.anyIflags) return 0
+    let f = this.iflagsCache.get(ino)
+    if (f === undefined) {
+      if (this.iflagsCache.size >= IFLAGS_CACHE_MAX) this.iflagsCache.clear() // crude, and rare
+      f = decodeIflags(this.q.getXattr.get(ino, IFLAGS_XATTR) as Buffer | undefined)
+      this.iflagsCache.set(ino, f)
+    }
+    return f
+  }
+
+  /**
+   * FS_IOC_SETFLAGS: only SUPPORTED_IFLAGS (others: EOPNOTSUPP, as ext4
+   * for flags it cannot set); the owner or root may change them, and only
+   * root immutable and append-only.
+   */
+  setIflags (ino: number, flags: number, creds: Creds): void {
+    if (flags & ~SUPPORTED_IFLAGS) throw fsErr('EOPNOTSUPP', `inode flags 0x${(flags >>> 0).toString(16)}`)
+    this.tx(() => {
+      const i = this.inode(ino)
+      const old = this.iflags(ino)
+      if (creds.uid !== 0 && creds.uid !== i.uid) throw fsErr('EPERM')
+      if (((old ^ flags) & PRIVILEGED_IFLAGS) && creds.uid !== 0) throw fsErr('EPERM')
+      if (flags === 0) this.q.delXattr.run(ino, IFLAGS_XATTR)
+      else this.putXattr(ino, IFLAGS_XATTR, encodeIflags(flags))
+      const t = nowTime()
+      this.q.touchC.run(t.sec, t.nsec, ino)
+      this.iflagsCache.set(ino, flags) // after the row: a failed tx leaves the cache as it was
+    })
+  }
+
+  /** immutable or append-only ino: EPERM (its name, size, attributes and xattrs stay) */
+  private checkNotFrozen (ino: number): void {
+    if (isFrozen(this.iflags(ino))) throw fsErr('EPERM')
+  }
+
+  /** taking name of ino out of directory dir: neither may be immutable or append-only */
+  private checkNameRemoved (dir: number, ino: number): void {
+    this.checkNotFrozen(dir)
+    this.checkNotFrozen(ino)
+  }
+
+  /** a new name in directory dir: not when it is immutable */
+  private checkNamesAdded (dir: number): void {
+    if (this.iflags(dir) & FS_IMMUTABLE_FL) throw fsErr('EPERM')
+  }
+
   // ---- extended attributes -------------------------------------------
 
   private checkXattrName (name: string): void {
     if (name.length === 0 || Buffer.byteLength(name) > XATTR_NAME_MAX) throw fsErr('ERANGE')
-    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('EOPNOTSUPP', name)
+    if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name)
   }
 
   setxattr (ino: number, name: string, value: Buffer, flags: number): void {
     this.checkXattrName(name)
     if (value.length > XATTR_SIZE_MAX) throw fsErr('E2BIG')
+    if (isAclName(name)) { this.setAcl(ino, name, value); return }
     this.tx(() => {
       this.inode(ino)
+      this.checkNotFrozen(ino)
       const exists = this.q.getXattr.get(ino, name) !== undefined
       if ((flags & XATTR_CREATE) && exists) throw fsErr('EEXIST')
       if ((flags & XATTR_REPLACE) && !exists) throw fsErr('ENODATA')
@@ -1105,9 +1298,33 @@ export class FolioFs {
     })
   }
 
+  /**
+   * An ACL (acl.ts): an access ACL sets the mode's rwx bits and is stored
+   * only when it says more than the mode; a default ACL only on
+   * directories (EACCES otherwise).
+   */
+  private setAcl (ino: number, name: string, value: Buffer): void {
+    const acl = parseAcl(value)
+    if (!acl) throw fsErr('EINVAL', `bad ACL in ${name}`)
+    this.tx(() => {
+      const i = this.inode(ino)
+      this.checkNotFrozen(ino)
+      const t = nowTime()
+      if (name === ACL_DEFAULT) {
+        if (!isDir(i.mode)) throw fsErr('EACCES')
+        this.putXattr(ino, name, Buffer.from(value))
+      } else {
+        this.q.setMode.run((i.mode & ~0o777) | aclModeBits(acl), t.sec, t.nsec, ino)
+        if (modeOnly(acl)) this.q.delXattr.run(ino, name)
+        else this.putXattr(ino, name, encodeAcl(acl))
+      }
+      this.q.touchC.run(t.sec, t.nsec, ino)
+    })
+  }
+
   getxattr (ino: number, name: string): Buffer {
     this.inode(ino)
-    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('ENODATA')
+    if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('ENODATA')
     const v = this.q.getXattr.get(ino, name) as Buffer | undefined
     if (v === undefined) throw fsErr('ENODATA')
     return v
@@ -1115,12 +1332,13 @@ export class FolioFs {
 
   listxattr (ino: number): string[] {
     this.inode(ino)
-    return this.q.listXattr.all(ino) as string[]
+    return (this.q.listXattr.all(ino) as string[]).filter(n => n !== IFLAGS_XATTR)
   }
 
   removexattr (ino: number, name: string): void {
     this.checkXattrName(name)
     this.tx(() => {
+      this.checkNotFrozen(ino)
       if (this.q.delXattr.run(ino, name).changes === 0) throw fsErr('ENODATA')
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)
@@ -1143,10 +1361,33 @@ export class FolioFs {
 
   get used (): number { return this.data.used }
 
+  /**
+   * Remount (-o remount,ro / remount,rw): to read-only, write back
+   * everything and make it durable, stop the writeback timer, then refuse
+   * every change (EROFS); back to read-write, restart writeback and free
+   * the orphans whose last handle went while read-only. The caller makes
+   * sure no write is in flight (the kernel refuses to remount read-only
+   * while files are open for writing, and is made read-only first). An
+   * image opened read-only (-o ro) cannot become writable: EROFS.
+   */
+  async setReadonly (ro: boolean): Promise<void> {
+    if (ro === this.ro) return
+    if (!ro && this.imageReadonly) throw fsErr('EROFS', 'image opened read-only')
+    if (ro) {
+      await this.sync()
+      this.writeback.stop()
+      this.ro = true
+      return
+    }
+    this.ro = false
+    this.writeback.start()
+    for (const ino of this.q.allOrphans.all() as number[]) await this.freeIfUnused(ino)
+  }
+
   /** write back everything, then close the image (checkpointed, a plain database at rest) */
   async close (): Promise<void> {
     this.writeback.stop()
-    if (!this.readonly) {
+    if (!this.imageReadonly) {
       try {
         await this.sync()
       } catch (err) {

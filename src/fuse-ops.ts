@@ -1,9 +1,11 @@
 // Adapter from fuse-native's callback API to FolioFs. Rules enforced here:
 // every handler calls back exactly once, and only with a negative errno or a
 // result (fuse-native hangs on Error objects and times out on throws).
-import { FolioFs, type Stat, type Time } from './fs'
+import * as nodefs from 'fs'
+import { FolioFs, RENAME_EXCHANGE, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
-import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
+import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
+import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
 import type { Coherence } from './coherence'
 import createDebug from 'debug'
 
@@ -24,6 +26,16 @@ export interface OpsContext {
   coherence?: Coherence
 }
 
+/** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
+function supplementaryGroups (pid: number): number[] {
+  if (!pid) return []
+  try {
+    const m = /^Groups:\s*(.*)$/m.exec(nodefs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? m[1].trim().split(/\s+/).filter(Boolean).map(Number) : []
+  } catch {
+    return []
+  }
+}
 /**
  * Entries one READDIR request is answered with, at most: the binding drops
  * what does not fit the kernel's buffer (4 KiB to 1 MiB; ~150 bytes an
@@ -102,9 +114,16 @@ function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, 
 
 export function makeOps (ctx: OpsContext): Record<string, Cb> {
   const fs = ctx.fs
-  const creds = (): { uid: number, gid: number } => {
+  const creds = (): { uid: number, gid: number, umask: number } => {
     const c = ctx.fuse.context
-    return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0 }
+    return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0, umask: c?.umask ?? 0 }
+  }
+  /** the caller of a write or truncate (killPriv): its supplementary groups read from /proc only when needed */
+  const writer = (): Writer => {
+    const c = ctx.fuse.context
+    const w = creds()
+    const pid = c?.pid ?? 0
+    return { ...w, inGroup: gid => supplementaryGroups(pid).includes(gid) }
   }
   const ino = (path: string | null): number => {
     if (path === null) throw fsErr('ENOENT', 'unlinked')
@@ -193,30 +212,32 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         return after.atime_s === before.atime_s && after.atime_ns === before.atime_ns ? n : settled(n, [i], [via(path, fd)])
       })
     }),
+    // write and truncate carry the caller (setuid/setgid: FolioFs.killPriv)
     write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('write', cb, () => {
       const i = fileIno(path, fd)
-      return settled(fs.write(i, buf.subarray(0, len), pos), [i], [via(path, fd)])
+      return settled(fs.write(i, buf.subarray(0, len), pos, writer()), [i], [via(path, fd)])
     }),
     truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, () => {
       const i = ino(path)
-      return settled(fs.truncate(i, size), [i], [path])
+      return settled(fs.truncate(i, size, writer()), [i], [path])
     }),
     ftruncate: (path: string | null, fd: number, size: number, cb: Cb) => reply('ftruncate', cb, () => {
       const i = fileIno(path, fd)
-      return settled(fs.truncate(i, size), [i], [via(path, fd)])
+      return settled(fs.truncate(i, size, writer()), [i], [via(path, fd)])
     }),
-    utimens: (path: string | null, atime: Time, mtime: Time, cb: Cb) => reply('utimens', cb, () => {
-      const i = ino(path)
-      return settled(fs.utimens(i, atime, mtime), [i], [path])
+    // chmod, chown, utimens: fd names an open file (its name may be gone) when path is null
+    utimens: (path: string | null, atime: Time, mtime: Time, fd: number, cb: Cb) => reply('utimens', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.utimens(i, atime, mtime), [i], [via(path, fd)])
     }),
     readlink: (path: string, cb: Cb) => reply('readlink', cb, () => [fs.readlink(path)]),
-    chown: (path: string | null, uid: number, gid: number, cb: Cb) => reply('chown', cb, () => {
-      const i = ino(path)
-      return settled(fs.chown(i, uid, gid), [i], [path])
+    chown: (path: string | null, uid: number, gid: number, fd: number, cb: Cb) => reply('chown', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.chown(i, uid, gid), [i], [via(path, fd)])
     }),
-    chmod: (path: string | null, mode: number, cb: Cb) => reply('chmod', cb, () => {
-      const i = ino(path)
-      return settled(fs.chmod(i, mode), [i], [path])
+    chmod: (path: string | null, mode: number, fd: number, cb: Cb) => reply('chmod', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.chmod(i, mode), [i], [via(path, fd)])
     }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
     unlink: (path: string, cb: Cb) => reply('unlink', cb, async () => {
@@ -225,9 +246,15 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       ctx.coherence?.unlinked(path)
       await settled(undefined, [], [path], known)
     }),
-    rename: (src: string, dst: string, cb: Cb) => reply('rename', cb, async () => {
+    rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => {
+      if (flags & RENAME_EXCHANGE) { // both names stay, on each other's inode: both ctimes change
+        await fs.rename(src, dst, flags)
+        ctx.coherence?.exchanged(src, dst)
+        await settled(undefined, [...sharedAt(src), ...sharedAt(dst)], [src, dst])
+        return
+      }
       const known = sharedAt(dst) // the replaced file loses a name
-      await fs.rename(src, dst)
+      await fs.rename(src, dst, flags)
       ctx.coherence?.renamed(src, dst)
       const moved = sharedAt(dst) // its ctime changed: its other names too
       await settled(undefined, moved, [src, dst], known)
@@ -264,17 +291,41 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         return settled(fs.copyFileRange(fileIno(pathIn, fdIn), offIn, out, offOut, len), [out], [via(pathOut, fdOut)])
       }),
     ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
-      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd)))
+      replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd), creds))
   }, ctx.requests)
 }
 
 /** the ioctl commands ioctl() serves: the binding answers any other ENOTTY itself (a TCGETS of every stdio open) */
-export const SERVED_IOCTLS = [FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS].map(c => c >>> 0)
+export const SERVED_IOCTLS = [FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, FOLIOFS_IOC_REMOUNT,
+  FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR].map(c => c >>> 0)
 
-function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number): number | Promise<number> {
+function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, creds: () => { uid: number, gid: number }): number | Promise<number> {
+  if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_SETFLAGS) { // chattr, lsattr (iflags.ts)
+    if (data.length !== IFLAGS_SIZE) throw fsErr('EINVAL')
+    if (cmd === FS_IOC_GETFLAGS) data.writeUInt32LE(ctx.fs.iflags(ino()), 0)
+    else ctx.fs.setIflags(ino(), data.readUInt32LE(0), creds())
+    return 0
+  }
+  if (cmd === FS_IOC_FSGETXATTR || cmd === FS_IOC_FSSETXATTR) { // struct fsxattr: fsx_xflags only
+    if (data.length !== FSXATTR_SIZE) throw fsErr('EINVAL')
+    if (cmd === FS_IOC_FSGETXATTR) {
+      data.fill(0)
+      data.writeUInt32LE(flagsToXflags(ctx.fs.iflags(ino())), 0)
+      return 0
+    }
+    const flags = xflagsToFlags(data.readUInt32LE(0))
+    if (flags === null || data.readUInt32LE(4) !== 0 || data.readUInt32LE(12) !== 0 || data.readUInt32LE(16) !== 0) throw fsErr('EOPNOTSUPP')
+    ctx.fs.setIflags(ino(), flags, creds())
+    return 0
+  }
   if (cmd === FOLIOFS_IOC_FIEMAP) {
     if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
     return ctx.fs.fiemapIoctl(ino(), data).then(() => 0)
+  }
+  if (cmd === FOLIOFS_IOC_REMOUNT) { // foliofs mount -o remount,ro|rw (root: the kernel's remount is root's)
+    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    if (creds().uid !== 0) throw fsErr('EPERM')
+    return ctx.fs.setReadonly(data[0] === 1).then(() => 0)
   }
   if (cmd === FOLIOFS_IOC_STATS) {
     if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')

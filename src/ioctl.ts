@@ -27,3 +27,6 @@ export const FOLIOFS_IOC_STATS = ioc(IOC_READ, FOLIOFS_IOC_MAGIC, 1, FOLIOFS_IOC
 
 /** FIEMAP: struct fiemap + up to 291 struct fiemap_extent, in and out (see src/fiemap.ts) */
 export const FOLIOFS_IOC_FIEMAP = ioc(IOC_READ | IOC_WRITE, FOLIOFS_IOC_MAGIC, 2, FOLIOFS_IOC_BUFSIZE)
+
+/** remount: byte 0 is 1 (read-only) or 0 (read-write); see FolioFs.setReadonly */
+export const FOLIOFS_IOC_REMOUNT = ioc(IOC_READ | IOC_WRITE, FOLIOFS_IOC_MAGIC, 3, FOLIOFS_IOC_BUFSIZE)

@@ -24,6 +24,15 @@ export function mountTable (): MountEntry[] {
   return out
 }
 
+/**
+ * Every mount point of one FUSE connection (its device major:minor): the
+ * first mount and the bind mounts of it that `foliofs mount` makes for a
+ * second mount point of the same image.
+ */
+export function mountsOfDev (dev: string): MountEntry[] {
+  return mountTable().filter(m => m.dev === dev && m.fstype.startsWith('fuse'))
+}
+
 export function findMount (mountpoint: string): MountEntry | undefined {
   const mp = path.resolve(mountpoint)
   const all = mountTable().filter(m => m.mountpoint === mp)
@@ -73,7 +82,12 @@ export function unmountPath (mountpoint: string, lazy = false): void {
 
 // ---- runtime state: one JSON file per mount --------------------------------
 
-export interface MountRecord { image: string, mountpoint: string, worker: number, supervisor: number }
+/**
+ * One per mount (the daemon's), keyed by a mount point of it: the first
+ * one, or a remaining bind mount once the first was unmounted (umount
+ * moves it). dev: the connection's major:minor, for its other mount points.
+ */
+export interface MountRecord { image: string, mountpoint: string, worker: number, supervisor: number, dev?: string }
 
 export function runDir (): string {
   return process.env.FOLIOFS_RUNDIR ?? (process.getuid?.() === 0 ? '/run/foliofs' : path.join(process.env.XDG_RUNTIME_DIR ?? '/tmp', 'foliofs'))
@@ -94,6 +108,20 @@ export function readRecord (mountpoint: string): MountRecord | null {
   } catch {
     return null
   }
+}
+
+/** the records of a daemon, wherever they moved */
+export function recordsOfWorker (pid: number): MountRecord[] {
+  let names: string[]
+  try { names = fs.readdirSync(runDir()).filter(n => n.endsWith('.json')) } catch { return [] }
+  const out: MountRecord[] = []
+  for (const n of names) {
+    try {
+      const r = JSON.parse(fs.readFileSync(path.join(runDir(), n), 'utf8')) as MountRecord
+      if (r.worker === pid) out.push(r)
+    } catch { /* not ours, or being rewritten */ }
+  }
+  return out
 }
 
 export function removeRecord (mountpoint: string, pid?: number): void {
