@@ -545,11 +545,12 @@ export class FolioFs {
   private createNode (path: string, mode: number, creds: Creds, rdev = 0, target: Buffer | null = null): number {
     const { parent, name } = splitPath(path)
     return this.tx(() => {
-      const pino = this.dirIno(parent)
+      const pino = this.resolve(parent)
+      const p = this.inode(pino) // (read once: dirIno would read it too)
+      if (!isDir(p.mode)) throw fsErr('ENOTDIR', parent)
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', path)
       this.checkNamesAdded(pino)
       const t = nowTime()
-      const p = this.inode(pino)
       let gid = creds.gid
       // setgid directories pass their group (and, for subdirs, the bit) on
       if (p.mode & 0o2000) {
@@ -941,8 +942,8 @@ export class FolioFs {
 
   private async freeIfUnused (ino: number): Promise<void> {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
-    const row = this.q.getInode.get(ino) as Inode | undefined
-    if (row && row.nlink === 0) await this.reap(ino)
+    const nlink = this.q.nlinkOf.get(ino) as number | undefined // (one column: every release asks)
+    if (nlink === 0) await this.reap(ino)
   }
 
   async release (fh: number): Promise<void> {
