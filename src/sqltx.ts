@@ -105,6 +105,7 @@ export function flushBatch (db: Database.Database): void {
   if (!st?.batchOpen || st.depth > 0) return // never inside an operation: its timer commits it
   if (st.timer) { clearTimeout(st.timer); st.timer = null }
   st.batchOpen = false
+  if (!db.open) return // closed under it (a simulated crash): its changes are gone, as in a crash
   st.stats.batches++
   st.stats.batchedOps += st.batchOps
   if (st.batchOps > st.stats.maxBatchOps) st.stats.maxBatchOps = st.batchOps
