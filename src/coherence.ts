@@ -76,6 +76,11 @@ export interface CoherenceStats {
   absentXattrs: number
 }
 
+/** where path p is once the node at `from` moved to `to` (null: p is not from or below it) */
+function movedPath (p: string, from: string, to: string): string | null {
+  return p === from ? to : p.startsWith(from + '/') ? to + p.slice(from.length) : null
+}
+
 export class Coherence {
   readonly stats: CoherenceStats = { invalidations: 0, paths: 0, timeouts: 0, errors: 0, absentXattrs: 0 }
   /** file handle -> the path the kernel inode of its requests has now (null: unlinked) */
@@ -109,22 +114,19 @@ export class Coherence {
 
   /** libfuse moved the node of src (and of everything below it) to dst */
   renamed (src: string, dst: string): void {
-    const prefix = src + '/'
     for (const [fh, p] of this.handlePaths) {
       if (p === null) continue
-      if (p === src) this.handlePaths.set(fh, dst)
-      else if (p.startsWith(prefix)) this.handlePaths.set(fh, dst + p.slice(src.length))
-      else if (p === dst || p.startsWith(dst + '/')) this.handlePaths.set(fh, null) // replaced: its node is gone
+      const q = movedPath(p, src, dst)
+      if (q !== null) this.handlePaths.set(fh, q)
+      else if (movedPath(p, dst, dst) !== null) this.handlePaths.set(fh, null) // replaced: its node is gone
     }
   }
 
   /** RENAME_EXCHANGE: libfuse swapped the nodes of a and b (and of everything below them) */
   exchanged (a: string, b: string): void {
-    const swap = (p: string, from: string, to: string): string | null =>
-      p === from ? to : p.startsWith(from + '/') ? to + p.slice(from.length) : null
     for (const [fh, p] of this.handlePaths) {
       if (p === null) continue
-      const q = swap(p, a, b) ?? swap(p, b, a)
+      const q = movedPath(p, a, b) ?? movedPath(p, b, a)
       if (q !== null) this.handlePaths.set(fh, q)
     }
   }

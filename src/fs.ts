@@ -187,8 +187,10 @@ export class FolioFs {
    * and createNode skip their lookups (one scan of the xattrs table at
    * mount; set, never cleared, when one is stored).
    */
-  private anyIflags = false
-  private anyDefaultAcl = false
+  private get anyIflags (): boolean { return this.xattrNames.has(IFLAGS_XATTR) }
+  private get anyDefaultAcl (): boolean { return this.xattrNames.has(ACL_DEFAULT) }
+  /** the xattr names some inode has, or had since the mount (a superset: removing one does not shrink it) */
+  private readonly xattrNames: Set<string>
   /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
   private readonly dentries = new Map<string, number>()
   /** dangling entries' inodes logged already (danglingStat) */
@@ -235,8 +237,7 @@ export class FolioFs {
     this.imageReadonly = img.readonly
     this.ro = img.readonly
     this.q = this.prepare()
-    this.anyIflags = this.q.anyXattrNamed.get(IFLAGS_XATTR) !== undefined
-    this.anyDefaultAcl = this.q.anyXattrNamed.get(ACL_DEFAULT) !== undefined
+    this.xattrNames = new Set(this.q.xattrNames.all() as string[]) // the one scan of the xattrs table
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
@@ -290,7 +291,6 @@ export class FolioFs {
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
       delXattr: db.prepare('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
       listXattr: db.prepare('SELECT name FROM xattrs WHERE ino = ? ORDER BY name').pluck(),
-      anyXattrNamed: db.prepare('SELECT 1 FROM xattrs WHERE name = ? LIMIT 1').pluck(),
       xattrNames: db.prepare('SELECT DISTINCT name FROM xattrs').pluck(),
       namesOf: db.prepare('SELECT parent, name FROM dirents WHERE ino = ?'),
       nlinkOf: db.prepare('SELECT nlink FROM inodes WHERE ino = ?').pluck(),
@@ -371,14 +371,13 @@ export class FolioFs {
   /** the one place an xattr is stored: every store goes through onXattrName first */
   private putXattr (ino: number, name: string, value: Buffer): void {
     this.onXattrName(name)
-    if (name === IFLAGS_XATTR) this.anyIflags = true
-    else if (name === ACL_DEFAULT) this.anyDefaultAcl = true
+    this.xattrNames.add(name)
     this.q.putXattr.run(ino, name, value)
   }
 
-  /** the xattr names some inode has (one scan of the xattrs table) */
+  /** the xattr names some inode has, or had since the mount (no scan: kept since the mount's one) */
   xattrNamesInUse (): Set<string> {
-    return new Set(this.q.xattrNames.all() as string[])
+    return new Set(this.xattrNames)
   }
 
   /** the metadata group commit's counters (sqltx.ts) */
@@ -534,10 +533,15 @@ export class FolioFs {
     return ino
   }
 
+  /** the directory at path (ENOTDIR if it is something else) */
+  private dirNode (path: string): Inode {
+    const i = this.inode(this.resolve(path))
+    if (!isDir(i.mode)) throw fsErr('ENOTDIR', path)
+    return i
+  }
+
   private dirIno (path: string): number {
-    const ino = this.resolve(path)
-    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR', path)
-    return ino
+    return this.dirNode(path).ino
   }
 
   // ---- namespace operations ------------------------------------------
@@ -545,9 +549,8 @@ export class FolioFs {
   private createNode (path: string, mode: number, creds: Creds, rdev = 0, target: Buffer | null = null): number {
     const { parent, name } = splitPath(path)
     return this.tx(() => {
-      const pino = this.resolve(parent)
-      const p = this.inode(pino) // (read once: dirIno would read it too)
-      if (!isDir(p.mode)) throw fsErr('ENOTDIR', parent)
+      const p = this.dirNode(parent)
+      const pino = p.ino
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', path)
       this.checkNamesAdded(pino)
       const t = nowTime()

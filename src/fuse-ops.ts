@@ -299,6 +299,11 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
 export const SERVED_IOCTLS = [FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_STATS, FOLIOFS_IOC_REMOUNT,
   FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR].map(c => c >>> 0)
 
+/** foliofs's private ioctls carry a buffer of exactly FOLIOFS_IOC_BUFSIZE bytes */
+function privateBuffer (cmd: number, data: Buffer): void {
+  if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+}
+
 function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, creds: () => { uid: number, gid: number }): number | Promise<number> {
   if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_SETFLAGS) { // chattr, lsattr (iflags.ts)
     if (data.length !== IFLAGS_SIZE) throw fsErr('EINVAL')
@@ -319,16 +324,16 @@ function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, c
     return 0
   }
   if (cmd === FOLIOFS_IOC_FIEMAP) {
-    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    privateBuffer(cmd, data)
     return ctx.fs.fiemapIoctl(ino(), data).then(() => 0)
   }
   if (cmd === FOLIOFS_IOC_REMOUNT) { // foliofs mount -o remount,ro|rw (root: the kernel's remount is root's)
-    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    privateBuffer(cmd, data)
     if (creds().uid !== 0) throw fsErr('EPERM')
     return ctx.fs.setReadonly(data[0] === 1).then(() => 0)
   }
   if (cmd === FOLIOFS_IOC_STATS) {
-    if (data.length !== FOLIOFS_IOC_BUFSIZE || iocSize(cmd) !== FOLIOFS_IOC_BUFSIZE) throw fsErr('EINVAL')
+    privateBuffer(cmd, data)
     const json = Buffer.from(JSON.stringify(statsOf(ctx)))
     if (json.length + 1 > data.length) throw fsErr('EOVERFLOW')
     json.copy(data)
