@@ -52,13 +52,6 @@ export const CSUM_BLOB = CSUM_BITMAP + 4 * CSUM_CHUNK
 
 export const CSUM_SCHEMA = 'CREATE TABLE IF NOT EXISTS data_csums (chunk INTEGER PRIMARY KEY, crcs BLOB NOT NULL);'
 
-/** crc32 of each block (buffers of BLOCK_SIZE bytes) */
-export function blockCrcs (bufs: readonly Buffer[]): Uint32Array {
-  const out = new Uint32Array(bufs.length)
-  for (let i = 0; i < bufs.length; i++) out[i] = crc32(bufs[i])
-  return out
-}
-
 export interface CsumStats {
   /** blocks read from the data area whose crc matched */
   verifiedBlocks: number
@@ -107,8 +100,8 @@ export class DataCsums {
     }
   }
 
-  /** Check bufs, just read from physical blocks [pblk, pblk + bufs.length). */
-  verify (pblk: number, bufs: readonly Buffer[]): VerifyResult {
+  /** Check bufs, just read from physical blocks [pblk, pblk + bufs.length); crcs: their crc32s if taken already (crcthread.ts) */
+  verify (pblk: number, bufs: readonly Buffer[], crcs?: Uint32Array): VerifyResult {
     const res: VerifyResult = { bad: [], unverified: 0 }
     for (let i = 0; i < bufs.length;) {
       const chunk = Math.floor((pblk + i) / CSUM_CHUNK)
@@ -122,7 +115,7 @@ export class DataCsums {
       }
       for (let at = first; at < first + n; at++, i++) {
         if (!(blob[at >> 3] & (1 << (at & 7)))) { res.unverified++; continue }
-        if (bufs[i].length !== BLOCK_SIZE || crc32(bufs[i]) !== blob.readUInt32BE(CSUM_BITMAP + 4 * at)) res.bad.push(i)
+        if (bufs[i].length !== BLOCK_SIZE || (crcs ? crcs[i] : crc32(bufs[i])) !== blob.readUInt32BE(CSUM_BITMAP + 4 * at)) res.bad.push(i)
       }
     }
     this.stats.unverifiedBlocks += res.unverified

@@ -24,6 +24,7 @@ import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
 import type { DataArea } from './dataarea'
+import { CrcThread } from './crcthread'
 import { ChecksumError, DataCsums } from './datacsum'
 import { Discard } from './discard'
 import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
@@ -56,6 +57,8 @@ export class FileData {
   private walFd: number | null = null
   /** per-block crcs of written data (datacsum.ts) */
   readonly csums: DataCsums
+  /** computes them off the main thread (crcthread.ts) */
+  readonly crc = new CrcThread()
   /** data area blocks whose mismatch was logged already (one log line per block, not per read) */
   private readonly logged = new Set<number>()
 
@@ -103,8 +106,9 @@ export class FileData {
     this.tree.markDurable(mark)
   }
 
-  /** close the WAL descriptor syncCommits keeps (before the database closes) */
+  /** close the WAL descriptor syncCommits keeps (before the database closes), and stop the crc thread */
   closeWal (): void {
+    this.crc.close()
     if (this.walFd !== null) fs.closeSync(this.walFd)
     this.walFd = null
   }
@@ -189,9 +193,10 @@ export class FileData {
     }
     for (; at < end; at++) bufs[at - first].fill(0)
     await Promise.all(io)
+    const crcs = this.csums.enabled ? await Promise.all(pieces.map(async p => await this.crc.crcs(p.bufs))) : []
     const bad: number[] = []
-    for (const p of pieces) {
-      for (const i of this.csums.verify(p.pblk, p.bufs).bad) {
+    for (const [k, p] of pieces.entries()) {
+      for (const i of this.csums.verify(p.pblk, p.bufs, crcs[k]).bad) {
         bad.push(p.lo + i)
         this.logMismatch(ino, p.lo + i, p.pblk + i)
       }
@@ -208,13 +213,14 @@ export class FileData {
 
   /**
    * Writeback step 1: reserve len blocks for blocks [start, start+len) of
-   * ino, contiguous with the file's previous extent where possible. The
-   * reservation outlives the step: commitRun() adopts it, unreserve() gives
-   * it back.
+   * ino, contiguous with the file's previous extent where possible, or at
+   * pblk `after` (the end of the caller's previous run of ino, reserved and
+   * not committed yet: the tree does not know it). The reservation
+   * outlives the step: commitRun() adopts it, unreserve() gives it back.
    */
-  async allocRun (ino: number, start: number, len: number): Promise<Range[]> {
+  async allocRun (ino: number, start: number, len: number, after?: number): Promise<Range[]> {
     return await this.guard(true, async () => await this.afterDiscards(async () => await lockrestartDo(transGet(this.tree), t => {
-      let hint = t.allocHint(ino, start)
+      let hint = after ?? t.allocHint(ino, start)
       for (let done = 0; done < len;) {
         const r = this.allocOrReclaim(t, len - done, hint)
         if (!r) throw fsErr('ENOSPC', `writeback of inode ${ino}`)

@@ -75,11 +75,12 @@ const SLAB_BYTES = 128 * 1024
  * New ones are views into 128 KiB slabs: a 4 KiB ArrayBuffer of its own per
  * folio costs an allocation and external-memory bookkeeping each (a cold
  * sequential read spent more time there than in its I/O). A slab lives as
- * long as any of its views does.
+ * long as any of its views does. Slabs are shared memory, so that the crc
+ * thread (crcthread.ts) reads folios without a copy.
  */
 export class BufferPool {
   private free: Buffer[] = []
-  private slab: ArrayBuffer | null = null
+  private slab: SharedArrayBuffer | null = null
   private slabUsed = 0
   constructor (private readonly keep: number) {}
 
@@ -87,7 +88,7 @@ export class BufferPool {
     const b = this.free.pop()
     if (b) return b
     if (!this.slab || this.slabUsed + FOLIO_SIZE > SLAB_BYTES) {
-      this.slab = new ArrayBuffer(SLAB_BYTES)
+      this.slab = new SharedArrayBuffer(SLAB_BYTES)
       this.slabUsed = 0
     }
     const view = Buffer.from(this.slab, this.slabUsed, FOLIO_SIZE)

@@ -168,7 +168,8 @@ export class BufferedIO {
 
   /**
    * The folio for idx, locked and uptodate, if that needs no wait: free,
-   * and uptodate or about to be overwritten whole (then zeroed). Else null
+   * and uptodate or about to be overwritten whole (then its contents are
+   * undefined: the caller must write all of it before unlocking). Else null
    * (nothing held): the caller awaits lockedUptodate. Keeps the write path
    * free of a promise per folio.
    */
@@ -176,12 +177,12 @@ export class BufferedIO {
     const f = this.cache.getOrCreate(ino, idx)
     if (!f.trylock()) return null
     if (f.uptodate) return f
-    if (whole) { f.data.fill(0); return f }
+    if (whole) return f
     f.unlock()
     return null
   }
 
-  /** the folio for idx, locked and uptodate (filled from the data area if needed) */
+  /** the folio for idx, locked and uptodate (filled from the data area if needed; if whole, see lockedUptodateNow) */
   private async lockedUptodate (ino: number, idx: number, whole: boolean): Promise<Folio> {
     for (;;) {
       const f = this.lockedUptodateNow(ino, idx, whole)
@@ -189,15 +190,12 @@ export class BufferedIO {
       const g = this.cache.getOrCreate(ino, idx)
       await g.lock()
       if (g.dropped) { g.unlock(); continue } // truncated while we waited
-      if (!g.uptodate) {
-        if (whole) g.data.fill(0)
-        else {
-          try {
-            await this.fillOrForget(ino, [g])
-          } catch (err) {
-            g.unlock()
-            throw err
-          }
+      if (!g.uptodate && !whole) {
+        try {
+          await this.fillOrForget(ino, [g])
+        } catch (err) {
+          g.unlock()
+          throw err
         }
       }
       return g

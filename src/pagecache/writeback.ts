@@ -2,25 +2,33 @@
 // dirty folios get their physical location only here.
 //
 // A run is a set of dirty folios of one inode with consecutive indices.
-// For each run:
+// A pass writes runs in two stages that overlap (a pipeline):
+//   write stage, one run after another:
 //   1. lock its folios (ascending), keep those still dirty, clear dirty and
 //      set writeback: a write arriving now waits for the folio lock, and
 //      one that came before the lock is in the data we write;
 //   2. allocate blocks for the whole run in one B-tree step (contiguous
-//      where possible, continuing the file), holding the reservation past
+//      where possible, continuing the file, or the run written just before
+//      it when that is not committed yet), holding the reservation past
 //      the step (detachReserved);
-//   3. write the folios to the newly allocated blocks with async I/O,
-//      still holding the folio locks: copy-on-write, never in place, so a
-//      crash leaves the old data or the new, never a torn block;
-//   4. fdatasync the data area, so the data is durable before any commit
-//      that maps it (ordered mode);
-//   5. commit the new extents and the crc32 of every block written
-//      (datacsum.ts: taken under the folio locks before the I/O, so it
-//      is the crc of exactly the bytes written) in one B-tree step (adoptReserved); the
-//      blocks they replace are freed, reusable once that commit is durable;
-//      the inode's on-disk size advances to the end of written data only;
+//   3. take the crc32 of every block (datacsum.ts: under the folio locks,
+//      so it is the crc of exactly the bytes written) and write the folios
+//      to the newly allocated blocks with async I/O, still holding the
+//      folio locks: copy-on-write, never in place, so a crash leaves the
+//      old data or the new, never a torn block;
+//   commit stage, a batch at a time (every run written since the last one):
+//   4. fdatasync the data area once, so the whole batch's data is durable
+//      before any commit that maps it (ordered mode);
+//   5. commit each run's new extents and crcs in one B-tree step
+//      (adoptReserved); the blocks they replace are freed, reusable once
+//      that commit is durable; the inode's on-disk size advances to the
+//      end of written data only;
 //   6. clear writeback and unlock.
-// On failure the folios are dirty again and the reservation is returned.
+// While a batch syncs (the disk's time, most of a pass's), the write stage
+// goes on with the next runs, and the next fdatasync covers them all: one
+// sync per batch instead of one per run. Runs written but not committed
+// are bounded (maxInFlight) so that they never pin the whole cache.
+// On failure a run's folios are dirty again and its reservation is returned.
 //
 // Passes are serialized (one at a time): background passes (dirty data
 // older than expireMs, or more dirty data than dirtyBackground), fsync of
@@ -29,7 +37,7 @@
 import { readFileSync } from 'fs'
 import createDebug from 'debug'
 import type { FileData } from '../filedata'
-import { blockCrcs } from '../datacsum'
+import type { Range } from '../btree'
 import type { Folio } from './folio'
 import type { PageCache } from './cache'
 
@@ -48,6 +56,69 @@ function * runsOf (folios: Folio[], max: number): Generator<Folio[]> {
   }
 }
 
+/** runs written and not yet committed, in bytes, at most (by default) */
+export const MAX_IN_FLIGHT = 64 << 20
+
+/** a run the write stage wrote (its folios locked, under writeback) and the commit stage commits */
+interface Written { ino: number, start: number, folios: Folio[], pieces: Range[], crcs: Uint32Array }
+
+/** where the next run of ino should go when it starts at index: after the run written just before it */
+interface Hint { ino: number, index: number, pblk: number }
+
+const lastBlock = (pieces: Range[]): number => { const p = pieces[pieces.length - 1]; return p.pblk + p.len - 1 }
+
+/**
+ * The commit stage of one pass: batches of written runs, one at a time,
+ * each taking every run written while the one before it synced. Errors
+ * go to the pass's list.
+ */
+class CommitStage {
+  private queue: Written[] = []
+  private running: Promise<void> | null = null
+  private queuedBytes = 0
+  batches = 0
+
+  constructor (private readonly wb: Writeback, private readonly errors: unknown[]) {}
+
+  add (w: Written): void {
+    this.queue.push(w)
+    this.queuedBytes += w.folios.length * 4096
+    this.kick()
+  }
+
+  private kick (): void {
+    if (this.running || this.queue.length === 0) return
+    this.running = this.loop()
+  }
+
+  private async loop (): Promise<void> {
+    try {
+      while (this.queue.length) {
+        const batch = this.queue
+        this.queue = []
+        this.batches++
+        const err = await this.wb.commitBatch(batch)
+        this.queuedBytes -= batch.reduce((s, w) => s + w.folios.length * 4096, 0)
+        if (err) this.errors.push(err)
+      }
+    } finally {
+      this.running = null // synchronously with the last look at the queue: add() after this starts a new loop
+    }
+  }
+
+  /** wait while more than max bytes are written and not committed */
+  async bound (max: number): Promise<void> {
+    this.kick()
+    while (this.running && this.queuedBytes > max) await this.running
+  }
+
+  /** wait until every run added is committed or failed */
+  async idle (): Promise<void> {
+    this.kick()
+    while (this.running) { await this.running; this.kick() }
+  }
+}
+
 export interface WritebackLimits {
   /** dirty bytes above which a background pass starts */
   dirtyBackground: number
@@ -55,6 +126,8 @@ export interface WritebackLimits {
   dirtyLimit: number
   /** dirty data older than this is written back by the background timer */
   expireMs: number
+  /** bytes written and not yet committed at most (MAX_IN_FLIGHT by default) */
+  maxInFlight?: number
   /** fault injection: hold a run's folio locks this long after writing it (FIEMAP contention tests) */
   delayMs: number
   /** is the system short of memory? (checked by the background timer; memoryLow() by default) */
@@ -127,71 +200,126 @@ export class Writeback {
     const t0 = performance.now()
     const runs0 = this.stats.runs
     const bytes0 = this.stats.bytes
-    let firstErr: unknown = null
+    const errors: unknown[] = []
+    const commits = new CommitStage(this, errors)
+    let next: Hint | null = null
     for (const ino of inos) {
       for (const run of runsOf(this.cache.dirtyOf(ino, from, to), MAX_RUN)) {
-        try {
-          await this.writeRun(ino, run)
-        } catch (err) {
-          firstErr ??= err
+        const { written, error } = await this.writeRun(ino, run, next)
+        for (const w of written) {
+          commits.add(w)
+          next = { ino, index: w.start + w.folios.length, pblk: lastBlock(w.pieces) + 1 }
         }
+        if (error) errors.push(error)
+        await commits.bound(this.limits.maxInFlight ?? MAX_IN_FLIGHT)
       }
     }
+    await commits.idle()
     this.wakeWaiters()
-    debug('pass over inodes %o: %d runs, %d bytes in %d ms; %d bytes dirty left', inos, this.stats.runs - runs0,
-      this.stats.bytes - bytes0, Math.round(performance.now() - t0), this.cache.dirtyBytes)
-    if (firstErr) throw firstErr
+    debug('pass over inodes %o: %d runs, %d bytes in %d ms, %d syncs; %d bytes dirty left', inos, this.stats.runs - runs0,
+      this.stats.bytes - bytes0, Math.round(performance.now() - t0), commits.batches, this.cache.dirtyBytes)
+    if (errors.length) throw errors[0]
   }
 
-  private async writeRun (ino: number, run: Folio[]): Promise<void> {
+  /**
+   * Write stage for one run: lock it, and write each part still dirty
+   * (locked folios may have been written or dropped meanwhile: the parts
+   * are what is left, cut where it is no longer consecutive). Returns the
+   * parts written, still locked, for the commit stage (also when a later
+   * part failed: they are written, commit them), and the failure if any;
+   * what it does not return it has unlocked.
+   */
+  private async writeRun (ino: number, run: Folio[], hint: Hint | null): Promise<{ written: Written[], error: unknown }> {
     for (const f of run) await f.lock()
     const live: Folio[] = []
     for (const f of run) {
       if (!f.dropped && f.dirty) live.push(f)
       else f.unlock()
     }
+    const out: Written[] = []
+    const parts = [...runsOf(live, MAX_RUN)]
     try {
-      // still-dirty folios may no longer be consecutive
-      for (const part of runsOf(live, MAX_RUN)) await this.writeLocked(ino, part)
-    } finally {
-      for (const f of live) f.unlock()
+      for (const part of parts) {
+        const h = hint !== null && hint.ino === ino && hint.index === part[0].index ? hint.pblk : undefined
+        const w = await this.writeLocked(ino, part, h)
+        out.push(w)
+        hint = { ino, index: w.start + part.length, pblk: lastBlock(w.pieces) + 1 }
+      }
+    } catch (err) {
+      for (const part of parts.slice(out.length + 1)) for (const f of part) f.unlock() // the failed one: writeLocked did
+      return { written: out, error: err }
+    }
+    return { written: out, error: null }
+  }
+
+  /** steps 2-3 for consecutive folios the caller holds locked; on failure they are dirty again and unlocked */
+  private async writeLocked (ino: number, run: Folio[], hint: number | undefined): Promise<Written> {
+    const start = run[0].index
+    for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
+    let pieces: Range[] = []
+    try {
+      pieces = await this.data.allocRun(ino, start, run.length, hint)
+      // the folios are locked: their bytes are what is written and
+      // checksummed (on the crc thread, while the writes run)
+      const bufs = run.map(f => f.data)
+      const crcs = this.data.crc.crcs(bufs)
+      let k = 0
+      try {
+        for (const p of pieces) {
+          await this.data.area.write(bufs.slice(k, k + p.len), p.pblk)
+          k += p.len
+        }
+      } finally {
+        await crcs // the buffers stay unchanged until it is done
+      }
+      return { ino, start, folios: run, pieces, crcs: await crcs }
+    } catch (err) {
+      this.failed({ ino, start, folios: run, pieces, crcs: new Uint32Array(0) }, err)
+      throw err
     }
   }
 
-  /** steps 2-5 for consecutive folios the caller holds locked */
-  private async writeLocked (ino: number, run: Folio[]): Promise<void> {
-    const start = run[0].index
-    for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
+  /**
+   * Steps 4-6 for a batch of written runs: one fdatasync, then each run's
+   * commit. Each run ends committed or failed (dirty again); returns the
+   * first error.
+   */
+  async commitBatch (batch: Written[]): Promise<unknown> {
     try {
-      const pieces = await this.data.allocRun(ino, start, run.length)
-      let committed = false
-      try {
-        // the folios are locked: their bytes are what is written and checksummed
-        const crcs = blockCrcs(run.map(f => f.data))
-        let k = 0
-        for (const p of pieces) {
-          await this.data.area.write(run.slice(k, k + p.len).map(f => f.data), p.pblk)
-          k += p.len
-        }
-        await this.data.area.datasync()
-        if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
-        await this.data.commitRun(ino, start, pieces, crcs, (added, freed) => this.committed(ino, start, start + run.length, added, freed))
-        committed = true
-      } finally {
-        if (!committed) this.data.unreserve(pieces)
-      }
-      this.stats.runs++
-      this.stats.folios += run.length
-      this.stats.bytes += run.length * 4096
+      await this.data.area.datasync()
     } catch (err) {
-      for (const f of run) if (!f.dropped) this.cache.markDirty(f)
-      this.stats.errors++
-      this.lastError = err as Error
-      debug('writeback of inode %d blocks %d+%d failed: %o', ino, start, run.length, err)
-      throw err
-    } finally {
-      for (const f of run) this.cache.setWriteback(f, false)
+      for (const w of batch) this.failed(w, err)
+      return err
     }
+    if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
+    let first: unknown = null
+    for (const w of batch) {
+      try {
+        await this.data.commitRun(w.ino, w.start, w.pieces, w.crcs, (added, freed) => this.committed(w.ino, w.start, w.start + w.folios.length, added, freed))
+      } catch (err) {
+        this.failed(w, err)
+        first ??= err
+        continue
+      }
+      for (const f of w.folios) { this.cache.setWriteback(f, false); f.unlock() }
+      this.stats.runs++
+      this.stats.folios += w.folios.length
+      this.stats.bytes += w.folios.length * 4096
+    }
+    return first
+  }
+
+  /** a run that will not be committed: its reservation back, its folios dirty again and unlocked */
+  private failed (w: Written, err: unknown): void {
+    if (w.pieces.length) this.data.unreserve(w.pieces)
+    for (const f of w.folios) {
+      if (!f.dropped) this.cache.markDirty(f)
+      this.cache.setWriteback(f, false)
+      f.unlock()
+    }
+    this.stats.errors++
+    this.lastError = err as Error
+    debug('writeback of inode %d blocks %d+%d failed: %o', w.ino, w.start, w.folios.length, err)
   }
 
   // ---- background writeback and throttling ------------------------------

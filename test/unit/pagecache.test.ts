@@ -97,6 +97,31 @@ test('a file larger than the cache streams through it: the cache stays bounded a
   assert.deepEqual(fsck(img).errors, [])
 })
 
+test('writeback pipelines its runs: the next runs are written while a batch syncs, one fdatasync covers them, and the file stays one extent', async () => {
+  // each batch waits 300 ms between its fdatasync and its commits: the
+  // write stage goes on meanwhile, allocating after runs not committed yet
+  const { img, fs } = fresh({ writebackDelayMs: 300 })
+  const ino = fs.create('/f', 0o644, root)
+  const data = pattern(9, 32 * MiB)
+  await fs.write(ino, data, 0)
+  const syncs0 = fs.data.area.stats.syncs
+  await fs.fsync(ino)
+  const runs = fs.writeback.stats.runs
+  const syncs = fs.data.area.stats.syncs - syncs0
+  assert.equal(runs, 4, 'four runs of 8 MiB')
+  assert.ok(syncs < runs, `fewer data syncs (${syncs}) than runs (${runs})`)
+  const ex = await fs.data.extents(ino)
+  assert.equal(ex.length, 1, `one extent: ${JSON.stringify(ex.slice(0, 4))}`)
+  assert.equal(fs.cache.writebackFolios, 0)
+  await fs.close()
+  const again = new FolioFs(openImage(img))
+  const all = Buffer.alloc(32 * MiB)
+  assert.equal(await again.read(ino, all, all.length, 0), all.length)
+  assert.ok(all.equals(data), 'identical after remount')
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
 test('two files written in parallel do not interleave block by block', async () => {
   const { fs } = fresh()
   const a = fs.create('/a', 0o644, root)

@@ -1,0 +1,118 @@
+// crc32 of data blocks on a thread of their own (worker_threads), so
+// writeback and cold reads do not spend the main thread on checksums: it
+// is the thread that answers FUSE requests, and a sequential write's
+// checksums alone were an eighth of its time there (zlib crc32, ~2 GB/s).
+//
+// The blocks are not copied: folio buffers are views into SharedArrayBuffer
+// slabs (pagecache/folio.ts), which a message shares with the worker. So
+// the caller must keep the bytes from changing until the promise settles
+// (writeback holds the folio locks; a read fills folios it holds locked).
+// Buffers that are not views of shared memory, and every call when the
+// thread cannot be started or has failed, are checksummed on the calling
+// thread instead: same results, just on the main thread.
+//
+// Misuse: calling crcs() for a handful of blocks (a message costs tens of
+// microseconds: below MIN_BLOCKS the caller's thread does it at once), or
+// changing the buffers while a call is pending (the crc is then of some
+// mixture of old and new bytes).
+import { Worker } from 'worker_threads'
+import { crc32 } from 'zlib'
+
+/** below this many blocks a call is answered on the calling thread */
+const MIN_BLOCKS = 16
+
+const WORKER_SOURCE = `
+const { parentPort } = require('worker_threads')
+const { crc32 } = require('zlib')
+parentPort.on('message', ({ id, slabs, slab, offset, length }) => {
+  const out = new Uint32Array(slab.length)
+  for (let i = 0; i < slab.length; i++) out[i] = crc32(new Uint8Array(slabs[slab[i]], offset[i], length[i]))
+  parentPort.postMessage({ id, out }, [out.buffer])
+})
+`
+
+/** crc32 of each buffer, on the calling thread */
+export function crcsHere (bufs: readonly Uint8Array[]): Uint32Array {
+  const out = new Uint32Array(bufs.length)
+  for (let i = 0; i < bufs.length; i++) out[i] = crc32(bufs[i])
+  return out
+}
+
+interface Pending { resolve: (crcs: Uint32Array) => void, bufs: readonly Uint8Array[] }
+
+export class CrcThread {
+  private worker: Worker | null = null
+  private failed = false
+  private nextId = 1
+  private readonly pending = new Map<number, Pending>()
+  /** calls answered by the thread, and on the caller's */
+  readonly stats = { offloaded: 0, inline: 0 }
+
+  /** crc32 of each buffer (BLOCK_SIZE each, unchanged until this settles) */
+  async crcs (bufs: readonly Uint8Array[]): Promise<Uint32Array> {
+    const w = bufs.length >= MIN_BLOCKS && bufs.every(b => b.buffer instanceof SharedArrayBuffer) ? this.thread() : null
+    if (!w) {
+      this.stats.inline++
+      return crcsHere(bufs)
+    }
+    this.stats.offloaded++
+    const id = this.nextId++
+    // the message names each block by slab and offset: a few slabs cost
+    // less to share than a view per block
+    const slabs: SharedArrayBuffer[] = []
+    const index = new Map<SharedArrayBuffer, number>()
+    const slab = new Uint32Array(bufs.length)
+    const offset = new Uint32Array(bufs.length)
+    const length = new Uint32Array(bufs.length)
+    for (let i = 0; i < bufs.length; i++) {
+      const sab = bufs[i].buffer as SharedArrayBuffer
+      let k = index.get(sab)
+      if (k === undefined) { k = slabs.push(sab) - 1; index.set(sab, k) }
+      slab[i] = k
+      offset[i] = bufs[i].byteOffset
+      length[i] = bufs[i].byteLength
+    }
+    return await new Promise(resolve => {
+      this.pending.set(id, { resolve, bufs })
+      w.ref() // a call pending keeps the process alive until it is answered
+      w.postMessage({ id, slabs, slab, offset, length }, [slab.buffer, offset.buffer, length.buffer])
+    })
+  }
+
+  private thread (): Worker | null {
+    if (this.worker || this.failed) return this.worker
+    try {
+      const w = new Worker(WORKER_SOURCE, { eval: true })
+      w.on('message', ({ id, out }: { id: number, out: Uint32Array }) => {
+        const p = this.pending.get(id)
+        this.pending.delete(id)
+        if (this.pending.size === 0) w.unref()
+        p?.resolve(out)
+      })
+      w.on('error', () => this.fail())
+      w.on('exit', () => this.fail())
+      w.unref() // idle, it never keeps the process alive (after the listeners: adding one refs it again)
+      this.worker = w
+    } catch {
+      this.failed = true
+    }
+    return this.worker
+  }
+
+  /** the thread is gone: answer what it left pending here, and everything after */
+  private fail (): void {
+    this.failed = true
+    this.worker = null
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id)
+      p.resolve(crcsHere(p.bufs))
+    }
+  }
+
+  /** stop the thread (unmount); later calls run on the caller's thread */
+  close (): void {
+    const w = this.worker
+    this.fail()
+    void w?.terminate()
+  }
+}
