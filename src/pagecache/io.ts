@@ -17,14 +17,30 @@ import type { FileData } from '../filedata'
 import { ChecksumError } from '../datacsum'
 
 const READAHEAD_MIN = 8 //  32 KiB
-const READAHEAD_MAX = 1024 // 4 MiB: the kernel's requests are 1 MiB; keep several ahead
+const READAHEAD_MAX = 2048 // 8 MiB: the kernel's requests are 1 MiB; keep several ahead
+/** readahead fills at most this many folios each, and at most READAHEAD_IN_FLIGHT of them at once per inode */
+const READAHEAD_CHUNK = 512
+const READAHEAD_IN_FLIGHT = 4
 
+/** a reader's position: the folio after the furthest it read, and its readahead window */
 interface ReadState { next: number, window: number }
+
+/**
+ * Does a read of folios [first, first+n) continue the reader at st? Also
+ * when it lands a little before or after where the last one ended: the
+ * kernel sends a sequential reader's requests several at a time, and they
+ * arrive out of order now and then (a read of 8448 before the one of 8192
+ * ended); calling that random dropped the window back to its minimum,
+ * and readahead never got ahead of a sequential reader.
+ */
+function isSequential (st: ReadState, first: number, n: number): boolean {
+  return Math.abs(first - st.next) <= 2 * n
+}
 
 export class BufferedIO {
   private readonly ra = new Map<number, ReadState>()
-  /** inodes with an asynchronous readahead in flight */
-  private readonly prefetching = new Set<number>()
+  /** inodes with asynchronous readahead in flight: how many fills */
+  private readonly prefetching = new Map<number, number>()
 
   /** sizeOf(ino): the file's size now (never a value read before an await: truncate may run meanwhile) */
   constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number) {}
@@ -87,8 +103,8 @@ export class BufferedIO {
     const first = Math.floor(pos / FOLIO_SIZE)
     const last = Math.floor((pos + n - 1) / FOLIO_SIZE)
     const st = this.ra.get(ino)
-    const sequential = st !== undefined && first === st.next
-    const window = sequential ? Math.min(READAHEAD_MAX, st.window * 2) : READAHEAD_MIN
+    const sequential = st !== undefined && isSequential(st, first, last - first + 1)
+    const window = sequential ? Math.min(READAHEAD_MAX, Math.max(st.window * 2, last - first + 1)) : READAHEAD_MIN
     for (let idx = first; idx <= last;) {
       let f = this.cache.get(ino, idx)
       if (f && f.uptodate) {
@@ -128,8 +144,9 @@ export class BufferedIO {
       }
       idx = Math.min(end, last + 1)
     }
-    this.ra.set(ino, { next: last + 1, window })
-    if (sequential) this.readahead(ino, last + 1, window)
+    const next = sequential ? Math.max(st.next, last + 1) : last + 1
+    this.ra.set(ino, { next, window })
+    if (sequential) this.readahead(ino, next, window)
     this.cache.evict()
   }
 
@@ -139,24 +156,27 @@ export class BufferedIO {
    * with the reader's consumption instead of stalling every window.
    */
   private readahead (ino: number, from: number, window: number): void {
-    if (this.prefetching.has(ino)) return
     const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
-    let start = from
     const horizon = Math.min(eofBlock, from + window)
-    while (start < horizon && this.cache.peek(ino, start)) start++ // already cached or in flight
+    const skipCached = (k: number): number => { while (k < horizon && this.cache.peek(ino, k)) k++; return k } // cached or in flight
+    let start = skipCached(from)
     if (start >= horizon || start - from > window / 2) return // far enough ahead already
-    let end = start
-    while (end < Math.min(eofBlock, start + window) && !this.cache.peek(ino, end)) end++
-    const run = this.newLocked(ino, start, end)
-    if (run.length === 0) return
-    this.prefetching.add(ino)
-    this.cache.stats.readaheadFolios += run.length
-    this.fillOrForget(ino, run)
-      .catch(() => {}) // a reader will try again, synchronously
-      .finally(() => {
-        for (const g of run) g.unlock()
-        this.prefetching.delete(ino)
-      })
+    while (start < horizon && (this.prefetching.get(ino) ?? 0) < READAHEAD_IN_FLIGHT) {
+      let end = start
+      while (end < Math.min(horizon, start + READAHEAD_CHUNK) && !this.cache.peek(ino, end)) end++
+      const run = this.newLocked(ino, start, end)
+      this.prefetching.set(ino, (this.prefetching.get(ino) ?? 0) + 1)
+      this.cache.stats.readaheadFolios += run.length
+      this.fillOrForget(ino, run)
+        .catch(() => {}) // a reader will try again, synchronously
+        .finally(() => {
+          for (const g of run) g.unlock()
+          const n = (this.prefetching.get(ino) ?? 1) - 1
+          if (n > 0) this.prefetching.set(ino, n)
+          else this.prefetching.delete(ino)
+        })
+      start = skipCached(end)
+    }
   }
 
   private copyOut (f: Folio, buf: Buffer, pos: number, n: number): void {

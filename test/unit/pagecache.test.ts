@@ -122,6 +122,27 @@ test('writeback pipelines its runs: the next runs are written while a batch sync
   assert.deepEqual(fsck(img).errors, [])
 })
 
+test('readahead keeps up with a sequential reader whose requests arrive a little out of order', async () => {
+  const { img, fs: first } = fresh()
+  const ino = first.create('/f', 0o644, root)
+  const data = pattern(10, 64 * MiB)
+  await first.write(ino, data, 0)
+  await first.close()
+  const fs = new FolioFs(openImage(img)) // a cold cache
+  // 1 MiB requests as the kernel sends them: now and then two swapped
+  const order: number[] = []
+  for (let k = 0; k < 64; k++) order.push(k)
+  for (let k = 8; k + 1 < 64; k += 10) [order[k], order[k + 1]] = [order[k + 1], order[k]]
+  const back = Buffer.alloc(MiB)
+  for (const k of order) {
+    assert.equal(await fs.read(ino, back, MiB, k * MiB), MiB)
+    assert.ok(back.equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
+  }
+  const { misses, readaheadFolios } = fs.cache.stats
+  assert.ok(misses < 64 * MiB / 4096 / 8, `most folios come from readahead: ${misses} read on demand, ${readaheadFolios} ahead`)
+  await fs.close()
+})
+
 test('two files written in parallel do not interleave block by block', async () => {
   const { fs } = fresh()
   const a = fs.create('/a', 0o644, root)
