@@ -24,7 +24,7 @@ import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './err
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
 import { nameFromDb, nameToDb } from './names'
-import { batchStats, flushBatch, inBatch, onBatchFailure } from './sqltx'
+import { batchStats, flushBatch, inBatch, onBatchFailure, onRollback } from './sqltx'
 import { DataArea } from './dataarea'
 import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
@@ -160,6 +160,17 @@ export function splitPath (path: string): { parent: string, name: string } {
   return { parent: i <= 0 ? '/' : path.slice(0, i), name }
 }
 
+/** the columns of an inode row, in the order rowToInode takes them */
+const INODE_COLUMNS = ['ino', 'mode', 'uid', 'gid', 'nlink', 'size', 'blocks', 'rdev', 'parent', 'atime_s', 'atime_ns', 'mtime_s', 'mtime_ns', 'ctime_s', 'ctime_ns', 'target'] as const
+type InodeRaw = [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, Buffer | null]
+const rowToInode = (r: InodeRaw): Inode => ({
+  ino: r[0], mode: r[1], uid: r[2], gid: r[3], nlink: r[4], size: r[5], blocks: r[6], rdev: r[7], parent: r[8],
+  atime_s: r[9], atime_ns: r[10], mtime_s: r[11], mtime_ns: r[12], ctime_s: r[13], ctime_ns: r[14], target: r[15]
+})
+
+/** inode rows the row cache holds at most (then the oldest go) */
+const INODE_ROWS_MAX = 1 << 16
+
 /** names the dentry cache holds at most (then it starts again empty) */
 const DENTRY_CACHE_MAX = 1 << 18
 const dentryKey = (parent: number, name: string): string => parent + '/' + name
@@ -191,6 +202,15 @@ export class FolioFs {
   private get anyDefaultAcl (): boolean { return this.xattrNames.has(ACL_DEFAULT) }
   /** the xattr names some inode has, or had since the mount (a superset: removing one does not shrink it) */
   private readonly xattrNames: Set<string>
+  /**
+   * Inode row cache: ino -> its row as stored (see row()). Every statement
+   * that writes an inode row is wrapped (prepare: `writesInode`) to drop
+   * that inode's entry, and a rollback clears it all (sqltx onRollback:
+   * rows read inside a transaction may be what it undid); so an entry is
+   * always the row SQLite would return. Rows are never handed out: row()
+   * gives copies.
+   */
+  private readonly inodeRows = new Map<number, Inode>()
   /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
   private readonly dentries = new Map<string, number>()
   /** dangling entries' inodes logged already (danglingStat) */
@@ -237,6 +257,11 @@ export class FolioFs {
     this.imageReadonly = img.readonly
     this.ro = img.readonly
     this.q = this.prepare()
+    onRollback(this.db, () => {
+      this.dentries.clear() // names it changed are back as they were
+      this.iflagsCache.clear() // and so are inode flags it set
+      this.inodeRows.clear() // and inode rows
+    })
     this.xattrNames = new Set(this.q.xattrNames.all() as string[]) // the one scan of the xattrs table
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
@@ -264,8 +289,20 @@ export class FolioFs {
 
   private prepare () {
     const db = this.db
+    const rows = this.inodeRows
+    /** a statement writing the row of the inode given as its last parameter: that row leaves the row cache */
+    const writesInode = (stmt: Database.Statement): { run: (...args: unknown[]) => Database.RunResult } => ({
+      run: (...args: unknown[]) => {
+        try {
+          return stmt.run(...args)
+        } finally {
+          rows.delete(args[args.length - 1] as number)
+        }
+      }
+    })
     return {
-      getInode: db.prepare('SELECT * FROM inodes WHERE ino = ?'),
+      // raw: better-sqlite3 builds a row object key by key (10 us for this one); rowToInode builds it in one go
+      getInode: db.prepare(`SELECT ${INODE_COLUMNS.join(', ')} FROM inodes WHERE ino = ?`).raw(),
       lookup: db.prepare('SELECT ino FROM dirents WHERE parent = ? AND name = ?').pluck(),
       nameOfIno: db.prepare('SELECT 1 FROM dirents WHERE ino = ? LIMIT 1').pluck(),
       listDir: db.prepare('SELECT name, ino FROM dirents WHERE parent = ? ORDER BY name'),
@@ -274,18 +311,18 @@ export class FolioFs {
       delDirent: db.prepare('DELETE FROM dirents WHERE parent = ? AND name = ?'),
       insInode: db.prepare(`INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, target)
                             VALUES (@mode, @uid, @gid, @nlink, @size, @rdev, @parent, @s, @ns, @s, @ns, @s, @ns, @target)`),
-      delInode: db.prepare('DELETE FROM inodes WHERE ino = ?'),
-      setNlink: db.prepare('UPDATE inodes SET nlink = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      addNlink: db.prepare('UPDATE inodes SET nlink = nlink + ? WHERE ino = ?'),
-      touchMC: db.prepare('UPDATE inodes SET mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      touchC: db.prepare('UPDATE inodes SET ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      setAtime: db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ? WHERE ino = ?'),
-      setTimes: db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      setMode: db.prepare('UPDATE inodes SET mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      setOwner: db.prepare('UPDATE inodes SET uid = ?, gid = ?, mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      setParent: db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?'),
-      setSize: db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
-      addBlocks: db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?'),
+      delInode: writesInode(db.prepare('DELETE FROM inodes WHERE ino = ?')),
+      setNlink: writesInode(db.prepare('UPDATE inodes SET nlink = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      addNlink: writesInode(db.prepare('UPDATE inodes SET nlink = nlink + ? WHERE ino = ?')),
+      touchMC: writesInode(db.prepare('UPDATE inodes SET mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      touchC: writesInode(db.prepare('UPDATE inodes SET ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      setAtime: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ? WHERE ino = ?')),
+      setTimes: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      setMode: writesInode(db.prepare('UPDATE inodes SET mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      setOwner: writesInode(db.prepare('UPDATE inodes SET uid = ?, gid = ?, mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      setParent: writesInode(db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?')),
+      setSize: writesInode(db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      addBlocks: writesInode(db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?')),
       delXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
       getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
@@ -310,14 +347,7 @@ export class FolioFs {
     if (this.readonly) throw fsErr('EROFS')
     if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`) // never write to an image known corrupt
     if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
-    let r: T
-    try {
-      r = inBatch(this.db, fn)
-    } catch (e) {
-      this.dentries.clear() // names it changed are back as they were
-      this.iflagsCache.clear() // and so are inode flags it set
-      throw e
-    }
+    const r = inBatch(this.db, fn) // a failure rolls back: onRollback clears the caches (constructor)
     this.counters.commits++
     return r
   }
@@ -387,7 +417,7 @@ export class FolioFs {
 
   /** nlink as stored (0 for an inode that no longer exists) */
   linkCount (ino: number): number {
-    return (this.q.nlinkOf.get(ino) as number | undefined) ?? 0
+    return this.inodeRows.get(ino)?.nlink ?? (this.q.nlinkOf.get(ino) as number | undefined) ?? 0
   }
 
   /** every path naming ino (its hard links; a directory has one), as byte strings */
@@ -414,28 +444,46 @@ export class FolioFs {
 
   // ---- inode helpers -------------------------------------------------
 
+  /** ino's row as stored, a copy (from the row cache, or read into it), or undefined if there is none */
+  private row (ino: number): Inode | undefined {
+    let r = this.inodeRows.get(ino)
+    if (r === undefined) {
+      const raw = this.q.getInode.get(ino) as InodeRaw | undefined
+      if (raw === undefined) return undefined
+      r = rowToInode(raw)
+      if (this.inodeRows.size >= INODE_ROWS_MAX) this.inodeRows.delete(this.inodeRows.keys().next().value as number) // the oldest read
+      this.inodeRows.set(ino, r)
+    }
+    return { ...r }
+  }
+
   /** the inode as users see it: its row, with the size and times of data not written back yet */
   inode (ino: number): Inode {
-    const row = this.q.getInode.get(ino) as Inode | undefined
+    const row = this.row(ino)
     if (!row) throw fsErr('ENOENT', `inode ${ino}`)
-    const a = this.attrs.get(ino)
+    return this.withMemAttrs(row)
+  }
+
+  /** row (a copy: changed in place) with the size and times of data not written back yet */
+  private withMemAttrs (row: Inode): Inode {
+    const a = this.attrs.get(row.ino)
     if (!a) return row
     const ctimeLater = a.ctime_s > row.ctime_s || (a.ctime_s === row.ctime_s && a.ctime_ns > row.ctime_ns)
-    return {
-      ...row,
-      size: a.size,
-      mtime_s: a.mtime_s,
-      mtime_ns: a.mtime_ns,
-      ctime_s: ctimeLater ? a.ctime_s : row.ctime_s,
-      ctime_ns: ctimeLater ? a.ctime_ns : row.ctime_ns
+    row.size = a.size
+    row.mtime_s = a.mtime_s
+    row.mtime_ns = a.mtime_ns
+    if (ctimeLater) {
+      row.ctime_s = a.ctime_s
+      row.ctime_ns = a.ctime_ns
     }
+    return row
   }
 
   /** the size now (page cache: never trust a size read before an await) */
   private sizeOf (ino: number): number {
     const a = this.attrs.get(ino)
     if (a) return a.size
-    return (this.q.getInode.get(ino) as Inode | undefined)?.size ?? 0
+    return this.row(ino)?.size ?? 0
   }
 
   /**
@@ -445,7 +493,7 @@ export class FolioFs {
    * attributes are all on disk.
    */
   private runCommitted (ino: number, endBlock: number, added: number, freed: number): void {
-    const row = this.q.getInode.get(ino) as Inode | undefined
+    const row = this.row(ino)
     if (!row) throw new Error(`writeback of inode ${ino}, which no longer exists`)
     const a = this.attrs.get(ino)
     const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
@@ -469,14 +517,15 @@ export class FolioFs {
   }
 
   stat (ino: number): Stat {
-    const row = this.q.getInode.get(ino) as Inode | undefined
-    if (!row && this.q.nameOfIno.get(ino) !== undefined) return this.danglingStat(ino)
-    const i = this.inode(ino)
-    if (this.attrs.has(ino)) {
-      // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
-      const stored = (this.q.getInode.get(ino) as Inode).size
-      i.blocks += this.cache.dirtyFrom(ino, Math.ceil(stored / BLOCK_SIZE))
+    const row = this.row(ino)
+    if (!row) {
+      if (this.q.nameOfIno.get(ino) !== undefined) return this.danglingStat(ino)
+      throw fsErr('ENOENT', `inode ${ino}`)
     }
+    const stored = row.size
+    const i = this.withMemAttrs(row)
+    // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
+    if (this.attrs.has(ino)) i.blocks += this.cache.dirtyFrom(ino, Math.ceil(stored / BLOCK_SIZE))
     return this.toStat(i)
   }
 
@@ -690,7 +739,7 @@ export class FolioFs {
    */
   private recoverOrphans (): void {
     for (const ino of this.q.allOrphans.all() as number[]) {
-      const i = this.q.getInode.get(ino) as Inode | undefined
+      const i = this.row(ino)
       if (!i) { this.tx(() => this.q.delOrphan.run(ino)); continue }
       if (i.nlink === 0) this.data.truncateSync(ino, 0, this.reapStep(ino))
       else this.data.truncateSync(ino, i.size, (freed, _first, last) => {
@@ -707,7 +756,7 @@ export class FolioFs {
       const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
       const t = nowTime()
-      if (this.q.getInode.get(ino) === undefined) { // a dangling entry (danglingStat): only the name goes
+      if (this.row(ino) === undefined) { // a dangling entry (danglingStat): only the name goes
         this.removeName(pino, name)
         this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
         return null
@@ -945,7 +994,7 @@ export class FolioFs {
 
   private async freeIfUnused (ino: number): Promise<void> {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
-    const nlink = this.q.nlinkOf.get(ino) as number | undefined // (one column: every release asks)
+    const nlink = this.inodeRows.get(ino)?.nlink ?? this.q.nlinkOf.get(ino) as number | undefined // (one column when not cached: every release asks)
     if (nlink === 0) await this.reap(ino)
   }
 
@@ -1170,7 +1219,7 @@ export class FolioFs {
 
   /** inside a fallocate or punch step's commit: ino's block count moves by delta, its times to t (the stored size stays) */
   private blocksChanged (ino: number, delta: number, t: Time): void {
-    const row = this.q.getInode.get(ino) as Inode
+    const row = this.row(ino) as Inode
     this.q.setSize.run(row.size, delta, t.sec, t.nsec, t.sec, t.nsec, ino)
   }
 

@@ -39,6 +39,8 @@ interface DbState {
   timer: NodeJS.Timeout | null
   stats: BatchStats
   onFailure: (err: unknown) => void
+  /** run after any rollback (caches of what the rolled-back writes changed) */
+  onRollback: Array<() => void>
 }
 
 export interface BatchStats { batches: number, batchedOps: number, maxBatchOps: number }
@@ -56,7 +58,8 @@ function stateOf (db: Database.Database): DbState {
       depth: 0,
       timer: null,
       stats: { batches: 0, batchedOps: 0, maxBatchOps: 0 },
-      onFailure: err => { throw err }
+      onFailure: err => { throw err },
+      onRollback: []
     }
     states.set(db, st)
   }
@@ -72,7 +75,21 @@ export function inTransaction<T> (db: Database.Database, fn: () => T): T {
   const st = stateOf(db)
   if (st.depth > 0) throw new Error('strict transaction inside a batched operation (it could not commit on its own)')
   flushBatch(db)
-  return st.run(fn)
+  return runOrRollBack(st, fn)
+}
+
+/** st.run(fn); when it throws (rolled back), the rollback listeners run before the exception goes on */
+function runOrRollBack<T> (st: DbState, fn: () => T): T {
+  try {
+    return st.run(fn)
+  } catch (err) {
+    rolledBack(st)
+    throw err
+  }
+}
+
+function rolledBack (st: DbState): void {
+  for (const fn of st.onRollback) fn()
 }
 
 /**
@@ -91,7 +108,7 @@ export function inBatch<T> (db: Database.Database, fn: () => T): T {
   st.depth++
   let r: T
   try {
-    r = st.run(fn)
+    r = runOrRollBack(st, fn)
   } finally {
     st.depth--
   }
@@ -113,6 +130,7 @@ export function flushBatch (db: Database.Database): void {
     db.exec('COMMIT')
   } catch (err) {
     if (db.inTransaction) try { db.exec('ROLLBACK') } catch { /* the connection is gone */ }
+    rolledBack(st)
     st.onFailure(err)
   }
 }
@@ -120,6 +138,15 @@ export function flushBatch (db: Database.Database): void {
 /** what to do when a batch does not commit (operations it held were answered already); default: throw */
 export function onBatchFailure (db: Database.Database, fn: (err: unknown) => void): void {
   stateOf(db).onFailure = fn
+}
+
+/**
+ * Run fn after every rollback on db: an operation's savepoint, a strict
+ * transaction, a batch whose commit failed. For caches of rows: a cache
+ * filled inside a transaction may hold what the rollback undid.
+ */
+export function onRollback (db: Database.Database, fn: () => void): void {
+  stateOf(db).onRollback.push(fn)
 }
 
 export function batchStats (db: Database.Database): BatchStats {

@@ -144,3 +144,27 @@ test('a truncate or unlink interrupted by a crash between its steps is finished 
   await again.close()
   assert.deepEqual(fsck(img).errors, [])
 })
+
+test('the inode row and dentry caches never show what a rolled-back operation changed', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  assert.equal(fs.stat(ino).mode & 0o7777, 0o644)
+  // an operation that changes the row, reads it back (caching what it read) and then fails
+  assert.throws(() => fs.tx(() => {
+    fs.chmod(ino, 0o600)
+    assert.equal(fs.stat(ino).mode & 0o7777, 0o600, 'inside: the change is seen')
+    fs.link('/f', '/g')
+    assert.equal(fs.stat(ino).nlink, 2)
+    assert.equal(fs.resolve('/g'), ino)
+    throw new Error('fail after the changes')
+  }), /fail after the changes/)
+  const st = fs.stat(ino)
+  assert.equal(st.mode & 0o7777, 0o644, 'the mode is back')
+  assert.equal(st.nlink, 1, 'and the link count')
+  assert.throws(() => fs.resolve('/g'), (e: FsError) => e.code === 'ENOENT')
+  // changes that commit are seen at once
+  fs.chmod(ino, 0o640)
+  assert.equal(fs.stat(ino).mode & 0o7777, 0o640)
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
