@@ -6,9 +6,15 @@
 // Prints `ready` once mounted; stays in the foreground until SIGTERM or
 // SIGINT (or an external unmount), then unmounts and exits 0.
 //
-// Not a real filesystem: no persistence, no hard links, no xattrs, no
-// symlinks, no permission bookkeeping beyond mode/uid/gid (the kernel
-// checks them: default_permissions). Callbacks follow fuse-native's rules:
+// Not a real filesystem: no persistence, no hard links, no symlinks, no
+// permission bookkeeping beyond mode/uid/gid (the kernel checks them:
+// default_permissions). It has xattrs, in memory, answered as foliofs
+// answers them: getxattr of a name the kernel probes on its own (ACLs,
+// the SELinux label, for each entry of `ls -l`) that no inode has is
+// answered by the binding without a call (setAbsentXattrs), the others
+// here. Without xattrs (ENOSYS) the kernel would stop asking altogether,
+// and `ls -l` would be measured against a filesystem that makes one
+// round trip per entry fewer than any filesystem with ACLs can. Callbacks follow fuse-native's rules:
 // a result or a negative errno, never an Error, never a throw.
 import * as path from 'path'
 import { constants } from 'os'
@@ -42,6 +48,7 @@ interface Node {
   mtime: Time
   ctime: Time
   children: Map<string, Node> | null
+  xattrs: Map<string, Buffer> | null
 }
 
 function now (): Time {
@@ -53,7 +60,7 @@ let nextIno = 1
 function newNode (mode: number, uid: number, gid: number): Node {
   const t = now()
   const dir = (mode & S_IFMT) === S_IFDIR
-  return { ino: nextIno++, mode, uid, gid, nlink: dir ? 2 : 1, size: 0, data: Buffer.alloc(0), atime: t, mtime: t, ctime: t, children: dir ? new Map() : null }
+  return { ino: nextIno++, mode, uid, gid, nlink: dir ? 2 : 1, size: 0, data: Buffer.alloc(0), atime: t, mtime: t, ctime: t, children: dir ? new Map() : null, xattrs: null }
 }
 
 const root = newNode(S_IFDIR | 0o755, process.getuid?.() ?? 0, process.getgid?.() ?? 0)
@@ -147,9 +154,28 @@ function replyValue (cb: Cb, fn: () => number): void {
   cb(v)
 }
 
-function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<string, Cb> {
+/** the names the kernel asks for on its own (foliofs: coherence.ts), and the one it takes EOPNOTSUPP for while no inode has it */
+const PROBED_XATTRS = ['security.capability', 'security.selinux', 'security.ima', 'security.evm', 'security.apparmor', 'system.posix_acl_access', 'system.posix_acl_default']
+const UNSUPPORTED_WHILE_ABSENT = ['security.selinux']
+const XATTR_CREATE = 1
+const XATTR_REPLACE = 2
+
+interface Binding { context?: { uid: number, gid: number }, setAbsentXattrs?: (names: string[], unsupported: string[]) => void }
+
+function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, publishAbsent: () => void } {
+  /** probed names stored on some inode since the mount: the binding answers the others */
+  const stored = new Set<string>()
+  const publishAbsent = (): void => {
+    const absent = PROBED_XATTRS.filter(n => !stored.has(n))
+    ctx()?.setAbsentXattrs?.(absent, UNSUPPORTED_WHILE_ABSENT.filter(n => absent.includes(n)))
+  }
+  const xattrStored = (name: string): void => {
+    if (stored.has(name) || !PROBED_XATTRS.includes(name)) return
+    stored.add(name)
+    publishAbsent()
+  }
   const creds = (): { uid: number, gid: number } => {
-    const c = ctx()
+    const c = ctx()?.context
     return { uid: c?.uid ?? 0, gid: c?.gid ?? 0 }
   }
   const add = (p: string, mode: number): Node => {
@@ -168,8 +194,29 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
     handles.set(fh, n)
     return fh
   }
-  return {
+  const ops: Record<string, Cb> = {
     init: (cb: Cb) => cb(0),
+    setxattr: (p: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) => reply(cb, () => {
+      const n = lookup(p ?? '/')
+      const has = n.xattrs?.has(name) ?? false
+      if ((flags & XATTR_CREATE) && has) throw err('EEXIST')
+      if ((flags & XATTR_REPLACE) && !has) throw err('ENODATA')
+      xattrStored(name)
+      n.xattrs ??= new Map()
+      n.xattrs.set(name, Buffer.from(value))
+      n.ctime = now()
+    }),
+    getxattr: (p: string | null, name: string, _pos: number, cb: Cb) => reply(cb, () => {
+      const v = lookup(p ?? '/').xattrs?.get(name)
+      if (!v) throw err(UNSUPPORTED_WHILE_ABSENT.includes(name) && !stored.has(name) ? 'EOPNOTSUPP' : 'ENODATA')
+      return [v]
+    }),
+    listxattr: (p: string | null, cb: Cb) => reply(cb, () => [[...(lookup(p ?? '/').xattrs?.keys() ?? [])]]),
+    removexattr: (p: string | null, name: string, cb: Cb) => reply(cb, () => {
+      const n = lookup(p ?? '/')
+      if (!n.xattrs?.delete(name)) throw err('ENODATA')
+      n.ctime = now()
+    }),
     statfs: (_p: string, cb: Cb) => reply(cb, () => [{
       bsize: BLOCK, frsize: BLOCK, blocks: 2 ** 26, bfree: 2 ** 25, bavail: 2 ** 25,
       files: 2 ** 30, ffree: 2 ** 30 - nextIno, favail: 2 ** 30 - nextIno, fsid: 0xce11, flag: 0, namemax: 255
@@ -282,6 +329,7 @@ function makeOps (ctx: () => { uid: number, gid: number } | undefined): Record<s
       n.ctime = now()
     })
   }
+  return { ops, publishAbsent }
 }
 
 async function main (): Promise<number> {
@@ -296,8 +344,8 @@ async function main (): Promise<number> {
   // mount fuse.foliofs (foliofs's tools and tests look for that type)
   const defaults = parseMountOptions([])
   const extra = fuseExtraOptions(defaults).map(o => o.startsWith('subtype=') ? 'subtype=foliofs-ceiling' : o)
-  const holder: { fuse?: { context?: { uid: number, gid: number } } } = {}
-  const ops = makeOps(() => holder.fuse?.context)
+  const holder: { fuse?: Binding } = {}
+  const { ops, publishAbsent } = makeOps(() => holder.fuse)
   let sessionEnded = (): void => {}
   ops.destroy = (cb: Cb) => {
     cb(0)
@@ -317,6 +365,7 @@ async function main (): Promise<number> {
     process.stderr.write(`ceiling-fs: mount failed: ${(e as Error).message}\n`)
     return 7
   }
+  publishAbsent() // the session is up: the binding takes the set from here on
   await setReadahead(mountpoint, defaults.readaheadKb) // foliofs's readahead window too
   process.stdout.write('ready\n')
   return await new Promise<number>(resolve => {

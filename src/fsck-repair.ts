@@ -12,10 +12,15 @@
 //   * free-space accounting: extents of inodes that do not exist are
 //     unmapped, and the free-space map is rebuilt as exactly the blocks no
 //     extent maps.
-// Not fixed: damaged SQLite tables, a damaged extent tree (nodes failing
-// their checks), data checksum mismatches, anything without a `fix`. When
-// the SQLite file or the extent tree is damaged, nothing is repaired at all:
-// writing to such an image could make it worse.
+//   * a damaged extent tree (nodes failing their checks): rebuilt from its
+//     intact leaves first (btree/salvage.ts); what a damaged leaf mapped is
+//     lost (those file ranges become holes, their blocks free) and the
+//     rounds below then set those files' block counts. Without this a
+//     file mapped by a damaged node could never be deleted: a damaged
+//     image is only ever mounted read-only.
+// Not fixed: damaged SQLite tables, data checksum mismatches, anything
+// without a `fix`. When the SQLite file is damaged, nothing is repaired at
+// all: writing to such an image could make it worse.
 //
 // Repairs run in one SQLite transaction per round on a read-write open
 // (validated first, exclusive: a mounted image is refused), then fsck runs
@@ -23,22 +28,33 @@
 // into lost+found makes its children reachable), so up to MAX_ROUNDS.
 import { EXIT, ImageError, nowTime, openImage, ROOT_INO } from './image'
 import { fsck, type Finding, type FsckReport } from './fsck'
-import { ExtentTree, lockrestartDoSync, transGet } from './btree'
+import { ExtentTree, lockrestartDoSync, salvageExtentTree, transGet } from './btree'
 
 const MAX_ROUNDS = 3
 const LOST_FOUND = 'lost+found'
 
 export interface RepairResult { report: FsckReport, repaired: string[], refused: string | null }
 
-/** damage repair must not write over: SQLite tables, extent tree nodes */
+/** damage repair must not write over: SQLite tables (and the extent tree, until salvaged) */
 function unsafe (report: FsckReport): string | null {
   const f = report.findings.find(x => /^table '.*' is damaged|not checked|^extent tree: (?!space accounting|free space)|extents unreadable/.test(x.what))
   return f ? f.what : null
 }
 
+/** SQLite damage: nothing may be written, not even a salvaged tree */
+const tableDamage = (report: FsckReport): string | null => report.findings.find(x => /^table '.*' is damaged|not checked/.test(x.what))?.what ?? null
+/** extent tree nodes failing their checks */
+const treeDamage = (report: FsckReport): boolean => report.findings.some(x => /^extent tree: (?!space accounting|free space)|extents unreadable/.test(x.what))
+
 export function repairImage (image: string, opts: { verifyData?: boolean } = {}): RepairResult {
   let report = fsck(image, opts)
   const repaired: string[] = []
+  if (treeDamage(report)) {
+    const why = tableDamage(report)
+    if (why) return { report, repaired, refused: `the image has damage repair cannot fix (${why})` }
+    repaired.push(...salvageTree(image))
+    report = fsck(image, opts)
+  }
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const fixes = report.findings.filter(f => f.fix)
     if (fixes.length === 0) break
@@ -48,6 +64,24 @@ export function repairImage (image: string, opts: { verifyData?: boolean } = {})
     report = fsck(image, opts)
   }
   return { report, repaired, refused: null }
+}
+
+/** rebuild the extent tree from its intact leaves (btree/salvage.ts); what was done, as report lines */
+function salvageTree (image: string): string[] {
+  const img = openImage(image)
+  try {
+    const r = salvageExtentTree(img.db, { pageSize: 4096, totalBlocks: img.sb.capacityBlocks })
+    img.db.pragma('journal_mode = DELETE')
+    const lines = r.dropped.map(d => `extent tree node ${d.id} (${d.problem}): dropped; the file ranges it mapped are now holes`)
+    if (r.overlapping) lines.push(`${r.overlapping} overlapping extents dropped`)
+    lines.push(`extent tree rebuilt from ${r.leaves} intact leaves (${r.extents} extents); free-space map rebuilt: ${r.freeBefore} free blocks recorded, ${r.freeAfter} really free`)
+    return lines
+  } catch (e) {
+    if (e instanceof ImageError) throw e
+    throw new ImageError(`${image}: repair failed, the extent tree was not changed: ${(e as Error).message}`, EXIT.CORRUPT)
+  } finally {
+    img.db.close()
+  }
 }
 
 function applyFixes (image: string, fixes: Finding[], report: FsckReport): string[] {
