@@ -39,8 +39,10 @@ function isSequential (st: ReadState, first: number, n: number): boolean {
 
 export class BufferedIO {
   private readonly ra = new Map<number, ReadState>()
-  /** inodes with asynchronous readahead in flight: how many fills */
-  private readonly prefetching = new Map<number, number>()
+  /** where the last readahead of each inode stopped looking */
+  private readonly raFront = new Map<number, number>()
+  /** asynchronous readahead fills in flight, per inode: their folio ranges, settled (never rejected) when done */
+  private readonly prefetching = new Map<number, Array<{ from: number, to: number, done: Promise<void> }>>()
 
   /** sizeOf(ino): the file's size now (never a value read before an await: truncate may run meanwhile) */
   constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number) {}
@@ -113,6 +115,11 @@ export class BufferedIO {
         idx++
         continue
       }
+      const fill = f ? this.prefetching.get(ino)?.find(x => idx >= x.from && idx < x.to) : undefined
+      if (fill) { // readahead is filling it: one wait for the whole fill, not a lock wait per folio
+        await fill.done
+        continue // look again: uptodate now, or gone (a failed fill: read on demand)
+      }
       if (f) { // someone is filling or writing it: wait, then look again
         await f.lock()
         try {
@@ -159,24 +166,29 @@ export class BufferedIO {
     const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
     const horizon = Math.min(eofBlock, from + window)
     const skipCached = (k: number): number => { while (k < horizon && this.cache.peek(ino, k)) k++; return k } // cached or in flight
-    let start = skipCached(from)
+    // look from where the last readahead of ino ended, not through the whole window again (unless the reader is elsewhere now)
+    let front = this.raFront.get(ino) ?? from
+    if (front < from || front > horizon) front = from
+    let start = skipCached(front)
     if (start >= horizon || start - from > window / 2) return // far enough ahead already
-    while (start < horizon && (this.prefetching.get(ino) ?? 0) < READAHEAD_IN_FLIGHT) {
+    while (start < horizon && (this.prefetching.get(ino)?.length ?? 0) < READAHEAD_IN_FLIGHT) {
       let end = start
       while (end < Math.min(horizon, start + READAHEAD_CHUNK) && !this.cache.peek(ino, end)) end++
       const run = this.newLocked(ino, start, end)
-      this.prefetching.set(ino, (this.prefetching.get(ino) ?? 0) + 1)
       this.cache.stats.readaheadFolios += run.length
-      this.fillOrForget(ino, run)
+      const fill = { from: start, to: end, done: Promise.resolve() }
+      fill.done = this.fillOrForget(ino, run)
         .catch(() => {}) // a reader will try again, synchronously
         .finally(() => {
           for (const g of run) g.unlock()
-          const n = (this.prefetching.get(ino) ?? 1) - 1
-          if (n > 0) this.prefetching.set(ino, n)
+          const left = (this.prefetching.get(ino) ?? []).filter(x => x !== fill)
+          if (left.length) this.prefetching.set(ino, left)
           else this.prefetching.delete(ino)
         })
+      this.prefetching.set(ino, [...(this.prefetching.get(ino) ?? []), fill])
       start = skipCached(end)
     }
+    this.raFront.set(ino, start)
   }
 
   private copyOut (f: Folio, buf: Buffer, pos: number, n: number): void {
@@ -277,6 +289,6 @@ export class BufferedIO {
       this.cache.remove(f)
       f.unlock()
     }
-    if (from === 0) this.ra.delete(ino)
+    if (from === 0) { this.ra.delete(ino); this.raFront.delete(ino) }
   }
 }
