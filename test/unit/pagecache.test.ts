@@ -27,6 +27,16 @@ const pattern = (seed: number, len: number): Buffer => {
   return b
 }
 
+/** the closed image img reads data back for ino, and fsck finds it clean */
+async function sameAfterRemount (img: string, ino: number, data: Buffer): Promise<void> {
+  const again = new FolioFs(openImage(img))
+  const all = Buffer.alloc(data.length)
+  assert.equal(await again.read(ino, all, all.length, 0), all.length)
+  assert.ok(all.equals(data), 'identical after remount')
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+}
+
 test('a write is visible at once, gets no block until writeback, and a sequential file is one extent after fsync', async () => {
   const { img, fs } = fresh()
   const ino = fs.create('/f', 0o644, root)
@@ -45,12 +55,7 @@ test('a write is visible at once, gets no block until writeback, and a sequentia
   assert.equal(ex[0].len, 64 * MiB / 4096)
   assert.equal(storedSize(fs, ino), 64 * MiB)
   await fs.close()
-  const again = new FolioFs(openImage(img))
-  const all = Buffer.alloc(64 * MiB)
-  assert.equal(await again.read(ino, all, all.length, 0), all.length)
-  assert.ok(all.equals(data), 'identical after remount')
-  await again.close()
-  assert.deepEqual(fsck(img).errors, [])
+  await sameAfterRemount(img, ino, data)
 })
 
 test('the on-disk size covers written-back data only: a crash loses unfsynced writes, never exposes unwritten blocks', async () => {
@@ -114,12 +119,7 @@ test('writeback pipelines its runs: the next runs are written while a batch sync
   assert.equal(ex.length, 1, `one extent: ${JSON.stringify(ex.slice(0, 4))}`)
   assert.equal(fs.cache.writebackFolios, 0)
   await fs.close()
-  const again = new FolioFs(openImage(img))
-  const all = Buffer.alloc(32 * MiB)
-  assert.equal(await again.read(ino, all, all.length, 0), all.length)
-  assert.ok(all.equals(data), 'identical after remount')
-  await again.close()
-  assert.deepEqual(fsck(img).errors, [])
+  await sameAfterRemount(img, ino, data)
 })
 
 test('readahead keeps up with a sequential reader whose requests arrive a little out of order', async () => {
