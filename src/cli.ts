@@ -79,7 +79,8 @@ ${MOUNT_OPTIONS}`
   },
   umount: {
     usage: 'foliofs umount [--lazy] MOUNTPOINT',
-    help: `Unmount like umount(8): a busy filesystem is refused (exit 6); waits for
+    help: `Unmount like umount(8): a busy filesystem is refused (exit 6), naming the
+processes that use it; waits for
 the daemon to close the image. --lazy detaches at once; the daemon exits
 after the last open file is closed.`
   },

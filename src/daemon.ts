@@ -431,6 +431,69 @@ export function startBackground (image: string, mountpoint: string, optArgs: str
 }
 
 /**
+ * What uses the mount at mp: "pid N (comm: what)" for each process whose
+ * cwd, root, open files or mapped files lie in it (what umount(8) calls
+ * busy; cf. fuser -m). Best effort: processes we may not look at are
+ * left out.
+ */
+export function mountUsers (mp: string): string[] {
+  const inside = (p: string): boolean => p === mp || p.startsWith(mp + '/')
+  const link = (p: string): string => { try { return fs.readlinkSync(p) } catch { return '' } }
+  const out: string[] = []
+  let pids: string[] = []
+  try { pids = fs.readdirSync('/proc').filter(d => /^\d+$/.test(d) && Number(d) !== process.pid) } catch { return out }
+  for (const pid of pids) {
+    const uses: string[] = []
+    for (const what of ['cwd', 'root']) if (inside(link(`/proc/${pid}/${what}`))) uses.push(what)
+    let fds: string[] = []
+    try { fds = fs.readdirSync(`/proc/${pid}/fd`) } catch {}
+    for (const fd of fds) {
+      const target = link(`/proc/${pid}/fd/${fd}`).replace(/ \(deleted\)$/, '')
+      if (inside(target)) uses.push(`fd ${fd} ${target}`)
+    }
+    try {
+      for (const line of fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+        const file = line.split(/\s+/).slice(5).join(' ')
+        if (inside(file) && !uses.includes(`mapped ${file}`)) uses.push(`mapped ${file}`)
+      }
+    } catch {}
+    if (uses.length === 0) continue
+    let comm = '?'
+    try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() } catch {}
+    out.push(`pid ${pid} (${comm}: ${uses.slice(0, 3).join(', ')}${uses.length > 3 ? ', ...' : ''})`)
+  }
+  return out
+}
+
+/** how long a busy unmount is tried again while no process is found using the mount */
+const BUSY_RETRY_MS = 2000
+
+/**
+ * Unmount mp; if the kernel says busy, name what uses it. While nothing
+ * is found (a process that has just exited can hold the mount for a
+ * moment: what is found busy right after a stress run ends), try again
+ * for up to BUSY_RETRY_MS before giving up.
+ */
+async function unmountOrNameUsers (mp: string, lazy: boolean): Promise<void> {
+  const deadline = Date.now() + BUSY_RETRY_MS
+  for (;;) {
+    try {
+      unmountPath(mp, lazy)
+      return
+    } catch (err) {
+      if (!/busy/i.test((err as Error).message)) throw err
+      const users = mountUsers(mp)
+      if (users.length > 0 || Date.now() >= deadline) {
+        const who = users.length > 0 ? `in use by ${users.slice(0, 4).join('; ')}${users.length > 4 ? `; and ${users.length - 4} more` : ''}` : 'files or directories in use'
+        throw new ImageError(`${mp}: target is busy (${who}); close them, or use --lazy`, EXIT.BUSY)
+      }
+      debug('%s: busy, but no process uses it: trying again', mp)
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+  }
+}
+
+/**
  * `foliofs umount`: unmount like umount(8) (a busy filesystem is refused),
  * then wait for the daemon to close the image. A dead mount is cleared.
  * With lazy, detach now; the daemon exits once the last open file closes.
@@ -449,14 +512,7 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
     removeRecord(mp)
     return
   }
-  try {
-    unmountPath(mp, opts.lazy === true)
-  } catch (err) {
-    if (/busy/i.test((err as Error).message)) {
-      throw new ImageError(`${mp}: target is busy (files or directories in use); close them, or use --lazy`, EXIT.BUSY)
-    }
-    throw err
-  }
+  await unmountOrNameUsers(mp, opts.lazy === true)
   // other mount points of the same mount (second mount points: bind
   // mounts) keep it alive: the record moves to one of them
   const others = mountsOfDev(m.dev)
