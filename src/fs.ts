@@ -295,14 +295,26 @@ export class FolioFs {
   private prepare () {
     const db = this.db
     const rows = this.inodeRows
-    /** a statement writing the row of the inode given as its last parameter: that row leaves the row cache */
-    const writesInode = (stmt: Database.Statement): { run: (...args: unknown[]) => Database.RunResult } => ({
+    /**
+     * A statement writing the row of the inode given as its last parameter.
+     * A cached copy of that row is updated by `apply` (which must do to it
+     * exactly what the SQL does) once the statement succeeded, or dropped
+     * (set to null, not deleted: see inodeRows).
+     */
+    const writesInode = (stmt: Database.Statement, apply?: (row: Inode, args: number[]) => void): { run: (...args: unknown[]) => Database.RunResult } => ({
       run: (...args: unknown[]) => {
+        let ok = false
         try {
-          return stmt.run(...args)
+          const r = stmt.run(...args)
+          ok = r.changes === 1
+          return r
         } finally {
           const ino = args[args.length - 1] as number
-          if (rows.has(ino)) rows.set(ino, null) // not delete: see inodeRows
+          const cached = rows.get(ino)
+          if (cached) {
+            if (ok && apply) apply(cached, args as number[])
+            else rows.set(ino, null)
+          }
         }
       }
     })
@@ -319,8 +331,10 @@ export class FolioFs {
                             VALUES (@mode, @uid, @gid, @nlink, @size, @rdev, @parent, @s, @ns, @s, @ns, @s, @ns, @target)`),
       delInode: writesInode(db.prepare('DELETE FROM inodes WHERE ino = ?')),
       setNlink: writesInode(db.prepare('UPDATE inodes SET nlink = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      addNlink: writesInode(db.prepare('UPDATE inodes SET nlink = nlink + ? WHERE ino = ?')),
-      touchMC: writesInode(db.prepare('UPDATE inodes SET mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
+      // the two a create or unlink runs on its directory: its cached row is kept up to date, not dropped
+      addNlink: writesInode(db.prepare('UPDATE inodes SET nlink = nlink + ? WHERE ino = ?'), (r, [d]) => { r.nlink += d }),
+      touchMC: writesInode(db.prepare('UPDATE inodes SET mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [ms, mns, cs, cns]) => { r.mtime_s = ms; r.mtime_ns = mns; r.ctime_s = cs; r.ctime_ns = cns }),
       touchC: writesInode(db.prepare('UPDATE inodes SET ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
       setAtime: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ? WHERE ino = ?')),
       setTimes: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
@@ -458,10 +472,15 @@ export class FolioFs {
       const raw = this.q.getInode.get(ino) as InodeRaw | undefined
       if (raw === undefined) return undefined
       r = rowToInode(raw)
-      if (this.inodeRows.size >= INODE_ROWS_MAX && !this.inodeRows.has(ino)) this.inodeRows.delete(this.inodeRows.keys().next().value as number) // the oldest read
-      this.inodeRows.set(ino, r)
+      this.cacheRow(r)
     }
     return { ...r }
+  }
+
+  /** put r (an inode row exactly as stored) into the row cache */
+  private cacheRow (r: Inode): void {
+    if (this.inodeRows.size >= INODE_ROWS_MAX && !this.inodeRows.has(r.ino)) this.inodeRows.delete(this.inodeRows.keys().next().value as number) // the oldest read
+    this.inodeRows.set(r.ino, r)
   }
 
   /** the inode as users see it: its row, with the size and times of data not written back yet */
@@ -630,6 +649,10 @@ export class FolioFs {
         parent: dir ? pino : 0, s: t.sec, ns: t.nsec, target
       })
       const ino = Number(res.lastInsertRowid)
+      this.cacheRow({ // the row just inserted, as getInode would read it back (blocks: the column default)
+        ino, mode, uid: creds.uid, gid, nlink: dir ? 2 : 1, size: target ? target.length : 0, blocks: 0, rdev, parent: dir ? pino : 0,
+        atime_s: t.sec, atime_ns: t.nsec, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec, target: target === null ? null : Buffer.from(target)
+      })
       if (access) this.putXattr(ino, ACL_ACCESS, access)
       if (dir && defAcl && def) this.putXattr(ino, ACL_DEFAULT, def)
       this.addName(pino, name, ino)

@@ -168,3 +168,37 @@ test('the inode row and dentry caches never show what a rolled-back operation ch
   await fs.close()
   assert.deepEqual(fsck(img).errors, [])
 })
+
+test('the inode row cache agrees with the rows SQLite holds after every kind of namespace change', async () => {
+  const { img, fs } = fresh()
+  const cols = ['mode', 'uid', 'gid', 'nlink', 'size', 'rdev', 'atime_s', 'atime_ns', 'mtime_s', 'mtime_ns', 'ctime_s', 'ctime_ns'] as const
+  const stored = fs.db.prepare(`SELECT ino, ${cols.join(', ')}, blocks FROM inodes`)
+  const check = (step: string): void => {
+    for (const r of stored.all() as Array<Record<string, number>>) {
+      const st = fs.stat(r.ino)
+      const seen = { mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, rdev: st.rdev, atime_s: st.atime.sec, atime_ns: st.atime.nsec, mtime_s: st.mtime.sec, mtime_ns: st.mtime.nsec, ctime_s: st.ctime.sec, ctime_ns: st.ctime.nsec, blocks: st.blocks / 8 }
+      const want = Object.fromEntries([...cols, 'blocks'].map(c => [c, r[c]]))
+      assert.deepEqual(seen, want, `${step}: inode ${r.ino}`)
+    }
+  }
+  const d = fs.mkdir('/d', 0o755, root)
+  check('mkdir')
+  for (let i = 0; i < 20; i++) fs.create(`/d/f${i}`, 0o644, root)
+  fs.symlink('/d/f0', '/d/s', root)
+  fs.mkdir('/d/sub', 0o700, root)
+  check('creates')
+  fs.link('/d/f1', '/d/f1-again')
+  await fs.rename('/d/f2', '/d/sub/f2')
+  await fs.rename('/d/sub', '/sub2')
+  check('links and renames')
+  for (let i = 3; i < 10; i++) await fs.unlink(`/d/f${i}`)
+  await fs.unlink('/sub2/f2')
+  fs.rmdir('/sub2')
+  check('unlinks and rmdir')
+  fs.chmod(d, 0o711)
+  fs.chown(d, 12, 34)
+  fs.utimens(d, { sec: 5, nsec: 6 }, { sec: 7, nsec: 8 })
+  check('attribute changes')
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
