@@ -22,7 +22,7 @@
 // as if the leaf were damaged; fsck --repair refuses those images first).
 import type Database from 'better-sqlite3'
 import { BtreeNode, cmpPos, deserializeNode, interiorCapacity, leafCapacity, pageProblem, serializeNode, type Extent, type Pos } from './node'
-import { ExtentTree, type TreeOptions } from './tree'
+import { ExtentTree, metaRows, PUT_META_SQL, storeMeta, type TreeOptions } from './tree'
 
 /** leaves and interior nodes are loaded this full (room for inserts after the repair) */
 const LOAD_FILL = 0.75
@@ -88,7 +88,7 @@ function groups<T> (items: T[], per: number): T[][] {
  * top of the file. opts: the tree's page size and total blocks.
  */
 export function salvageExtentTree (db: Database.Database, opts: Required<Pick<TreeOptions, 'pageSize' | 'totalBlocks'>>): SalvageResult {
-  const meta = Object.fromEntries((db.prepare('SELECT key, value FROM btree_meta').all() as Array<{ key: string, value: number }>).map(r => [r.key, r.value]))
+  const meta = metaRows(db)
   const pageSize = typeof meta.page_size === 'number' ? meta.page_size : opts.pageSize // what the tree was made with
   const totalBlocks = opts.totalBlocks
   const firstBlock = typeof meta.first_block === 'number' ? meta.first_block : 0
@@ -124,13 +124,7 @@ export function salvageExtentTree (db: Database.Database, opts: Required<Pick<Tr
     }
     const root = level[0]
     for (const n of built) put.run(n.id, serializeNode(n, pageSize))
-    const setMeta = db.prepare('INSERT OR REPLACE INTO btree_meta (key, value) VALUES (?, ?)')
-    setMeta.run('root', root.id)
-    setMeta.run('height', height)
-    setMeta.run('next_id', nextId)
-    setMeta.run('page_size', pageSize)
-    setMeta.run('total_blocks', totalBlocks)
-    setMeta.run('first_block', firstBlock)
+    storeMeta(db.prepare(PUT_META_SQL), { rootId: root.id, height, nextId }, { pageSize, totalBlocks, firstBlock })
     const tree = ExtentTree.open(db, { pageSize, totalBlocks })
     const r = tree.rebuildFreeSpace()
     freeBefore = r.before

@@ -81,6 +81,31 @@ export interface TreeStats {
 
 interface Meta { rootId: number, height: number, nextId: number, firstBlock: number }
 
+/** the btree_meta rows as key -> value (salvage.ts reads them too, without opening a tree) */
+export function metaRows (db: Database.Database): Record<string, number> {
+  return Object.fromEntries((db.prepare('SELECT key, value FROM btree_meta').all() as Array<{ key: string, value: number }>).map(r => [r.key, r.value]))
+}
+
+/** the rows fixed when a tree is made: its page size, device size and first allocatable block */
+export interface FixedMeta { pageSize: number, totalBlocks: number, firstBlock: number }
+
+/**
+ * Write the btree_meta rows of m through put (INSERT OR REPLACE INTO
+ * btree_meta (key, value)): root, height and next_id, and the fixed ones
+ * when given (a tree writes them once; salvage.ts writes them all).
+ */
+export function storeMeta (put: Database.Statement, m: Omit<Meta, 'firstBlock'>, fixed?: FixedMeta): void {
+  put.run('root', m.rootId)
+  put.run('height', m.height)
+  put.run('next_id', m.nextId)
+  if (!fixed) return
+  put.run('page_size', fixed.pageSize)
+  put.run('total_blocks', fixed.totalBlocks)
+  put.run('first_block', fixed.firstBlock)
+}
+
+export const PUT_META_SQL = 'INSERT OR REPLACE INTO btree_meta (key, value) VALUES (?, ?)'
+
 export class ExtentTree {
   readonly db: Database.Database
   readonly pageSize: number
@@ -152,9 +177,8 @@ export class ExtentTree {
   }
 
   private readMeta (): Meta | null {
-    const rows = this.db.prepare('SELECT key, value FROM btree_meta').all() as Array<{ key: string, value: number }>
-    if (rows.length === 0) return null
-    const m = Object.fromEntries(rows.map(r => [r.key, r.value]))
+    const m = metaRows(this.db)
+    if (Object.keys(m).length === 0) return null
     if (typeof m.root !== 'number' || typeof m.height !== 'number' || typeof m.next_id !== 'number') {
       throw new BtreeError('node_corrupt', 'btree_meta incomplete')
     }
@@ -172,15 +196,8 @@ export class ExtentTree {
     const m = this.meta
     const w = this.written
     if (w && w.rootId === m.rootId && w.height === m.height && w.nextId === m.nextId) return
-    this.putMeta ??= this.db.prepare('INSERT OR REPLACE INTO btree_meta (key, value) VALUES (?, ?)')
-    this.putMeta.run('root', m.rootId)
-    this.putMeta.run('height', m.height)
-    this.putMeta.run('next_id', m.nextId)
-    if (!w) {
-      this.putMeta.run('page_size', this.pageSize)
-      this.putMeta.run('total_blocks', this.opts.totalBlocks)
-      this.putMeta.run('first_block', this.firstBlock)
-    }
+    this.putMeta ??= this.db.prepare(PUT_META_SQL)
+    storeMeta(this.putMeta, m, w ? undefined : { pageSize: this.pageSize, totalBlocks: this.opts.totalBlocks, firstBlock: this.firstBlock })
     this.written = { ...m }
   }
 
