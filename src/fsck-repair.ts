@@ -35,31 +35,28 @@ const LOST_FOUND = 'lost+found'
 
 export interface RepairResult { report: FsckReport, repaired: string[], refused: string | null }
 
-/** damage repair must not write over: SQLite tables (and the extent tree, until salvaged) */
-function unsafe (report: FsckReport): string | null {
-  const f = report.findings.find(x => /^table '.*' is damaged|not checked|^extent tree: (?!space accounting|free space)|extents unreadable/.test(x.what))
-  return f ? f.what : null
-}
-
+/** the first finding matching re, or null */
+const finding = (report: FsckReport, re: RegExp): string | null => report.findings.find(x => re.test(x.what))?.what ?? null
 /** SQLite damage: nothing may be written, not even a salvaged tree */
-const tableDamage = (report: FsckReport): string | null => report.findings.find(x => /^table '.*' is damaged|not checked/.test(x.what))?.what ?? null
-/** extent tree nodes failing their checks */
-const treeDamage = (report: FsckReport): boolean => report.findings.some(x => /^extent tree: (?!space accounting|free space)|extents unreadable/.test(x.what))
+const tableDamage = (report: FsckReport): string | null => finding(report, /^table '.*' is damaged|not checked/)
+/** extent tree nodes failing their checks (salvaged first; nothing else is written over them) */
+const treeDamage = (report: FsckReport): string | null => finding(report, /^extent tree: (?!space accounting|free space)|extents unreadable/)
 
 export function repairImage (image: string, opts: { verifyData?: boolean } = {}): RepairResult {
   let report = fsck(image, opts)
   const repaired: string[] = []
-  if (treeDamage(report)) {
+  const refuse = (why: string): RepairResult => ({ report, repaired, refused: `the image has damage repair cannot fix (${why})` })
+  if (treeDamage(report) !== null) {
     const why = tableDamage(report)
-    if (why) return { report, repaired, refused: `the image has damage repair cannot fix (${why})` }
+    if (why) return refuse(why)
     repaired.push(...salvageTree(image))
     report = fsck(image, opts)
   }
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const fixes = report.findings.filter(f => f.fix)
     if (fixes.length === 0) break
-    const why = unsafe(report)
-    if (why) return { report, repaired, refused: `the image has damage repair cannot fix (${why})` }
+    const why = tableDamage(report) ?? treeDamage(report) // damage repair must not write over
+    if (why) return refuse(why)
     repaired.push(...applyFixes(image, fixes, report))
     report = fsck(image, opts)
   }
