@@ -14,11 +14,15 @@
 // answered by the binding without a call (setAbsentXattrs), the others
 // here. Without xattrs (ENOSYS) the kernel would stop asking altogether,
 // and `ls -l` would be measured against a filesystem that makes one
-// round trip per entry fewer than any filesystem with ACLs can. Callbacks follow fuse-native's rules:
-// a result or a negative errno, never an Error, never a throw.
+// round trip per entry fewer than any filesystem with ACLs can. Callbacks
+// follow fuse-native's rules: a result or a negative errno, never an
+// Error, never a throw.
 import * as path from 'path'
 import { constants } from 'os'
 import { fuseExtraOptions, parseMountOptions, setReadahead } from '../src/daemon'
+// the names the kernel probes on its own, answered as foliofs answers them
+import { PROBED_XATTRS, UNSUPPORTED_WHILE_ABSENT } from '../src/coherence'
+import { XATTR_CREATE, XATTR_REPLACE } from '../src/fs'
 
 type Cb = (...args: any[]) => void
 interface Time { sec: number, nsec: number }
@@ -153,12 +157,6 @@ function replyValue (cb: Cb, fn: () => number): void {
   }
   cb(v)
 }
-
-/** the names the kernel asks for on its own (foliofs: coherence.ts), and the one it takes EOPNOTSUPP for while no inode has it */
-const PROBED_XATTRS = ['security.capability', 'security.selinux', 'security.ima', 'security.evm', 'security.apparmor', 'system.posix_acl_access', 'system.posix_acl_default']
-const UNSUPPORTED_WHILE_ABSENT = ['security.selinux']
-const XATTR_CREATE = 1
-const XATTR_REPLACE = 2
 
 interface Binding { context?: { uid: number, gid: number }, setAbsentXattrs?: (names: string[], unsupported: string[]) => void }
 

@@ -60,10 +60,11 @@ export const S_IFREG = 0o100000
 export const S_IFLNK = 0o120000
 const UTIME_NOW = (1 << 30) - 1
 const UTIME_OMIT = (1 << 30) - 2
-const XATTR_CREATE = 1
+/** setxattr flags (linux/xattr.h) */
+export const XATTR_CREATE = 1
 const O_ACCMODE = 3
 const O_APPEND = 0o2000
-const XATTR_REPLACE = 2
+export const XATTR_REPLACE = 2
 const RELATIME_SEC = 24 * 3600
 export const MAX_FILE_SIZE = 2 ** 52 // bytes; keeps block numbers exact in doubles
 export const SEEK_DATA = 3
@@ -205,7 +206,8 @@ export class FolioFs {
   /**
    * Inode row cache: ino -> its row as stored (see row()). Every statement
    * that writes an inode row is wrapped (prepare: `writesInode`) to drop
-   * that inode's entry, and a rollback clears it all (sqltx onRollback:
+   * that inode's entry (or, for the two every create and unlink runs on its
+   * directory, to update it the same way), and a rollback clears it all (sqltx onRollback:
    * rows read inside a transaction may be what it undid); so an entry is
    * always the row SQLite would return. Rows are never handed out: row()
    * gives copies.
@@ -438,7 +440,12 @@ export class FolioFs {
 
   /** nlink as stored (0 for an inode that no longer exists) */
   linkCount (ino: number): number {
-    return this.inodeRows.get(ino)?.nlink ?? (this.q.nlinkOf.get(ino) as number | undefined) ?? 0
+    return this.storedNlink(ino) ?? 0
+  }
+
+  /** nlink as stored, undefined if the inode does not exist (the cached row, else one column: every release asks) */
+  private storedNlink (ino: number): number | undefined {
+    return this.inodeRows.get(ino)?.nlink ?? this.q.nlinkOf.get(ino) as number | undefined
   }
 
   /** every path naming ino (its hard links; a directory has one), as byte strings */
@@ -1024,8 +1031,7 @@ export class FolioFs {
 
   private async freeIfUnused (ino: number): Promise<void> {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
-    const nlink = this.inodeRows.get(ino)?.nlink ?? this.q.nlinkOf.get(ino) as number | undefined // (one column when not cached: every release asks)
-    if (nlink === 0) await this.reap(ino)
+    if (this.storedNlink(ino) === 0) await this.reap(ino)
   }
 
   async release (fh: number): Promise<void> {
