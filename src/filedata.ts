@@ -249,8 +249,8 @@ export class FileData {
 
   /**
    * Writeback step 5: map blocks [start, ...) of ino to the pieces, freeing
-   * what they replace; crcs (one per block, in order: blockCrcs of the data
-   * written) are recorded in the same commit.
+   * what they replace; crcs (one per block, in order: the crc32s of the
+   * data written, crcthread.ts) are recorded in the same commit.
    */
   async commitRun (ino: number, start: number, pieces: Range[], crcs: Uint32Array, hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
     await this.guard(true, async () => await lockrestartDo(transGet(this.tree), t => {

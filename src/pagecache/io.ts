@@ -176,15 +176,15 @@ export class BufferedIO {
       while (end < Math.min(horizon, start + READAHEAD_CHUNK) && !this.cache.peek(ino, end)) end++
       const run = this.newLocked(ino, start, end)
       this.cache.stats.readaheadFolios += run.length
-      const fill = { from: start, to: end, done: Promise.resolve() }
-      fill.done = this.fillOrForget(ino, run)
+      const done = this.fillOrForget(ino, run)
         .catch(() => {}) // a reader will try again, synchronously
-        .finally(() => {
+        .finally(() => { // (settles after `fill` below is set)
           for (const g of run) g.unlock()
           const left = (this.prefetching.get(ino) ?? []).filter(x => x !== fill)
           if (left.length) this.prefetching.set(ino, left)
           else this.prefetching.delete(ino)
         })
+      const fill = { from: start, to: end, done }
       this.prefetching.set(ino, [...(this.prefetching.get(ino) ?? []), fill])
       start = skipCached(end)
     }

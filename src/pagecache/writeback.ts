@@ -38,7 +38,7 @@ import { readFileSync } from 'fs'
 import createDebug from 'debug'
 import type { FileData } from '../filedata'
 import type { Range } from '../btree'
-import type { Folio } from './folio'
+import { FOLIO_SIZE, type Folio } from './folio'
 import type { PageCache } from './cache'
 
 const debug = createDebug('foliofs:writeback')
@@ -65,7 +65,13 @@ interface Written { ino: number, start: number, folios: Folio[], pieces: Range[]
 /** where the next run of ino should go when it starts at index: after the run written just before it */
 interface Hint { ino: number, index: number, pblk: number }
 
-const lastBlock = (pieces: Range[]): number => { const p = pieces[pieces.length - 1]; return p.pblk + p.len - 1 }
+/** the hint for the run after w: its file, the index after it, the block after its last one */
+function hintAfter (w: Written): Hint {
+  const p = w.pieces[w.pieces.length - 1]
+  return { ino: w.ino, index: w.start + w.folios.length, pblk: p.pblk + p.len }
+}
+
+const bytesOf = (w: Written): number => w.folios.length * FOLIO_SIZE
 
 /**
  * The commit stage of one pass: batches of written runs, one at a time,
@@ -82,7 +88,7 @@ class CommitStage {
 
   add (w: Written): void {
     this.queue.push(w)
-    this.queuedBytes += w.folios.length * 4096
+    this.queuedBytes += bytesOf(w)
     this.kick()
   }
 
@@ -98,7 +104,7 @@ class CommitStage {
         this.queue = []
         this.batches++
         const err = await this.wb.commitBatch(batch)
-        this.queuedBytes -= batch.reduce((s, w) => s + w.folios.length * 4096, 0)
+        this.queuedBytes -= batch.reduce((s, w) => s + bytesOf(w), 0)
         if (err) this.errors.push(err)
       }
     } finally {
@@ -206,10 +212,8 @@ export class Writeback {
     for (const ino of inos) {
       for (const run of runsOf(this.cache.dirtyOf(ino, from, to), MAX_RUN)) {
         const { written, error } = await this.writeRun(ino, run, next)
-        for (const w of written) {
-          commits.add(w)
-          next = { ino, index: w.start + w.folios.length, pblk: lastBlock(w.pieces) + 1 }
-        }
+        for (const w of written) commits.add(w)
+        if (written.length) next = hintAfter(written[written.length - 1])
         if (error) errors.push(error)
         await commits.bound(this.limits.maxInFlight ?? MAX_IN_FLIGHT)
       }
@@ -243,7 +247,7 @@ export class Writeback {
         const h = hint !== null && hint.ino === ino && hint.index === part[0].index ? hint.pblk : undefined
         const w = await this.writeLocked(ino, part, h)
         out.push(w)
-        hint = { ino, index: w.start + part.length, pblk: lastBlock(w.pieces) + 1 }
+        hint = hintAfter(w)
       }
     } catch (err) {
       for (const part of parts.slice(out.length + 1)) for (const f of part) f.unlock() // the failed one: writeLocked did
@@ -304,7 +308,7 @@ export class Writeback {
       for (const f of w.folios) { this.cache.setWriteback(f, false); f.unlock() }
       this.stats.runs++
       this.stats.folios += w.folios.length
-      this.stats.bytes += w.folios.length * 4096
+      this.stats.bytes += bytesOf(w)
     }
     return first
   }
