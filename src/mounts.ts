@@ -80,6 +80,41 @@ export function unmountPath (mountpoint: string, lazy = false): void {
   throw new Error(`cannot unmount ${mountpoint}: ${errors.join('; ') || 'no fusermount3/umount found'}`)
 }
 
+/**
+ * What uses the mount at mp: "pid N (comm: what)" for each process whose
+ * cwd, root, open files or mapped files lie in it (what umount(8) calls
+ * busy; cf. fuser -m). Best effort: processes we may not look at are
+ * left out.
+ */
+export function mountUsers (mp: string): string[] {
+  const inside = (p: string): boolean => p === mp || p.startsWith(mp + '/')
+  const link = (p: string): string => { try { return fs.readlinkSync(p) } catch { return '' } }
+  const out: string[] = []
+  let pids: string[] = []
+  try { pids = fs.readdirSync('/proc').filter(d => /^\d+$/.test(d) && Number(d) !== process.pid) } catch { return out }
+  for (const pid of pids) {
+    const uses: string[] = []
+    for (const what of ['cwd', 'root']) if (inside(link(`/proc/${pid}/${what}`))) uses.push(what)
+    let fds: string[] = []
+    try { fds = fs.readdirSync(`/proc/${pid}/fd`) } catch {}
+    for (const fd of fds) {
+      const target = link(`/proc/${pid}/fd/${fd}`).replace(/ \(deleted\)$/, '')
+      if (inside(target)) uses.push(`fd ${fd} ${target}`)
+    }
+    try {
+      for (const line of fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+        const file = line.split(/\s+/).slice(5).join(' ')
+        if (inside(file) && !uses.includes(`mapped ${file}`)) uses.push(`mapped ${file}`)
+      }
+    } catch {}
+    if (uses.length === 0) continue
+    let comm = '?'
+    try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() } catch {}
+    out.push(`pid ${pid} (${comm}: ${uses.slice(0, 3).join(', ')}${uses.length > 3 ? ', ...' : ''})`)
+  }
+  return out
+}
+
 // ---- runtime state: one JSON file per mount --------------------------------
 
 /**
