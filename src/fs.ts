@@ -174,6 +174,8 @@ const INODE_ROWS_MAX = 1 << 16
 
 /** names the dentry cache holds at most (then it starts again empty) */
 const DENTRY_CACHE_MAX = 1 << 18
+/** a dentry cache value: the name does not exist (no inode is 0) */
+const NO_ENTRY = 0
 const dentryKey = (parent: number, name: string): string => parent + '/' + name
 
 export function checkName (name: string): void {
@@ -205,9 +207,9 @@ export class FolioFs {
   private readonly xattrNames: Set<string>
   /**
    * Inode row cache: ino -> its row as stored (see row()). Every statement
-   * that writes an inode row is wrapped (prepare: `writesInode`) to drop
-   * that inode's entry (or, for the two every create and unlink runs on its
-   * directory, to update it the same way), and a rollback clears it all (sqltx onRollback:
+   * that writes an inode row is wrapped (prepare: `writesInode`) to update
+   * that inode's entry the same way (or to drop it: a delete, a statement
+   * that changed no row), and a rollback clears it all (sqltx onRollback:
    * rows read inside a transaction may be what it undid); so an entry is
    * always the row SQLite would return. Rows are never handed out: row()
    * gives copies.
@@ -218,8 +220,8 @@ export class FolioFs {
    * 40 us at 10k cached rows and 250 us at 40k.
    */
   private readonly inodeRows = new Map<number, Inode | null>()
-  /** dentry cache: dentryKey(parent, name) -> ino (see lookupName) */
-  private readonly dentries = new Map<string, number | null>()
+  /** dentry cache: dentryKey(parent, name) -> ino or NO_ENTRY (see lookupName) */
+  private readonly dentries = new Map<string, number>()
   /** dangling entries' inodes logged already (danglingStat) */
   private readonly danglingLogged = new Set<number>()
   private nextFh = 1
@@ -268,6 +270,7 @@ export class FolioFs {
       this.dentries.clear() // names it changed are back as they were
       this.iflagsCache.clear() // and so are inode flags it set
       this.inodeRows.clear() // and inode rows
+      this.orphanSet = null // and the orphans table
     })
     this.xattrNames = new Set(this.q.xattrNames.all() as string[]) // the one scan of the xattrs table
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
@@ -332,19 +335,27 @@ export class FolioFs {
       insInode: db.prepare(`INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, target)
                             VALUES (@mode, @uid, @gid, @nlink, @size, @rdev, @parent, @s, @ns, @s, @ns, @s, @ns, @target)`),
       delInode: writesInode(db.prepare('DELETE FROM inodes WHERE ino = ?')),
-      setNlink: writesInode(db.prepare('UPDATE inodes SET nlink = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      // the two a create or unlink runs on its directory: its cached row is kept up to date, not dropped
+      // the others keep a cached row up to date (a create, rename or unlink
+      // then never reads a row back); each apply does what its SQL does
+      setNlink: writesInode(db.prepare('UPDATE inodes SET nlink = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [n, cs, cns]) => { r.nlink = n; r.ctime_s = cs; r.ctime_ns = cns }),
       addNlink: writesInode(db.prepare('UPDATE inodes SET nlink = nlink + ? WHERE ino = ?'), (r, [d]) => { r.nlink += d }),
       touchMC: writesInode(db.prepare('UPDATE inodes SET mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
         (r, [ms, mns, cs, cns]) => { r.mtime_s = ms; r.mtime_ns = mns; r.ctime_s = cs; r.ctime_ns = cns }),
-      touchC: writesInode(db.prepare('UPDATE inodes SET ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      setAtime: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ? WHERE ino = ?')),
-      setTimes: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      setMode: writesInode(db.prepare('UPDATE inodes SET mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      setOwner: writesInode(db.prepare('UPDATE inodes SET uid = ?, gid = ?, mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      setParent: writesInode(db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?')),
-      setSize: writesInode(db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?')),
-      addBlocks: writesInode(db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?')),
+      touchC: writesInode(db.prepare('UPDATE inodes SET ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [cs, cns]) => { r.ctime_s = cs; r.ctime_ns = cns }),
+      setAtime: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ? WHERE ino = ?'),
+        (r, [as, ans]) => { r.atime_s = as; r.atime_ns = ans }),
+      setTimes: writesInode(db.prepare('UPDATE inodes SET atime_s = ?, atime_ns = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [as, ans, ms, mns, cs, cns]) => { r.atime_s = as; r.atime_ns = ans; r.mtime_s = ms; r.mtime_ns = mns; r.ctime_s = cs; r.ctime_ns = cns }),
+      setMode: writesInode(db.prepare('UPDATE inodes SET mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [m, cs, cns]) => { r.mode = m; r.ctime_s = cs; r.ctime_ns = cns }),
+      setOwner: writesInode(db.prepare('UPDATE inodes SET uid = ?, gid = ?, mode = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [u, g, m, cs, cns]) => { r.uid = u; r.gid = g; r.mode = m; r.ctime_s = cs; r.ctime_ns = cns }),
+      setParent: writesInode(db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?'), (r, [p]) => { r.parent = p }),
+      setSize: writesInode(db.prepare('UPDATE inodes SET size = ?, blocks = blocks + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+        (r, [sz, db, ms, mns, cs, cns]) => { r.size = sz; r.blocks += db; r.mtime_s = ms; r.mtime_ns = mns; r.ctime_s = cs; r.ctime_ns = cns }),
+      addBlocks: writesInode(db.prepare('UPDATE inodes SET blocks = blocks + ? WHERE ino = ?'), (r, [d]) => { r.blocks += d }),
       delXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
       getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
       putXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
@@ -392,16 +403,18 @@ export class FolioFs {
 
   // ---- directory entries: names are byte strings (names.ts); the dirents
   // value is made here and nowhere else, and so is the dentry cache: every
-  // name that exists and was looked up (or added) maps parent/name -> ino.
-  // It stays true because these three are the only ways names change; a
+  // name that was looked up (or added, or removed) maps parent/name -> its
+  // ino, or NO_ENTRY for a name known not to exist (a create looks its name
+  // up twice: the kernel's LOOKUP, then the create's own check). It stays
+  // true because these three are the only ways names change; a
   // transaction that fails clears it (its changes were rolled back). ------
 
   private lookupName (parent: number, name: string): number | undefined {
     const key = dentryKey(parent, name)
     const hit = this.dentries.get(key)
-    if (hit != null) return hit
+    if (hit != null) return hit === NO_ENTRY ? undefined : hit
     const ino = this.q.lookup.get(parent, nameToDb(name)) as number | undefined
-    if (ino !== undefined) this.cacheDentry(key, ino)
+    this.cacheDentry(key, ino ?? NO_ENTRY)
     return ino
   }
 
@@ -413,7 +426,7 @@ export class FolioFs {
   private removeName (parent: number, name: string): void {
     this.q.delDirent.run(parent, nameToDb(name))
     const key = dentryKey(parent, name)
-    if (this.dentries.has(key)) this.dentries.set(key, null) // null is "not cached"; not delete: see inodeRows
+    if (this.dentries.has(key)) this.dentries.set(key, NO_ENTRY) // not delete: see inodeRows
   }
 
   private cacheDentry (key: string, ino: number): void {
@@ -595,8 +608,19 @@ export class FolioFs {
     }
   }
 
-  /** Resolve an absolute path to an inode number. */
+  /** Resolve an absolute path to an inode number (ENOENT if there is none). */
   resolve (path: string): number {
+    const ino = this.lookupPath(path)
+    if (ino === undefined) throw fsErr('ENOENT', path)
+    return ino
+  }
+
+  /**
+   * resolve(), but a path that does not exist is undefined, not an
+   * exception: the kernel looks up every name before creating it, and the
+   * answer "none" is the common case there. Other errors still throw.
+   */
+  lookupPath (path: string): number | undefined {
     if (path === '/' || path === '') return ROOT_INO
     if (tooLong(path)) throw fsErr('ENAMETOOLONG')
     const parts = path.split('/')
@@ -608,7 +632,7 @@ export class FolioFs {
       const next = this.lookupName(ino, name)
       if (next === undefined) {
         if (k > 1 && !isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
-        throw fsErr('ENOENT', path)
+        return undefined
       }
       ino = next
     }
@@ -723,25 +747,50 @@ export class FolioFs {
   private dropLink (ino: number, t: Time): number | null {
     const i = this.inode(ino)
     const nlink = isDir(i.mode) ? 0 : i.nlink - 1
-    this.q.setNlink.run(nlink, t.sec, t.nsec, ino)
-    if (nlink > 0) return null
     // no data (not a file; or a file with no blocks and nothing in the page
     // cache): free it right here, no B-tree transaction needed
     const noData = !isRegular(i.mode) || (i.blocks === 0 && this.cache.folioRange(ino, 0).length === 0)
-    if (noData && (this.openCount.get(ino) ?? 0) === 0) {
+    if (nlink === 0 && noData && (this.openCount.get(ino) ?? 0) === 0) {
       this.deleteInodeRow(ino)
       this.attrs.delete(ino)
       return null
     }
-    this.q.addOrphan.run(ino)
+    this.q.setNlink.run(nlink, t.sec, t.nsec, ino)
+    if (nlink > 0) return null
+    this.addOrphan(ino)
     return (this.openCount.get(ino) ?? 0) > 0 ? null : ino
   }
 
   private deleteInodeRow (ino: number): void {
     this.iflagsCache.delete(ino)
-    this.q.delXattrs.run(ino)
+    if (this.xattrNames.size > 0) this.q.delXattrs.run(ino) // none: no inode has any
     this.q.delInode.run(ino)
+    this.delOrphan(ino)
+  }
+
+  /**
+   * The orphans table's inos (unlinked inodes still open or not freed yet,
+   * truncates in progress: a handful), read once and kept with the table
+   * by addOrphan/delOrphan, so that freeing an inode that is not one (every
+   * unlink of a closed empty file) costs no statement. A rollback forgets
+   * it (constructor): the next use reads the table again.
+   */
+  private orphanSet: Set<number> | null = null
+  private orphanInos (): Set<number> {
+    return (this.orphanSet ??= new Set(this.q.allOrphans.all() as number[]))
+  }
+
+  private addOrphan (ino: number): void {
+    const set = this.orphanInos()
+    this.q.addOrphan.run(ino)
+    set.add(ino)
+  }
+
+  private delOrphan (ino: number): void {
+    const set = this.orphanInos()
+    if (!set.has(ino)) return
     this.q.delOrphan.run(ino)
+    set.delete(ino)
   }
 
   /** commit hook of each step freeing an orphan: the last one deletes the inode */
@@ -757,8 +806,8 @@ export class FolioFs {
     return (freed, first, last) => {
       if (first) this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
       else this.q.addBlocks.run(-freed, ino)
-      if (first && !last) this.q.addOrphan.run(ino) // a crash now: recovery finishes the truncate
-      if (last && !first && this.inode(ino).nlink > 0) this.q.delOrphan.run(ino)
+      if (first && !last) this.addOrphan(ino) // a crash now: recovery finishes the truncate
+      if (last && !first && this.inode(ino).nlink > 0) this.delOrphan(ino)
     }
   }
 
@@ -777,18 +826,23 @@ export class FolioFs {
   private recoverOrphans (): void {
     for (const ino of this.q.allOrphans.all() as number[]) {
       const i = this.row(ino)
-      if (!i) { this.tx(() => this.q.delOrphan.run(ino)); continue }
+      if (!i) { this.tx(() => this.delOrphan(ino)); continue }
       if (i.nlink === 0) this.data.truncateSync(ino, 0, this.reapStep(ino))
       else this.data.truncateSync(ino, i.size, (freed, _first, last) => {
         this.q.addBlocks.run(-freed, ino)
-        if (last) this.q.delOrphan.run(ino)
+        if (last) this.delOrphan(ino)
       })
     }
   }
 
-  async unlink (path: string): Promise<void> {
+  /**
+   * Remove a name. When its inode has data left to free, the promise of
+   * that (reap); nothing when the name is all there was to it (an empty
+   * file: the hot path of `rm`, no promise to settle). Errors are thrown.
+   */
+  unlink (path: string): Promise<void> | undefined {
     const { parent, name } = splitPath(path)
-    await this.reap(this.tx(() => {
+    const orphan = this.tx(() => {
       const pino = this.dirIno(parent)
       const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
@@ -803,7 +857,8 @@ export class FolioFs {
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t)
-    }))
+    })
+    return orphan === null ? undefined : this.reap(orphan)
   }
 
   rmdir (path: string): void {
@@ -1029,12 +1084,14 @@ export class FolioFs {
     return h
   }
 
-  private async freeIfUnused (ino: number): Promise<void> {
+  /** the promise of freeing ino if nothing holds it any more (see unlink) */
+  private freeIfUnused (ino: number): Promise<void> | undefined {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
-    if (this.storedNlink(ino) === 0) await this.reap(ino)
+    if (this.storedNlink(ino) === 0) return this.reap(ino)
   }
 
-  async release (fh: number): Promise<void> {
+  /** Close fh. The promise of freeing its inode, if that was its last name and handle (see unlink). */
+  release (fh: number): Promise<void> | undefined {
     const h = this.handles.get(fh)
     if (!h) return
     this.handles.delete(fh)
@@ -1046,7 +1103,7 @@ export class FolioFs {
       return
     }
     this.openCount.delete(h.ino)
-    await this.freeIfUnused(h.ino)
+    return this.freeIfUnused(h.ino)
   }
 
   openHandles (): number {

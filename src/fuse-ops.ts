@@ -2,6 +2,7 @@
 // every handler calls back exactly once, and only with a negative errno or a
 // result (fuse-native hangs on Error objects and times out on throws).
 import * as nodefs from 'fs'
+import { constants } from 'os'
 import { FolioFs, RENAME_EXCHANGE, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
@@ -49,17 +50,26 @@ function fail (name: string, cb: Cb, err: unknown): void {
   cb(n)
 }
 
+/** an answer of reply(): the callback's results, or a negative errno (an expected failure, not thrown) */
+type Answer = unknown[] | void | number
+const ENOENT = -constants.errno.ENOENT
+
+function answer (cb: Cb, r: Answer): void {
+  if (typeof r === 'number') cb(r)
+  else cb(0, ...(r ?? []))
+}
+
 /** Run fn (sync or async); reply cb(0, ...result) or cb(-errno), exactly once. */
-function reply (name: string, cb: Cb, fn: () => unknown[] | void | Promise<unknown[] | void>): void {
-  let res: unknown[] | void | Promise<unknown[] | void>
+function reply (name: string, cb: Cb, fn: () => Answer | Promise<Answer>): void {
+  let res: Answer | Promise<Answer>
   try {
     res = fn()
   } catch (err) {
     fail(name, cb, err)
     return
   }
-  if (res instanceof Promise) res.then(r => cb(0, ...(r ?? [])), err => fail(name, cb, err))
-  else cb(0, ...(res ?? []))
+  if (res instanceof Promise) res.then(r => answer(cb, r), err => fail(name, cb, err))
+  else answer(cb, res)
 }
 
 /** Like reply, but the result itself is the first callback argument (read/write/ioctl). */
@@ -152,8 +162,8 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     const coh = ctx.coherence
     if (!coh) return []
     try {
-      const i = fs.resolve(path)
-      return coh.shared(i) ? [i] : []
+      const i = fs.lookupPath(path)
+      return i !== undefined && coh.shared(i) ? [i] : []
     } catch { return [] }
   }
   const opened = (path: string, fh: number): number => { ctx.coherence?.opened(fh, path); return fh }
@@ -163,7 +173,12 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
   return counted({
     init: (cb: Cb) => cb(0),
     statfs: (_path: string, cb: Cb) => reply('statfs', cb, () => [fs.statfs()]),
-    getattr: (path: string, cb: Cb) => reply('getattr', cb, () => [fs.stat(ino(path))]),
+    // libfuse's LOOKUP is a getattr: of a name that does not exist before
+    // every create, so "none" is answered without an exception
+    getattr: (path: string, cb: Cb) => reply('getattr', cb, () => {
+      const i = fs.lookupPath(path)
+      return i === undefined ? ENOENT : [fs.stat(i)]
+    }),
     fgetattr: (path: string | null, fd: number, cb: Cb) => reply('fgetattr', cb, () => [fs.stat(fileIno(path, fd))]),
     readdir: (path: string | null, fd: number, offset: number, cb: Cb) => reply('readdir', cb, () => {
       const dir = fileIno(path, fd)
@@ -193,9 +208,9 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       const i = fs.create(path, mode, creds())
       return [opened(path, fs.open(i, flags)), fs.stat(i)]
     }),
-    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, async () => {
+    release: (_path: string, fd: number, cb: Cb) => reply('release', cb, () => {
       ctx.coherence?.released(fd)
-      await fs.release(fd)
+      return fs.release(fd)
     }),
     // no flush: foliofs has nothing to do at close(2), and without the op the
     // kernel stops sending FLUSH (one upcall less per close)
@@ -240,11 +255,14 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       return settled(fs.chmod(i, mode), [i], [via(path, fd)])
     }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
-    unlink: (path: string, cb: Cb) => reply('unlink', cb, async () => {
+    unlink: (path: string, cb: Cb) => reply('unlink', cb, () => {
       const known = sharedAt(path)
-      await fs.unlink(path)
-      ctx.coherence?.unlinked(path)
-      await settled(undefined, [], [path], known)
+      const done = (): void | Promise<void> => {
+        ctx.coherence?.unlinked(path)
+        return settled(undefined, [], [path], known)
+      }
+      const freeing = fs.unlink(path) // an empty file: nothing to await
+      return freeing ? freeing.then(done) : done()
     }),
     rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => {
       if (flags & RENAME_EXCHANGE) { // both names stay, on each other's inode: both ctimes change

@@ -20,7 +20,7 @@ const code = (fn: () => unknown): string => {
   return 'ok'
 }
 
-const acode = async (fn: () => Promise<unknown>): Promise<string> => {
+const acode = async (fn: () => unknown): Promise<string> => {
   try { await fn() } catch (e) { if (e instanceof FsError) return e.code; throw e }
   return 'ok'
 }
@@ -135,6 +135,7 @@ test('a truncate or unlink interrupted by a crash between its steps is finished 
   // the same for an unlink: the first step commits, the rest is left to recovery
   const u = again.unlink('/b')
   setImmediate(() => again.db.close())
+  assert.ok(u, 'a file with data is reaped')
   await assert.rejects(u)
   await interrupted(b, 0)
   again = new FolioFs(openImage(img))
@@ -199,6 +200,60 @@ test('the inode row cache agrees with the rows SQLite holds after every kind of 
   fs.chown(d, 12, 34)
   fs.utimens(d, { sec: 5, nsec: 6 }, { sec: 7, nsec: 8 })
   check('attribute changes')
+  // data: writeback commits (size, blocks), truncates, atime
+  const f = fs.resolve('/d/f10')
+  await fs.write(f, Buffer.alloc(300000, 7), 0)
+  await fs.fsync(f)
+  check('writeback')
+  await fs.truncate(f, 5000)
+  await fs.fsync(f)
+  check('truncate')
+  fs.atime = 'strictatime'
+  await fs.read(f, Buffer.alloc(100), 100, 0)
+  check('atime')
+  // an open file unlinked (an orphan), then closed (freed)
+  const g = fs.resolve('/d/f11')
+  await fs.write(g, Buffer.alloc(8192, 1), 0)
+  await fs.fsync(g)
+  const fh = fs.open(g, 2)
+  await fs.unlink('/d/f11')
+  check('orphan')
+  assert.deepEqual(fs.db.prepare('SELECT ino FROM orphans').pluck().all(), [g])
+  await fs.release(fh)
+  assert.deepEqual(fs.db.prepare('SELECT ino FROM orphans').pluck().all(), [])
+  check('orphan freed')
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('names known not to exist are found once any operation adds them, and gone once removed', async () => {
+  const { img, fs } = fresh()
+  const d = fs.mkdir('/d', 0o755, root)
+  const absent = (p: string): void => assert.equal(fs.lookupPath(p), undefined, `${p} is absent`)
+  const names = ['c', 'm', 's', 'l', 'r', 'n']
+  for (const n of names) absent(`/d/${n}`) // each now a cached "no such name"
+  const c = fs.create('/d/c', 0o644, root)
+  const m = fs.mkdir('/d/m', 0o755, root)
+  const s = fs.symlink('/x', '/d/s', root)
+  fs.link('/d/c', '/d/l')
+  const r = fs.create('/r0', 0o644, root)
+  await fs.rename('/r0', '/d/r', 0)
+  fs.mknod('/d/n', 0o10644, 0, root)
+  assert.deepEqual([c, m, s, c, r].map((_, k) => fs.lookupPath(`/d/${names[k]}`)), [c, m, s, c, r])
+  assert.ok(fs.lookupPath('/d/n') !== undefined)
+  absent('/r0')
+  // a failed operation that added a name leaves it absent again
+  absent('/d/t')
+  assert.throws(() => fs.tx(() => { fs.create('/d/t', 0o644, root); assert.ok(fs.lookupPath('/d/t')); throw new Error('undo') }), /undo/)
+  absent('/d/t')
+  for (const n of ['c', 's', 'l', 'r', 'n']) await fs.unlink(`/d/${n}`)
+  fs.rmdir('/d/m')
+  for (const n of names) absent(`/d/${n}`)
+  assert.equal(code(() => fs.resolve('/d/c')), 'ENOENT')
+  assert.equal(code(() => fs.resolve('/d/c/x')), 'ENOENT')
+  fs.create('/d/f', 0o644, root)
+  assert.equal(code(() => fs.lookupPath('/d/f/x')), 'ENOTDIR', 'a file in the middle of a path is still ENOTDIR')
+  assert.equal(fs.stat(d).nlink, 2)
   await fs.close()
   assert.deepEqual(fsck(img).errors, [])
 })
