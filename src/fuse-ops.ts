@@ -3,7 +3,7 @@
 // result (fuse-native hangs on Error objects and times out on throws).
 import * as nodefs from 'fs'
 import { constants } from 'os'
-import { FolioFs, RENAME_EXCHANGE, type Stat, type Time, type Writer } from './fs'
+import { FolioFs, RENAME_EXCHANGE, type Listing, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
@@ -167,8 +167,8 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     } catch { return [] }
   }
   const opened = (path: string, fh: number): number => { ctx.coherence?.opened(fh, path); return fh }
-  /** open directory handle -> the names of its listing */
-  const listings = new Map<number, string[]>()
+  /** open directory handle -> its listing */
+  const listings = new Map<number, Listing>()
 
   return counted({
     init: (cb: Cb) => cb(0),
@@ -182,14 +182,14 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     fgetattr: (path: string | null, fd: number, cb: Cb) => reply('fgetattr', cb, () => [fs.stat(fileIno(path, fd))]),
     readdir: (path: string | null, fd: number, offset: number, cb: Cb) => reply('readdir', cb, () => {
       const dir = fileIno(path, fd)
-      // the listing is taken when a reader starts (offset 0: opendir or
-      // rewinddir) and read READDIR_CHUNK entries per request
-      let names = fd ? listings.get(fd) : undefined
-      if (offset === 0 || !names) {
-        names = fs.listNames(dir)
-        if (fd) listings.set(fd, names)
+      // a listing starts when a reader does (offset 0: opendir or
+      // rewinddir) and is read READDIR_CHUNK entries per request
+      let listing = fd ? listings.get(fd) : undefined
+      if (offset === 0 || !listing) {
+        listing = fs.openListing(dir)
+        if (fd) listings.set(fd, listing)
       }
-      const r = fs.readdirFrom(dir, names, offset, READDIR_CHUNK)
+      const r = fs.readdirFrom(dir, listing, offset, READDIR_CHUNK)
       return [r.names, r.stats, r.offsets]
     }),
     opendir: (path: string, flags: number, cb: Cb) => reply('opendir', cb, () => {

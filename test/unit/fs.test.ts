@@ -257,3 +257,49 @@ test('names known not to exist are found once any operation adds them, and gone 
   await fs.close()
   assert.deepEqual(fsck(img).errors, [])
 })
+
+test('a directory listing is read a chunk at a time, in order, each name once, while names come and go', async () => {
+  const { img, fs } = fresh()
+  const d = fs.mkdir('/d', 0o755, root)
+  const keep: string[] = []
+  for (let i = 0; i < 1500; i++) {
+    // every third name is not valid UTF-8: stored as a BLOB, listed after all TEXT names
+    const name = i % 3 === 0 ? `b\xff${String(i).padStart(5, '0')}` : `t${String(i).padStart(5, '0')}`
+    fs.create(`/d/${name}`, 0o644, root)
+    keep.push(name)
+  }
+  const listing = fs.openListing(d)
+  const seen: string[] = []
+  let offset = 0
+  let rounds = 0
+  for (let round = 0; ; round++) {
+    const r = fs.readdirFrom(d, listing, offset, 100)
+    if (r.names.length === 0) break
+    rounds++
+    if (round === 0) assert.ok(listing.names.length <= 2 + 1024, `the first request read ${listing.names.length} names, not all of them`)
+    seen.push(...r.names)
+    offset = r.offsets[r.offsets.length - 1]
+    // churn: a name behind the reader and one far ahead of it, added and removed
+    fs.create(`/d/a-new${round}`, 0o644, root)
+    fs.create(`/d/z-new${round}`, 0o644, root)
+    await fs.unlink(`/d/z-new${round}`)
+  }
+  assert.deepEqual(seen.slice(0, 2), ['.', '..'])
+  const names = seen.slice(2)
+  assert.equal(new Set(names).size, names.length, 'no name twice')
+  const kept = names.filter(n => !n.includes('-new'))
+  assert.deepEqual(kept, [...keep].sort((a, b) => (a.startsWith('b\xff') ? 1 : 0) - (b.startsWith('b\xff') ? 1 : 0) || (a < b ? -1 : a > b ? 1 : 0)))
+  assert.ok(!names.some(n => n.startsWith('z-new')), 'a name removed before the reader got to it is not listed')
+  // rewinddir: a new listing from offset 0 sees everything there is now
+  const again = fs.openListing(d)
+  let total = 0
+  for (let off = 0; ;) {
+    const r = fs.readdirFrom(d, again, off, 700)
+    if (r.names.length === 0) break
+    total += r.names.length
+    off = r.offsets[r.offsets.length - 1]
+  }
+  assert.equal(total, 2 + 1500 + rounds, 'every name there is now: the 1500 and one a-new per round')
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})

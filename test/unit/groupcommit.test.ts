@@ -15,7 +15,7 @@ const root = { uid: 0, gid: 0 }
 async function namesAfterReopen (img: string): Promise<string[]> {
   const fs = new FolioFs(openImage(img))
   try {
-    return fs.readdirFrom(1, fs.listNames(1), 2, 100).names
+    return fs.readdirFrom(1, fs.openListing(1), 2, 100).names
   } finally { await fs.close() }
 }
 
