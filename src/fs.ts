@@ -258,8 +258,15 @@ export class FolioFs {
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0, fallocates: 0, copies: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
-  /** a group commit failed: operations answered were lost; nothing more is written */
+  /** a group commit failed, or writes after an early answer: operations answered were lost; nothing more is written */
   private batchFailure: unknown = null
+  /**
+   * The number the next created inode gets (read at mount; one writer per
+   * image). Chosen before the row is inserted, so that a create can be
+   * answered before its writes (createNode); a create rolled back leaves
+   * its number unused, as AUTOINCREMENT's own would.
+   */
+  private nextIno = 0
   /**
    * Called with an xattr name before any xattr of that name is stored (in
    * the storing transaction, before its commit): the FUSE layer keeps a set
@@ -285,6 +292,7 @@ export class FolioFs {
       this.orphanSet = null // and the orphans table
     })
     this.xattrNames = new Set(this.q.xattrNames.all() as string[]) // the one scan of the xattrs table
+    this.nextIno = this.q.nextIno.get() as number
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
@@ -346,8 +354,12 @@ export class FolioFs {
       insDirent: db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)'),
       delDirent: db.prepare('DELETE FROM dirents WHERE parent = ? AND name = ?'),
       // positional parameters: binding named ones looks each name up (~1 us a create)
-      insInode: db.prepare(`INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, target)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      insInode: db.prepare(`INSERT INTO inodes (ino, mode, uid, gid, nlink, size, rdev, parent, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, target)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      // the next inode number: above every one in use and every one ever
+      // used (AUTOINCREMENT's sqlite_sequence: numbers are never reused)
+      nextIno: db.prepare(`SELECT 1 + max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
+                                          coalesce((SELECT max(ino) FROM inodes), 0))`).pluck(),
       delInode: writesInode(db.prepare('DELETE FROM inodes WHERE ino = ?')),
       // the others keep a cached row up to date (a create, rename or unlink
       // then never reads a row back); each apply does what its SQL does
@@ -397,6 +409,18 @@ export class FolioFs {
     const r = inBatch(this.db, fn) // a failure rolls back: onRollback clears the caches (constructor)
     this.counters.commits++
     return r
+  }
+
+  /**
+   * An operation answered early (createNode's `answer`) then failed in its
+   * writes: what the caller was told is not what the image holds. Treated
+   * as a failed group commit: logged, and nothing more is written (EIO).
+   * Only a failing SQLite write gets here (the host's disk full or
+   * failing); every check that can refuse an operation runs before.
+   */
+  failedAfterAnswer (op: string, err: unknown): void {
+    this.batchFailure ??= err
+    process.stderr.write(`foliofs: ${op} failed after it was answered; refusing further changes: ${String(err)}\n`)
   }
 
   /** Run fn with ino's data operations serialized (cf. i_rwsem). */
@@ -666,7 +690,18 @@ export class FolioFs {
 
   // ---- namespace operations ------------------------------------------
 
-  private createNode (path: string, mode: number, creds: Creds, rdev = 0, target: Buffer | null = null): number {
+  /**
+   * Create a node. `answer`, if given, is called with the new ino once
+   * every check has passed and before the rows are written (its row is in
+   * the row cache, so stat() works), when nothing the caller can see
+   * depends on those writes any more: the FUSE layer answers the request
+   * there and the kernel and the caller go on while SQLite works. Should a
+   * write fail after that, createNode throws as usual; the caller, having
+   * answered, must treat it as fatal (failedAfterAnswer). Not called when
+   * the create stores xattrs (an inherited ACL): the binding answers
+   * getxattr of absent names on its own, from a set that the store updates.
+   */
+  private createNode (path: string, mode: number, creds: Creds, rdev = 0, target: Buffer | null = null, answer?: (ino: number) => void): number {
     const { parent, name } = splitPath(path)
     return this.tx(() => {
       const p = this.dirNode(parent)
@@ -689,13 +724,14 @@ export class FolioFs {
         else mode &= ~((creds.umask ?? 0) & 0o777)
       }
       const dir = isDir(mode)
-      const res = this.q.insInode.run(mode, creds.uid, gid, dir ? 2 : 1, target ? target.length : 0, rdev, dir ? pino : 0,
-        t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec, target)
-      const ino = Number(res.lastInsertRowid)
-      this.cacheRow({ // the row just inserted, as getInode would read it back (blocks: the column default)
+      const ino = this.nextIno++
+      this.cacheRow({ // the row about to be inserted, as getInode would read it back (blocks: the column default)
         ino, mode, uid: creds.uid, gid, nlink: dir ? 2 : 1, size: target ? target.length : 0, blocks: 0, rdev, parent: dir ? pino : 0,
         atime_s: t.sec, atime_ns: t.nsec, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec, target: target === null ? null : Buffer.from(target)
       })
+      if (answer && !access && !(dir && defAcl)) answer(ino)
+      this.q.insInode.run(ino, mode, creds.uid, gid, dir ? 2 : 1, target ? target.length : 0, rdev, dir ? pino : 0,
+        t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec, target)
       if (access) this.putXattr(ino, ACL_ACCESS, access)
       if (dir && defAcl && def) this.putXattr(ino, ACL_DEFAULT, def)
       this.addName(pino, name, ino)
@@ -705,9 +741,10 @@ export class FolioFs {
     })
   }
 
-  create (path: string, mode: number, creds: Creds): number {
+  /** create a regular file (answer: see createNode) */
+  create (path: string, mode: number, creds: Creds, answer?: (ino: number) => void): number {
     if ((mode & S_IFMT) === 0) mode |= S_IFREG
-    return this.createNode(path, mode, creds)
+    return this.createNode(path, mode, creds, 0, null, answer)
   }
 
   mknod (path: string, mode: number, rdev: number, creds: Creds): number {
@@ -757,20 +794,29 @@ export class FolioFs {
    * reap() once the transaction committed (its data may take many steps).
    */
   private dropLink (ino: number, t: Time): number | null {
-    const i = this.inode(ino)
-    const nlink = isDir(i.mode) ? 0 : i.nlink - 1
-    // no data (not a file; or a file with no blocks and nothing in the page
-    // cache): free it right here, no B-tree transaction needed
-    const noData = !isRegular(i.mode) || (i.blocks === 0 && this.cache.folioRange(ino, 0).length === 0)
-    if (nlink === 0 && noData && (this.openCount.get(ino) ?? 0) === 0) {
+    const d = this.afterDrop(this.inode(ino))
+    if (d.deleteNow) {
       this.deleteInodeRow(ino)
       this.attrs.delete(ino)
       return null
     }
-    this.q.setNlink.run(nlink, t.sec, t.nsec, ino)
-    if (nlink > 0) return null
+    this.q.setNlink.run(d.nlink, t.sec, t.nsec, ino)
+    if (d.nlink > 0) return null
     this.addOrphan(ino)
-    return (this.openCount.get(ino) ?? 0) > 0 ? null : ino
+    return d.reap ? ino : null
+  }
+
+  /**
+   * What dropping one link to inode i leaves: its link count; whether it
+   * goes at once (no name, no handle and no data: not a file, or a file
+   * with no blocks and nothing in the page cache, so no B-tree
+   * transaction); whether it has data for reap() to free.
+   */
+  private afterDrop (i: Inode): { nlink: number, deleteNow: boolean, reap: boolean } {
+    const nlink = isDir(i.mode) ? 0 : i.nlink - 1
+    const open = (this.openCount.get(i.ino) ?? 0) > 0
+    const noData = !isRegular(i.mode) || (i.blocks === 0 && this.cache.folioRange(i.ino, 0).length === 0)
+    return { nlink, deleteNow: nlink === 0 && noData && !open, reap: nlink === 0 && !noData && !open }
   }
 
   private deleteInodeRow (ino: number): void {
@@ -851,8 +897,11 @@ export class FolioFs {
    * Remove a name. When its inode has data left to free, the promise of
    * that (reap); nothing when the name is all there was to it (an empty
    * file: the hot path of `rm`, no promise to settle). Errors are thrown.
+   * `answer`, if given, is called once every check has passed and before
+   * the writes, as createNode's, unless there is data to free (the answer
+   * then waits for that).
    */
-  unlink (path: string): Promise<void> | undefined {
+  unlink (path: string, answer?: () => void): Promise<void> | undefined {
     const { parent, name } = splitPath(path)
     const orphan = this.tx(() => {
       const pino = this.dirIno(parent)
@@ -864,8 +913,10 @@ export class FolioFs {
         this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
         return null
       }
-      if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR', path)
+      const i = this.inode(ino)
+      if (isDir(i.mode)) throw fsErr('EISDIR', path)
       this.checkNameRemoved(pino, ino)
+      if (answer && !this.afterDrop(i).reap) answer()
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t)

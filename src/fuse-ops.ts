@@ -72,6 +72,34 @@ function reply (name: string, cb: Cb, fn: () => Answer | Promise<Answer>): void 
   else answer(cb, res)
 }
 
+/**
+ * Like reply, for an operation that may answer before it is done: fn gets
+ * `early`, which answers at once (the binding hands the answer to the
+ * kernel there and then). Once it has answered, what fn returns is
+ * ignored, and an exception (or a rejection) goes to `late`: the answer
+ * stands, so the failure is the filesystem's, not the request's.
+ */
+function replyEarly (name: string, cb: Cb, late: (err: unknown) => void, fn: (early: (r: Answer) => void) => Answer | Promise<Answer>): void {
+  let answered = false
+  const early = (r: Answer): void => {
+    answered = true
+    answer(cb, r)
+  }
+  const failed = (err: unknown): void => {
+    if (answered) late(err)
+    else fail(name, cb, err)
+  }
+  let res: Answer | Promise<Answer>
+  try {
+    res = fn(early)
+  } catch (err) {
+    failed(err)
+    return
+  }
+  if (res instanceof Promise) res.then(r => { if (!answered) answer(cb, r) }, failed)
+  else if (!answered) answer(cb, res)
+}
+
 /** Like reply, but the result itself is the first callback argument (read/write/ioctl). */
 function replyValue (name: string, cb: Cb, fn: () => number | Promise<number>): void {
   let n: number | Promise<number>
@@ -204,9 +232,13 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [opened(path, fs.open(ino(path), flags))]),
     // create and mkdir answer with the new inode's attributes: libfuse's
     // getattr of it right after is then answered by the binding (no round trip)
-    create: (path: string, mode: number, flags: number, cb: Cb) => reply('create', cb, () => {
-      const i = fs.create(path, mode, creds())
-      return [opened(path, fs.open(i, flags)), fs.stat(i)]
+    // answered as soon as the create cannot fail any more, before its rows
+    // are written (FolioFs.createNode): the caller goes on meanwhile
+    create: (path: string, mode: number, flags: number, cb: Cb) => replyEarly('create', cb, err => fs.failedAfterAnswer('create', err), early => {
+      let r: unknown[] | undefined // the handle is opened once, whichever answers
+      const result = (i: number): unknown[] => (r ??= [opened(path, fs.open(i, flags)), fs.stat(i)])
+      const i = fs.create(path, mode, creds(), ino => early(result(ino)))
+      return result(i)
     }),
     release: (_path: string, fd: number, cb: Cb) => reply('release', cb, () => {
       ctx.coherence?.released(fd)
@@ -255,13 +287,16 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       return settled(fs.chmod(i, mode), [i], [via(path, fd)])
     }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
-    unlink: (path: string, cb: Cb) => reply('unlink', cb, () => {
+    unlink: (path: string, cb: Cb) => replyEarly('unlink', cb, err => fs.failedAfterAnswer('unlink', err), early => {
       const known = sharedAt(path)
       const done = (): void | Promise<void> => {
         ctx.coherence?.unlinked(path)
         return settled(undefined, [], [path], known)
       }
-      const freeing = fs.unlink(path) // an empty file: nothing to await
+      // the last name of an inode is answered before the writes (unless
+      // there is data to free first); another name of a shared one only
+      // once the others are invalidated
+      const freeing = fs.unlink(path, known.length === 0 ? () => early(undefined) : undefined)
       return freeing ? freeing.then(done) : done()
     }),
     rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => {

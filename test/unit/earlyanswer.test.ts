@@ -1,0 +1,128 @@
+// create and unlink answer the kernel before their rows are written
+// (FolioFs.createNode's `answer`, fuse-ops replyEarly): the answer goes out
+// once nothing can refuse the operation any more, and a write failing after
+// it is the filesystem's failure (it refuses further changes), never a
+// second answer.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as path from 'path'
+import { mkfs, openImage } from '../../src/image'
+import { FolioFs } from '../../src/fs'
+import { Coherence } from '../../src/coherence'
+import { makeOps, newRequestStats } from '../../src/fuse-ops'
+import { fsck } from '../../src/fsck'
+import { tmpdir } from './helpers'
+
+type Cb = (...args: any[]) => void
+
+function mount (): { img: string, fs: FolioFs, ops: Record<string, Cb>, invalidated: string[][] } {
+  const img = path.join(tmpdir(), 'e.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  const fs = new FolioFs(openImage(img))
+  const invalidated: string[][] = []
+  const ctx = {
+    fs,
+    fuse: { context: { uid: 0, gid: 0, pid: 0, umask: 0o022 } },
+    extraStats: () => ({}),
+    requests: newRequestStats(),
+    coherence: undefined as Coherence | undefined
+  }
+  ctx.coherence = new Coherence(fs, { invalidatePaths: (p, cb) => { invalidated.push(p); cb(0) }, setAbsentXattrs: () => {} })
+  return { img, fs, ops: makeOps(ctx), invalidated }
+}
+
+/** call a handler; resolves with every callback it made (one, if all is well), a tick after the first */
+async function call (ops: Record<string, Cb>, op: string, ...args: unknown[]): Promise<unknown[][]> {
+  const calls: unknown[][] = []
+  await new Promise<void>(resolve => {
+    ops[op](...args, (...r: unknown[]) => { calls.push(r); setTimeout(resolve, 20) })
+  })
+  return calls
+}
+
+test('a create is answered before its rows are written, and its handle and attributes are the real ones', async () => {
+  const { img, fs, ops } = mount()
+  const names = fs.db.prepare("SELECT count(*) FROM dirents WHERE name = 'f'").pluck()
+  let rowsAtAnswer = -1
+  const calls: unknown[][] = []
+  ops.create('/f', 0o100644, 1, (...r: unknown[]) => { rowsAtAnswer = names.get() as number; calls.push(r) })
+  assert.equal(calls.length, 1, 'answered once, synchronously')
+  assert.equal(rowsAtAnswer, 0, 'the answer came before the dirent was written')
+  assert.equal(names.get(), 1, 'and the rows are there once the handler returns')
+  const [err, fh, st] = calls[0] as [number, number, { ino: number, mode: number, nlink: number }]
+  assert.equal(err, 0)
+  assert.equal(fs.handle(fh).ino, st.ino)
+  assert.equal(fs.resolve('/f'), st.ino)
+  assert.deepEqual(fs.stat(st.ino), st, 'the attributes answered are the ones stored')
+  assert.equal(fs.openHandles(), 1, 'one handle, not one per answer')
+  // an inode number is never handed out twice, across a remount too
+  await call(ops, 'release', '/f', fh)
+  await call(ops, 'unlink', '/f')
+  await fs.close()
+  const again = new FolioFs(openImage(img))
+  const g = again.create('/g', 0o644, { uid: 0, gid: 0 })
+  assert.ok(g > st.ino, `a new inode (${g}) gets a number never used (${st.ino} was)`)
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('a refused create is answered with its errno, not early', async () => {
+  const { fs, ops } = mount()
+  fs.create('/f', 0o644, { uid: 0, gid: 0 })
+  assert.deepEqual(await call(ops, 'create', '/f', 0o100644, 1), [[-17]])
+  assert.deepEqual(await call(ops, 'create', '/nodir/f', 0o100644, 1), [[-2]])
+  await fs.close()
+})
+
+test('a write failing after the early answer does not answer again: the filesystem refuses further changes', async () => {
+  const { fs, ops } = mount()
+  const create = fs.create.bind(fs)
+  // the inode's row appears under it between the answer and the insert: the insert fails
+  fs.create = (p, mode, creds, answer) => create(p, mode, creds, ino => {
+    answer?.(ino)
+    fs.db.prepare('INSERT INTO inodes (ino, mode, uid, gid, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns) VALUES (?, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0)').run(ino)
+  })
+  const logged: string[] = []
+  const write = process.stderr.write
+  process.stderr.write = ((s: string) => { logged.push(String(s)); return true }) as typeof process.stderr.write
+  let calls: unknown[][]
+  try {
+    calls = await call(ops, 'create', '/f', 0o100644, 1)
+  } finally {
+    process.stderr.write = write
+  }
+  assert.equal(calls.length, 1, 'one answer')
+  assert.equal(calls[0][0], 0, 'the early answer stands')
+  assert.ok(logged.some(l => /create failed after it was answered/.test(l)), logged.join(''))
+  fs.create = create
+  assert.deepEqual(await call(ops, 'mkdir', '/d', 0o755), [[-5]], 'further changes: EIO')
+  await fs.close()
+})
+
+test('unlink answers early only the last name of an inode with nothing to free', async () => {
+  const { fs, ops, invalidated } = mount()
+  const root = { uid: 0, gid: 0 }
+  const dirents = fs.db.prepare('SELECT count(*) FROM dirents WHERE name = ?').pluck()
+  // an empty file: answered before its dirent is deleted
+  fs.create('/e', 0o644, root)
+  let atAnswer = -1
+  ops.unlink('/e', () => { atAnswer = dirents.get('e') as number })
+  assert.equal(atAnswer, 1, 'answered before the delete')
+  assert.equal(dirents.get('e'), 0)
+  // a hard-linked file: its other name is invalidated before the answer
+  fs.create('/h1', 0o644, root)
+  fs.link('/h1', '/h2')
+  let invalidatedAtAnswer: string[][] = []
+  await new Promise<void>(resolve => ops.unlink('/h1', () => { invalidatedAtAnswer = [...invalidated]; resolve() }))
+  assert.deepEqual(invalidatedAtAnswer, [['/h2']])
+  // a file with data: answered once its blocks are free
+  const ino = fs.create('/big', 0o644, root)
+  await fs.write(ino, Buffer.alloc(1 << 20, 1), 0)
+  await fs.fsync(ino)
+  const used = fs.used
+  let usedAtAnswer = -1
+  await new Promise<void>(resolve => ops.unlink('/big', (err: number) => { assert.equal(err, 0); usedAtAnswer = fs.used; resolve() }))
+  assert.equal(usedAtAnswer, used - 256, 'the answer waited for the data to be freed')
+  assert.deepEqual(await call(ops, 'unlink', '/big'), [[-2]])
+  await fs.close()
+})
