@@ -948,7 +948,8 @@ export class FolioFs {
    * as an orphan (nlink 0) until its last release, freed at the next mount
    * after a crash (dropLink). The binding refuses RENAME_WHITEOUT.
    */
-  async rename (src: string, dst: string, flags = 0): Promise<void> {
+  /** answer: as unlink's, called once every check has passed, unless a replaced file has data to free first */
+  async rename (src: string, dst: string, flags = 0, answer?: () => void): Promise<void> {
     const s = splitPath(src)
     const d = splitPath(dst)
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL', `rename flags ${flags}`)
@@ -966,20 +967,20 @@ export class FolioFs {
       if (srcIsDir) this.checkNotBelow(dp, ino)
       this.checkNameRemoved(sp, ino)
       this.checkNamesAdded(dp)
-      if (existing !== undefined) this.checkNameRemoved(dp, existing)
+      const ex = existing === undefined ? undefined : this.inode(existing)
+      if (ex) {
+        this.checkNameRemoved(dp, ex.ino)
+        if (isDir(ex.mode) && !srcIsDir) throw fsErr('EISDIR', dst)
+        if (isDir(ex.mode) && this.q.dirHasEntries.get(ex.ino) !== undefined) throw fsErr('ENOTEMPTY', dst)
+        if (!isDir(ex.mode) && srcIsDir) throw fsErr('ENOTDIR', dst)
+      }
+      if (answer && !(ex && this.afterDrop(ex).reap)) answer()
       const t = nowTime()
       let gone: number | null = null
-      if (existing !== undefined) {
-        const ex = this.inode(existing)
-        if (isDir(ex.mode)) {
-          if (!srcIsDir) throw fsErr('EISDIR', dst)
-          if (this.q.dirHasEntries.get(existing) !== undefined) throw fsErr('ENOTEMPTY', dst)
-          this.q.addNlink.run(-1, dp)
-        } else if (srcIsDir) {
-          throw fsErr('ENOTDIR', dst)
-        }
+      if (ex) {
+        if (isDir(ex.mode)) this.q.addNlink.run(-1, dp)
         this.removeName(dp, d.name)
-        gone = this.dropLink(existing, t)
+        gone = this.dropLink(ex.ino, t)
       }
       this.removeName(sp, s.name)
       this.addName(dp, d.name, ino)

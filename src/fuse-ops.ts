@@ -299,7 +299,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       const freeing = fs.unlink(path, known.length === 0 ? () => early(undefined) : undefined)
       return freeing ? freeing.then(done) : done()
     }),
-    rename: (src: string, dst: string, flags: number, cb: Cb) => reply('rename', cb, async () => {
+    rename: (src: string, dst: string, flags: number, cb: Cb) => replyEarly('rename', cb, err => fs.failedAfterAnswer('rename', err), async early => {
       if (flags & RENAME_EXCHANGE) { // both names stay, on each other's inode: both ctimes change
         await fs.rename(src, dst, flags)
         ctx.coherence?.exchanged(src, dst)
@@ -307,7 +307,9 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         return
       }
       const known = sharedAt(dst) // the replaced file loses a name
-      await fs.rename(src, dst, flags)
+      // no other name of either inode to invalidate: answered before the writes
+      const alone = known.length === 0 && sharedAt(src).length === 0
+      await fs.rename(src, dst, flags, alone ? () => early(undefined) : undefined)
       ctx.coherence?.renamed(src, dst)
       const moved = sharedAt(dst) // its ctime changed: its other names too
       await settled(undefined, moved, [src, dst], known)

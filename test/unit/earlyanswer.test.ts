@@ -126,3 +126,45 @@ test('unlink answers early only the last name of an inode with nothing to free',
   assert.deepEqual(await call(ops, 'unlink', '/big'), [[-2]])
   await fs.close()
 })
+
+test('rename answers early unless a name is shared or a replaced file has data; refusals keep their errno', async () => {
+  const { fs, ops, invalidated } = mount()
+  const root = { uid: 0, gid: 0 }
+  const dirents = fs.db.prepare('SELECT count(*) FROM dirents WHERE name = ?').pluck()
+  fs.create('/a', 0o644, root)
+  let atAnswer = -1
+  ops.rename('/a', '/b', 0, () => { atAnswer = dirents.get('b') as number })
+  assert.equal(atAnswer, 0, 'answered before the new name was written')
+  await new Promise(resolve => setTimeout(resolve, 10))
+  assert.equal(dirents.get('b'), 1)
+  // over an empty file: early too, and the replaced inode is gone
+  const c = fs.create('/c', 0o644, root)
+  atAnswer = -1
+  ops.rename('/b', '/c', 0, () => { atAnswer = dirents.get('b') as number })
+  assert.equal(atAnswer, 1, 'answered before the old name was removed')
+  await new Promise(resolve => setTimeout(resolve, 10))
+  assert.equal(fs.db.prepare('SELECT count(*) FROM inodes WHERE ino = ?').pluck().get(c), 0)
+  // over a file with data: answered once its blocks are free
+  const big = fs.create('/big', 0o644, root)
+  await fs.write(big, Buffer.alloc(1 << 20, 1), 0)
+  await fs.fsync(big)
+  const used = fs.used
+  let usedAtAnswer = -1
+  await new Promise<void>(resolve => ops.rename('/c', '/big', 0, (err: number) => { assert.equal(err, 0); usedAtAnswer = fs.used; resolve() }))
+  assert.equal(usedAtAnswer, used - 256)
+  // a hard-linked file moved: its other name is invalidated before the answer
+  fs.create('/h1', 0o644, root)
+  fs.link('/h1', '/h2')
+  let seen: string[][] = []
+  await new Promise<void>(resolve => ops.rename('/h1', '/h3', 0, () => { seen = [...invalidated]; resolve() }))
+  assert.deepEqual(seen, [['/h2']])
+  // refusals
+  fs.mkdir('/d', 0o755, root)
+  fs.mkdir('/e', 0o755, root)
+  fs.create('/e/x', 0o644, root)
+  assert.deepEqual(await call(ops, 'rename', '/d', '/e', 0), [[-39]], 'ENOTEMPTY')
+  assert.deepEqual(await call(ops, 'rename', '/big', '/d', 0), [[-21]], 'EISDIR')
+  assert.deepEqual(await call(ops, 'rename', '/d', '/big', 0), [[-20]], 'ENOTDIR')
+  assert.deepEqual(await call(ops, 'rename', '/nothere', '/z', 0), [[-2]], 'ENOENT')
+  await fs.close()
+})
