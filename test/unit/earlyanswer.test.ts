@@ -31,6 +31,24 @@ function mount (): { img: string, fs: FolioFs, ops: Record<string, Cb>, invalida
   return { img, fs, ops: makeOps(ctx), invalidated }
 }
 
+const root = { uid: 0, gid: 0 }
+
+/** how many entries named name there are, as stored */
+const stored = (fs: FolioFs, name: string): number => fs.db.prepare('SELECT count(*) FROM dirents WHERE name = ?').pluck().get(name) as number
+
+/** call a handler; resolves with what probe() gives when it answers (without an error) */
+async function atAnswer<T> (ops: Record<string, Cb>, op: string, args: unknown[], probe: () => T): Promise<T> {
+  return await new Promise<T>(resolve => ops[op](...args, (err: number) => { assert.equal(err, 0); resolve(probe()) }))
+}
+
+/** a file of 1 MiB written back: how many blocks are used with it */
+async function withData (fs: FolioFs, p: string): Promise<number> {
+  const ino = fs.create(p, 0o644, root)
+  await fs.write(ino, Buffer.alloc(1 << 20, 1), 0)
+  await fs.fsync(ino)
+  return fs.used
+}
+
 /** call a handler; resolves with every callback it made (one, if all is well), a tick after the first */
 async function call (ops: Record<string, Cb>, op: string, ...args: unknown[]): Promise<unknown[][]> {
   const calls: unknown[][] = []
@@ -60,7 +78,7 @@ test('a create is answered before its rows are written, and its handle and attri
   await call(ops, 'unlink', '/f')
   await fs.close()
   const again = new FolioFs(openImage(img))
-  const g = again.create('/g', 0o644, { uid: 0, gid: 0 })
+  const g = again.create('/g', 0o644, root)
   assert.ok(g > st.ino, `a new inode (${g}) gets a number never used (${st.ino} was)`)
   await again.close()
   assert.deepEqual(fsck(img).errors, [])
@@ -68,7 +86,7 @@ test('a create is answered before its rows are written, and its handle and attri
 
 test('a refused create is answered with its errno, not early', async () => {
   const { fs, ops } = mount()
-  fs.create('/f', 0o644, { uid: 0, gid: 0 })
+  fs.create('/f', 0o644, root)
   assert.deepEqual(await call(ops, 'create', '/f', 0o100644, 1), [[-17]])
   assert.deepEqual(await call(ops, 'create', '/nodir/f', 0o100644, 1), [[-2]])
   await fs.close()
@@ -101,63 +119,39 @@ test('a write failing after the early answer does not answer again: the filesyst
 
 test('unlink answers early only the last name of an inode with nothing to free', async () => {
   const { fs, ops, invalidated } = mount()
-  const root = { uid: 0, gid: 0 }
-  const dirents = fs.db.prepare('SELECT count(*) FROM dirents WHERE name = ?').pluck()
   // an empty file: answered before its dirent is deleted
   fs.create('/e', 0o644, root)
-  let atAnswer = -1
-  ops.unlink('/e', () => { atAnswer = dirents.get('e') as number })
-  assert.equal(atAnswer, 1, 'answered before the delete')
-  assert.equal(dirents.get('e'), 0)
+  assert.equal(await atAnswer(ops, 'unlink', ['/e'], () => stored(fs, 'e')), 1, 'answered before the delete')
+  assert.equal(stored(fs, 'e'), 0)
   // a hard-linked file: its other name is invalidated before the answer
   fs.create('/h1', 0o644, root)
   fs.link('/h1', '/h2')
-  let invalidatedAtAnswer: string[][] = []
-  await new Promise<void>(resolve => ops.unlink('/h1', () => { invalidatedAtAnswer = [...invalidated]; resolve() }))
-  assert.deepEqual(invalidatedAtAnswer, [['/h2']])
+  assert.deepEqual(await atAnswer(ops, 'unlink', ['/h1'], () => [...invalidated]), [['/h2']])
   // a file with data: answered once its blocks are free
-  const ino = fs.create('/big', 0o644, root)
-  await fs.write(ino, Buffer.alloc(1 << 20, 1), 0)
-  await fs.fsync(ino)
-  const used = fs.used
-  let usedAtAnswer = -1
-  await new Promise<void>(resolve => ops.unlink('/big', (err: number) => { assert.equal(err, 0); usedAtAnswer = fs.used; resolve() }))
-  assert.equal(usedAtAnswer, used - 256, 'the answer waited for the data to be freed')
+  const used = await withData(fs, '/big')
+  assert.equal(await atAnswer(ops, 'unlink', ['/big'], () => fs.used), used - 256, 'the answer waited for the data to be freed')
   assert.deepEqual(await call(ops, 'unlink', '/big'), [[-2]])
   await fs.close()
 })
 
 test('rename answers early unless a name is shared or a replaced file has data; refusals keep their errno', async () => {
   const { fs, ops, invalidated } = mount()
-  const root = { uid: 0, gid: 0 }
-  const dirents = fs.db.prepare('SELECT count(*) FROM dirents WHERE name = ?').pluck()
   fs.create('/a', 0o644, root)
-  let atAnswer = -1
-  ops.rename('/a', '/b', 0, () => { atAnswer = dirents.get('b') as number })
-  assert.equal(atAnswer, 0, 'answered before the new name was written')
+  assert.equal(await atAnswer(ops, 'rename', ['/a', '/b', 0], () => stored(fs, 'b')), 0, 'answered before the new name was written')
   await new Promise(resolve => setTimeout(resolve, 10))
-  assert.equal(dirents.get('b'), 1)
+  assert.equal(stored(fs, 'b'), 1)
   // over an empty file: early too, and the replaced inode is gone
   const c = fs.create('/c', 0o644, root)
-  atAnswer = -1
-  ops.rename('/b', '/c', 0, () => { atAnswer = dirents.get('b') as number })
-  assert.equal(atAnswer, 1, 'answered before the old name was removed')
+  assert.equal(await atAnswer(ops, 'rename', ['/b', '/c', 0], () => stored(fs, 'b')), 1, 'answered before the old name was removed')
   await new Promise(resolve => setTimeout(resolve, 10))
   assert.equal(fs.db.prepare('SELECT count(*) FROM inodes WHERE ino = ?').pluck().get(c), 0)
   // over a file with data: answered once its blocks are free
-  const big = fs.create('/big', 0o644, root)
-  await fs.write(big, Buffer.alloc(1 << 20, 1), 0)
-  await fs.fsync(big)
-  const used = fs.used
-  let usedAtAnswer = -1
-  await new Promise<void>(resolve => ops.rename('/c', '/big', 0, (err: number) => { assert.equal(err, 0); usedAtAnswer = fs.used; resolve() }))
-  assert.equal(usedAtAnswer, used - 256)
+  const used = await withData(fs, '/big')
+  assert.equal(await atAnswer(ops, 'rename', ['/c', '/big', 0], () => fs.used), used - 256)
   // a hard-linked file moved: its other name is invalidated before the answer
   fs.create('/h1', 0o644, root)
   fs.link('/h1', '/h2')
-  let seen: string[][] = []
-  await new Promise<void>(resolve => ops.rename('/h1', '/h3', 0, () => { seen = [...invalidated]; resolve() }))
-  assert.deepEqual(seen, [['/h2']])
+  assert.deepEqual(await atAnswer(ops, 'rename', ['/h1', '/h3', 0], () => [...invalidated]), [['/h2']])
   // refusals
   fs.mkdir('/d', 0o755, root)
   fs.mkdir('/e', 0o755, root)
