@@ -450,7 +450,7 @@ export class FolioFs {
   private lookupName (parent: number, name: string): number | undefined {
     const key = dentryKey(parent, name)
     const hit = this.dentries.get(key)
-    if (hit != null) return hit === NO_ENTRY ? undefined : hit
+    if (hit !== undefined) return hit === NO_ENTRY ? undefined : hit
     const ino = this.q.lookup.get(parent, nameToDb(name)) as number | undefined
     this.cacheDentry(key, ino ?? NO_ENTRY)
     return ino
@@ -793,8 +793,7 @@ export class FolioFs {
    * becomes an orphan; one with no open handle is returned, to be freed by
    * reap() once the transaction committed (its data may take many steps).
    */
-  private dropLink (ino: number, t: Time): number | null {
-    const d = this.afterDrop(this.inode(ino))
+  private dropLink (ino: number, t: Time, d = this.afterDrop(this.inode(ino))): number | null {
     if (d.deleteNow) {
       this.deleteInodeRow(ino)
       this.attrs.delete(ino)
@@ -815,7 +814,7 @@ export class FolioFs {
   private afterDrop (i: Inode): { nlink: number, deleteNow: boolean, reap: boolean } {
     const nlink = isDir(i.mode) ? 0 : i.nlink - 1
     const open = (this.openCount.get(i.ino) ?? 0) > 0
-    const noData = !isRegular(i.mode) || (i.blocks === 0 && this.cache.folioRange(i.ino, 0).length === 0)
+    const noData = !isRegular(i.mode) || (i.blocks === 0 && this.cache.foliosInOrder(i.ino, 0).next().done === true)
     return { nlink, deleteNow: nlink === 0 && noData && !open, reap: nlink === 0 && !noData && !open }
   }
 
@@ -916,10 +915,11 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR', path)
       this.checkNameRemoved(pino, ino)
-      if (answer && !this.afterDrop(i).reap) answer()
+      const drop = this.afterDrop(i)
+      if (answer && !drop.reap) answer()
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
-      return this.dropLink(ino, t)
+      return this.dropLink(ino, t, drop)
     })
     return orphan === null ? undefined : this.reap(orphan)
   }
@@ -974,13 +974,14 @@ export class FolioFs {
         if (isDir(ex.mode) && this.q.dirHasEntries.get(ex.ino) !== undefined) throw fsErr('ENOTEMPTY', dst)
         if (!isDir(ex.mode) && srcIsDir) throw fsErr('ENOTDIR', dst)
       }
-      if (answer && !(ex && this.afterDrop(ex).reap)) answer()
+      const drop = ex && this.afterDrop(ex)
+      if (answer && !drop?.reap) answer()
       const t = nowTime()
       let gone: number | null = null
       if (ex) {
         if (isDir(ex.mode)) this.q.addNlink.run(-1, dp)
         this.removeName(dp, d.name)
-        gone = this.dropLink(ex.ino, t)
+        gone = this.dropLink(ex.ino, t, drop)
       }
       this.removeName(sp, s.name)
       this.addName(dp, d.name, ino)

@@ -59,35 +59,24 @@ function answer (cb: Cb, r: Answer): void {
   else cb(0, ...(r ?? []))
 }
 
-/** Run fn (sync or async); reply cb(0, ...result) or cb(-errno), exactly once. */
-function reply (name: string, cb: Cb, fn: () => Answer | Promise<Answer>): void {
-  let res: Answer | Promise<Answer>
-  try {
-    res = fn()
-  } catch (err) {
-    fail(name, cb, err)
-    return
-  }
-  if (res instanceof Promise) res.then(r => answer(cb, r), err => fail(name, cb, err))
-  else answer(cb, res)
-}
-
 /**
- * Like reply, for an operation that may answer before it is done: fn gets
- * `early`, which answers at once (the binding hands the answer to the
- * kernel there and then). Once it has answered, what fn returns is
+ * Run fn (sync or async); reply cb(0, ...result) or cb(-errno), exactly
+ * once. An operation that may answer before it is done calls `early`,
+ * which answers at once (the binding hands the answer to the kernel there
+ * and then), and passes `late`: once it has answered, what fn returns is
  * ignored, and an exception (or a rejection) goes to `late`: the answer
  * stands, so the failure is the filesystem's, not the request's.
  */
-function replyEarly (name: string, cb: Cb, late: (err: unknown) => void, fn: (early: (r: Answer) => void) => Answer | Promise<Answer>): void {
+function reply (name: string, cb: Cb, fn: (early: (r: Answer) => void) => Answer | Promise<Answer>, late?: (err: unknown) => void): void {
   let answered = false
   const early = (r: Answer): void => {
     answered = true
     answer(cb, r)
   }
   const failed = (err: unknown): void => {
-    if (answered) late(err)
-    else fail(name, cb, err)
+    if (!answered) fail(name, cb, err)
+    else if (late) late(err)
+    else debug('%s failed after its early answer, with no one to tell: %o', name, err) // (every caller of early passes late: replyEarly)
   }
   let res: Answer | Promise<Answer>
   try {
@@ -195,6 +184,9 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     } catch { return [] }
   }
   const opened = (path: string, fh: number): number => { ctx.coherence?.opened(fh, path); return fh }
+  /** reply() for an operation that may answer early: a failure after that stops further changes */
+  const replyEarly = (name: string, cb: Cb, fn: (early: (r: Answer) => void) => Answer | Promise<Answer>): void =>
+    reply(name, cb, fn, err => fs.failedAfterAnswer(name, err))
   /** open directory handle -> its listing */
   const listings = new Map<number, Listing>()
 
@@ -234,7 +226,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     // getattr of it right after is then answered by the binding (no round trip)
     // answered as soon as the create cannot fail any more, before its rows
     // are written (FolioFs.createNode): the caller goes on meanwhile
-    create: (path: string, mode: number, flags: number, cb: Cb) => replyEarly('create', cb, err => fs.failedAfterAnswer('create', err), early => {
+    create: (path: string, mode: number, flags: number, cb: Cb) => replyEarly('create', cb, early => {
       let r: unknown[] | undefined // the handle is opened once, whichever answers
       const result = (i: number): unknown[] => (r ??= [opened(path, fs.open(i, flags)), fs.stat(i)])
       const i = fs.create(path, mode, creds(), ino => early(result(ino)))
@@ -287,7 +279,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       return settled(fs.chmod(i, mode), [i], [via(path, fd)])
     }),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => reply('mknod', cb, () => { fs.mknod(path, mode, dev, creds()) }),
-    unlink: (path: string, cb: Cb) => replyEarly('unlink', cb, err => fs.failedAfterAnswer('unlink', err), early => {
+    unlink: (path: string, cb: Cb) => replyEarly('unlink', cb, early => {
       const known = sharedAt(path)
       const done = (): void | Promise<void> => {
         ctx.coherence?.unlinked(path)
@@ -299,7 +291,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       const freeing = fs.unlink(path, known.length === 0 ? () => early(undefined) : undefined)
       return freeing ? freeing.then(done) : done()
     }),
-    rename: (src: string, dst: string, flags: number, cb: Cb) => replyEarly('rename', cb, err => fs.failedAfterAnswer('rename', err), async early => {
+    rename: (src: string, dst: string, flags: number, cb: Cb) => replyEarly('rename', cb, async early => {
       if (flags & RENAME_EXCHANGE) { // both names stay, on each other's inode: both ctimes change
         await fs.rename(src, dst, flags)
         ctx.coherence?.exchanged(src, dst)
