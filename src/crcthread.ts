@@ -21,12 +21,23 @@ import { crc32 } from 'zlib'
 /** below this many blocks a call is answered on the calling thread */
 const MIN_BLOCKS = 16
 
+const BLOCK = 4096
+
+// a message names its blocks either one by one (slab, offset, length) or
+// as a span: `blocks` consecutive blocks of `span` from `offset`
 const WORKER_SOURCE = `
 const { parentPort } = require('worker_threads')
 const { crc32 } = require('zlib')
-parentPort.on('message', ({ id, slabs, slab, offset, length }) => {
-  const out = new Uint32Array(slab.length)
-  for (let i = 0; i < slab.length; i++) out[i] = crc32(new Uint8Array(slabs[slab[i]], offset[i], length[i]))
+parentPort.on('message', ({ id, slabs, slab, offset, length, span, blocks }) => {
+  let out
+  if (span) {
+    out = new Uint32Array(blocks)
+    const all = new Uint8Array(span, offset, blocks * ${BLOCK})
+    for (let i = 0; i < blocks; i++) out[i] = crc32(all.subarray(i * ${BLOCK}, (i + 1) * ${BLOCK}))
+  } else {
+    out = new Uint32Array(slab.length)
+    for (let i = 0; i < slab.length; i++) out[i] = crc32(new Uint8Array(slabs[slab[i]], offset[i], length[i]))
+  }
   parentPort.postMessage({ id, out }, [out.buffer])
 })
 `
@@ -38,7 +49,17 @@ export function crcsHere (bufs: readonly Uint8Array[]): Uint32Array {
   return out
 }
 
-interface Pending { resolve: (crcs: Uint32Array) => void, bufs: readonly Uint8Array[] }
+/** the blocks of a span (a whole number of them), as views */
+function blocksOf (span: Uint8Array): Uint8Array[] {
+  const out: Uint8Array[] = []
+  for (let i = 0; i < span.length; i += BLOCK) out.push(span.subarray(i, i + BLOCK))
+  return out
+}
+
+interface Pending { resolve: (crcs: Uint32Array) => void, bufs: readonly Uint8Array[] | Uint8Array }
+
+/** crc32 of each buffer, or of each block of a span, on the calling thread */
+const here = (bufs: readonly Uint8Array[] | Uint8Array): Uint32Array => crcsHere(bufs instanceof Uint8Array ? blocksOf(bufs) : bufs)
 
 export class CrcThread {
   private worker: Worker | null = null
@@ -72,10 +93,30 @@ export class CrcThread {
       offset[i] = bufs[i].byteOffset
       length[i] = bufs[i].byteLength
     }
+    return await this.post(w, { id, slabs, slab, offset, length }, bufs, [slab.buffer, offset.buffer, length.buffer])
+  }
+
+  /**
+   * crc32 of each 4 KiB block of span (one buffer, a whole number of
+   * blocks, unchanged until this settles): one message naming the span,
+   * where crcs() of its blocks as views would look at every view.
+   */
+  async crcsOfSpan (span: Uint8Array): Promise<Uint32Array> {
+    const blocks = span.length / BLOCK
+    const w = blocks >= MIN_BLOCKS && span.buffer instanceof SharedArrayBuffer ? this.thread() : null
+    if (!w) {
+      this.stats.inline++
+      return here(span)
+    }
+    this.stats.offloaded++
+    return await this.post(w, { id: this.nextId++, span: span.buffer, offset: span.byteOffset, blocks }, span, [])
+  }
+
+  private async post (w: Worker, msg: { id: number, [k: string]: unknown }, bufs: readonly Uint8Array[] | Uint8Array, transfer: ArrayBuffer[]): Promise<Uint32Array> {
     return await new Promise(resolve => {
-      this.pending.set(id, { resolve, bufs })
+      this.pending.set(msg.id, { resolve, bufs })
       w.ref() // a call pending keeps the process alive until it is answered
-      w.postMessage({ id, slabs, slab, offset, length }, [slab.buffer, offset.buffer, length.buffer])
+      w.postMessage(msg, transfer)
     })
   }
 
@@ -105,7 +146,7 @@ export class CrcThread {
     this.worker = null
     for (const [id, p] of this.pending) {
       this.pending.delete(id)
-      p.resolve(crcsHere(p.bufs))
+      p.resolve(here(p.bufs))
     }
   }
 

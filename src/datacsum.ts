@@ -39,9 +39,7 @@
 // Misuse: record() outside the commit that maps the blocks (a crash between
 // the two leaves wrong checksums: EIO on good data); verify() of bytes that
 // did not all come from the data area (a zeroed tail, a hole).
-import { crc32 } from 'zlib'
 import type Database from 'better-sqlite3'
-import { BLOCK_SIZE } from './imageerror'
 import { FsError } from './errno'
 
 /** blocks per data_csums row (part of the image format) */
@@ -100,14 +98,15 @@ export class DataCsums {
     }
   }
 
-  /** Check bufs, just read from physical blocks [pblk, pblk + bufs.length); crcs: their crc32s if taken already (crcthread.ts) */
-  verify (pblk: number, bufs: readonly Buffer[], crcs?: Uint32Array): VerifyResult {
+  /** Check the blocks just read from physical blocks [pblk, pblk + crcs.length), given their crc32s (crcthread.ts) */
+  verify (pblk: number, crcs: Uint32Array): VerifyResult {
     const res: VerifyResult = { bad: [], unverified: 0 }
-    for (let i = 0; i < bufs.length;) {
+    const count = crcs.length
+    for (let i = 0; i < count;) {
       const chunk = Math.floor((pblk + i) / CSUM_CHUNK)
       const blob = this.enabled ? this.row(chunk) : undefined
       const first = (pblk + i) % CSUM_CHUNK
-      const n = Math.min(CSUM_CHUNK - first, bufs.length - i)
+      const n = Math.min(CSUM_CHUNK - first, count - i)
       if (!blob) {
         res.unverified += n
         i += n
@@ -115,12 +114,12 @@ export class DataCsums {
       }
       for (let at = first; at < first + n; at++, i++) {
         if (!(blob[at >> 3] & (1 << (at & 7)))) { res.unverified++; continue }
-        if (bufs[i].length !== BLOCK_SIZE || (crcs ? crcs[i] : crc32(bufs[i])) !== blob.readUInt32BE(CSUM_BITMAP + 4 * at)) res.bad.push(i)
+        if (crcs[i] !== blob.readUInt32BE(CSUM_BITMAP + 4 * at)) res.bad.push(i)
       }
     }
     this.stats.unverifiedBlocks += res.unverified
     this.stats.errors += res.bad.length
-    this.stats.verifiedBlocks += bufs.length - res.unverified - res.bad.length
+    this.stats.verifiedBlocks += count - res.unverified - res.bad.length
     return res
   }
 }

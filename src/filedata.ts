@@ -72,6 +72,14 @@ export class FileData {
    */
   damaged: string | null = null
 
+  /**
+   * Called inside every commit that changes the mapping of an inode
+   * (writeback, truncate and punch steps, preallocation): what was read
+   * of its data before may be stale (the page cache's streaming reads).
+   * Must not throw, write or wait.
+   */
+  onMapChange: ((ino: number) => void) | null = null
+
   /** punches freed blocks out of the data area once they are free for good (discard.ts) */
   readonly discard: Discard
 
@@ -166,37 +174,51 @@ export class FileData {
   }
 
   /**
-   * Fill bufs with blocks [first, first + bufs.length) of ino; holes and
-   * unwritten extents read as zeros. The caller holds the folio locks of
-   * these blocks, so their mapping cannot change before the I/O is done
-   * (writeback and truncate take those locks first). Every block read from
-   * the data area is checked against its crc: a ChecksumError (EIO) names
-   * the blocks that mismatched; the other buffers are filled all the same.
+   * Fill dest with blocks [first, first + n) of ino: n buffers of a block
+   * each, or one buffer of n blocks (a span: one read and one crc message
+   * a piece, however many blocks). Holes and unwritten extents read as
+   * zeros. The caller keeps the mapping of these blocks from changing
+   * before the I/O is done, or will not use what it read if it changed:
+   * folio locks (writeback and truncate take them first), or the streaming
+   * reads' invalidation (onMapChange). Every block read from the data area
+   * is checked against its crc: a ChecksumError (EIO) names the blocks
+   * that mismatched; the others are filled all the same.
    */
-  async readBlocks (ino: number, first: number, bufs: Buffer[]): Promise<void> {
-    const end = first + bufs.length
+  async readBlocks (ino: number, first: number, dest: Buffer[] | Buffer): Promise<void> {
+    const span = !Array.isArray(dest)
+    const n = span ? dest.length / BLOCK_SIZE : dest.length
+    const part = (lo: number, hi: number): Buffer[] | Buffer => span ? dest.subarray(lo * BLOCK_SIZE, hi * BLOCK_SIZE) : dest.slice(lo, hi)
+    const zero = (lo: number, hi: number): void => {
+      if (span) dest.fill(0, lo * BLOCK_SIZE, hi * BLOCK_SIZE)
+      else for (let i = lo; i < hi; i++) dest[i].fill(0)
+    }
+    const end = first + n
     const ex = await this.extents(ino, first, end)
     let at = first
     const io: Array<Promise<void>> = []
-    const pieces: Array<{ lo: number, pblk: number, bufs: Buffer[] }> = []
+    const pieces: Array<{ lo: number, pblk: number, mem: Buffer[] | Buffer }> = []
     for (const e of ex) {
       const lo = Math.max(e.off, first)
       const hi = Math.min(e.off + e.len, end)
-      for (; at < lo; at++) bufs[at - first].fill(0)
-      if (e.flags & EXT_UNWRITTEN) for (; at < hi; at++) bufs[at - first].fill(0)
+      zero(at - first, Math.max(at, lo) - first)
+      if (e.flags & EXT_UNWRITTEN) zero(lo - first, hi - first)
       else {
-        const piece = { lo, pblk: e.pblk + (lo - e.off), bufs: bufs.slice(lo - first, hi - first) }
+        const piece = { lo, pblk: e.pblk + (lo - e.off), mem: part(lo - first, hi - first) }
         pieces.push(piece)
-        io.push(this.area.read(piece.bufs, piece.pblk))
+        io.push(this.area.read(Array.isArray(piece.mem) ? piece.mem : [piece.mem], piece.pblk))
       }
-      at = hi
+      at = Math.max(at, hi)
     }
-    for (; at < end; at++) bufs[at - first].fill(0)
+    zero(at - first, n)
     await Promise.all(io)
-    const crcs = this.csums.enabled ? await Promise.all(pieces.map(async p => await this.crc.crcs(p.bufs))) : []
+    const crcs = await Promise.all(pieces.map(async p => {
+      const count = Array.isArray(p.mem) ? p.mem.length : p.mem.length / BLOCK_SIZE
+      if (!this.csums.enabled) return new Uint32Array(count) // not looked at: every block counts as unverified
+      return Array.isArray(p.mem) ? await this.crc.crcs(p.mem) : await this.crc.crcsOfSpan(p.mem)
+    }))
     const bad: number[] = []
     for (const [k, p] of pieces.entries()) {
-      for (const i of this.csums.verify(p.pblk, p.bufs, crcs[k]).bad) {
+      for (const i of this.csums.verify(p.pblk, crcs[k]).bad) {
         bad.push(p.lo + i)
         this.logMismatch(ino, p.lo + i, p.pblk + i)
       }
@@ -267,6 +289,7 @@ export class FileData {
           k += p.len
         }
         hook(off - start, freed.reduce((s, r) => s + r.len, 0))
+        this.onMapChange?.(ino)
       })
     }))
   }
@@ -286,7 +309,10 @@ export class FileData {
     const { count, stop } = t.extentsAhead(ino, keep, end, batch)
     if (count) t.deleteRange(ino, keep, stop)
     const done = stop === end
-    t.commit(freed => onStep(freed.reduce((s, r) => s + r.len, 0), first, done))
+    t.commit(freed => {
+      onStep(freed.reduce((s, r) => s + r.len, 0), first, done)
+      this.onMapChange?.(ino)
+    })
     const ms = performance.now() - t0
     const s = this.truncateStats
     s.truncateSteps++
@@ -378,7 +404,10 @@ export class FileData {
       if (at < start) break // this step's share is done
       at = Math.max(at, end)
     }
-    t.commit(() => onStep(added))
+    t.commit(() => {
+      onStep(added)
+      this.onMapChange?.(ino)
+    })
     return Math.min(at, to)
   }
 

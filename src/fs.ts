@@ -37,6 +37,8 @@ import { decodeIflags, encodeIflags, FS_APPEND_FL, FS_IMMUTABLE_FL, FS_NOATIME_F
 export interface FsOptions extends TreeOptions {
   /** page cache size in bytes (default 256 MiB) */
   cacheBytes?: number
+  /** bytes of streaming-read chunks at most, out of the cache's (default a quarter of it, at most 64 MiB; 0: sequential reads go through folios) */
+  streamBytes?: number
   /** -o sync: every write is written back and made durable before it returns */
   syncWrites?: boolean
   /** fault injection: writeback holds a run's folio locks this long after its I/O */
@@ -297,7 +299,7 @@ export class FolioFs {
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
     this.cache = new PageCache(cacheBytes)
-    this.io = new BufferedIO(this.cache, this.data, ino => this.sizeOf(ino))
+    this.io = new BufferedIO(this.cache, this.data, ino => this.sizeOf(ino), opts.streamBytes ?? Math.min(cacheBytes / 4, 64 * 1024 * 1024))
     this.writeback = new Writeback(this.cache, this.data, (ino, start, end, added, freed) => this.runCommitted(ino, end, added, freed), {
       dirtyBackground: Math.floor(cacheBytes / 4),
       dirtyLimit: Math.floor(cacheBytes / 2),

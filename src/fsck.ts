@@ -16,6 +16,7 @@ import * as fs from 'fs'
 import { BLOCK_SIZE, EXIT, ImageError, openImage, ROOT_INO } from './image'
 import { dataAreaPath } from './dataarea'
 import { DataCsums } from './datacsum'
+import { crcsHere } from './crcthread'
 import { tableProblems } from './imagecheck'
 import { nameFromDb } from './names'
 import { ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet, type Extent } from './btree'
@@ -266,7 +267,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
             const part = bufs.slice(0, n)
             const got = fs.readvSync(fd, part, pblk * BLOCK_SIZE)
             if (got < n * BLOCK_SIZE) { for (let b = Math.floor(got / BLOCK_SIZE); b < n; b++) bad.push(e.off + k + b); done += n; continue }
-            for (const i of csums.verify(pblk, part).bad) bad.push(e.off + k + i)
+            for (const i of csums.verify(pblk, crcsHere(part)).bad) bad.push(e.off + k + i)
             done += n
           }
         }

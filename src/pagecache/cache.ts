@@ -83,6 +83,8 @@ export class PageCache {
   /** dirty folios per inode (writeback picks inodes from here) */
   private readonly dirtyByIno = new Map<number, Set<Folio>>()
   readonly stats: CacheStats = { hits: 0, misses: 0, evictions: 0, readaheadFolios: 0 }
+  /** bytes of the bound held outside folios (streaming read chunks: stream.ts); folios get the rest */
+  reserved = 0
 
   constructor (readonly maxBytes: number) {
     this.pool = new BufferPool(Math.ceil(maxBytes / FOLIO_SIZE / 8))
@@ -216,11 +218,12 @@ export class PageCache {
 
   /**
    * Evict clean, unlocked, idle folios (CLOCK) until the cache fits in
-   * limit bytes (maxBytes: its bound; less under memory pressure). Returns
+   * limit bytes (its bound less what streaming reads hold; less under
+   * memory pressure). Returns
    * false if it cannot (everything left is dirty, under writeback or
    * locked: the caller throttles writers).
    */
-  evict (limit = this.maxBytes): boolean {
+  evict (limit = this.maxBytes - this.reserved): boolean {
     const max = Math.floor(limit / FOLIO_SIZE)
     if (this.clock.size <= max) return true
     const target = max - Math.max(1, max >> 6) // a little headroom: evict in batches
@@ -246,5 +249,9 @@ export class PageCache {
   shrink (): void {
     this.evict(Math.floor(this.clock.size / 4) * FOLIO_SIZE)
     this.pool.drain()
+    this.onShrink?.()
   }
+
+  /** what else gives memory back under pressure (the streaming reads' recycled chunks) */
+  onShrink: (() => void) | null = null
 }

@@ -5,8 +5,10 @@
 //   copy in, mark dirty, unlock. No B-tree transaction, no allocation, no
 //   SQLite write. Writeback gives the data its place later (delalloc).
 // read: copy uptodate folios; fill a run of missing ones with one mapping
-//   lookup and async reads (holes read as zeros without I/O); sequential
-//   readers get readahead that grows to READAHEAD_MAX folios.
+//   lookup and async reads (holes read as zeros without I/O). Sequential
+//   readers of uncached data are served from streaming chunks that bypass
+//   the folio cache (stream.ts); when those cannot be had, they get folio
+//   readahead that grows to READAHEAD_MAX folios.
 // Folios of blocks at or past EOF never hold stale bytes: truncate drops
 //   them and zeroes the tail of the last one; extending a file zeroes the
 //   tail of its old last block (zeroTail), since the data area may still
@@ -15,6 +17,7 @@ import { FOLIO_SIZE, type Folio } from './folio'
 import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
 import { ChecksumError } from '../datacsum'
+import { ReadStreams } from './stream'
 
 const READAHEAD_MIN = 8 //  32 KiB
 const READAHEAD_MAX = 2048 // 8 MiB: the kernel's requests are 1 MiB; keep several ahead
@@ -44,8 +47,20 @@ export class BufferedIO {
   /** asynchronous readahead fills in flight, per inode: their folio ranges, settled (never rejected) when done */
   private readonly prefetching = new Map<number, Array<{ from: number, to: number, done: Promise<void> }>>()
 
-  /** sizeOf(ino): the file's size now (never a value read before an await: truncate may run meanwhile) */
-  constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number) {}
+  /** sequential reads of uncached data (drop-behind) */
+  readonly streams: ReadStreams
+
+  /**
+   * sizeOf(ino): the file's size now (never a value read before an await:
+   * truncate may run meanwhile); streamBytes: the streaming reads' budget,
+   * out of the cache's bound (the default, a quarter of the cache and at
+   * most 64 MiB, gives 8 readers at once their 8 MiB windows)
+   */
+  constructor (readonly cache: PageCache, private readonly data: FileData, private readonly sizeOf: (ino: number) => number, streamBytes: number) {
+    this.streams = new ReadStreams(cache, data, sizeOf, streamBytes)
+    cache.onShrink = () => this.streams.drain()
+    data.onMapChange = ino => this.streams.invalidate(ino)
+  }
 
   /**
    * Fill folios (locked by the caller, consecutive indices) from the data
@@ -107,6 +122,14 @@ export class BufferedIO {
     const st = this.ra.get(ino)
     const sequential = st !== undefined && isSequential(st, first, last - first + 1)
     const window = sequential ? Math.min(READAHEAD_MAX, Math.max(st.window * 2, last - first + 1)) : READAHEAD_MIN
+    const streamed = sequential ? await this.streams.read(ino, buf, pos, n, window) : 'unable'
+    if (streamed === 'served') {
+      this.ra.set(ino, { next: Math.max(st?.next ?? 0, last + 1), window })
+      return
+    }
+    // folio readahead only where streaming could not serve the reader (else
+    // the folios it caches ahead would keep the reader off the stream)
+    const ahead = sequential && streamed === 'unable'
     for (let idx = first; idx <= last;) {
       let f = this.cache.get(ino, idx)
       if (f && f.uptodate) {
@@ -133,7 +156,7 @@ export class BufferedIO {
       // a run of missing folios, extended by readahead when sequential
       let end = idx + 1
       const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
-      const limit = Math.max(last + 1, Math.min(eofBlock, last + 1 + (sequential ? window : 0)))
+      const limit = Math.max(last + 1, Math.min(eofBlock, last + 1 + (ahead ? window : 0)))
       while (end < limit && !this.cache.get(ino, end)) end++
       const run = this.newLocked(ino, idx, end)
       this.cache.stats.misses += Math.min(end, last + 1) - idx
@@ -153,7 +176,7 @@ export class BufferedIO {
     }
     const next = sequential ? Math.max(st.next, last + 1) : last + 1
     this.ra.set(ino, { next, window })
-    if (sequential) this.readahead(ino, next, window)
+    if (ahead) this.readahead(ino, next, window)
     this.cache.evict()
   }
 
@@ -236,6 +259,7 @@ export class BufferedIO {
 
   /** Copy data into the cache at pos (the caller checked size limits and space). */
   async write (ino: number, data: Buffer, pos: number): Promise<void> {
+    this.streams.invalidate(ino)
     const len = data.length
     const first = Math.floor(pos / FOLIO_SIZE)
     const last = Math.floor((pos + len - 1) / FOLIO_SIZE)
@@ -270,6 +294,7 @@ export class BufferedIO {
    * size, in a dirty folio (a shrink's new tail, or an extension's old one).
    */
   async zeroTail (ino: number, size: number): Promise<void> {
+    this.streams.invalidate(ino)
     const off = size % FOLIO_SIZE
     if (off === 0) return
     const idx = Math.floor(size / FOLIO_SIZE)
@@ -284,6 +309,7 @@ export class BufferedIO {
 
   /** Drop every folio of ino at or past index from (waiting for their locks: writeback, readers). */
   async dropFrom (ino: number, from: number, to = Infinity): Promise<void> {
+    this.streams.invalidate(ino)
     for (const f of this.cache.folioRange(ino, from, to)) {
       await f.lock()
       this.cache.remove(f)

@@ -122,25 +122,35 @@ test('writeback pipelines its runs: the next runs are written while a batch sync
   await sameAfterRemount(img, ino, data)
 })
 
-test('readahead keeps up with a sequential reader whose requests arrive a little out of order', async () => {
+test('readahead keeps up with a sequential reader whose requests arrive a little out of order: streaming chunks, and folios when streaming is off', async () => {
   const { img, fs: first } = fresh()
   const ino = first.create('/f', 0o644, root)
   const data = pattern(10, 64 * MiB)
   await first.write(ino, data, 0)
   await first.close()
-  const fs = new FolioFs(openImage(img)) // a cold cache
   // 1 MiB requests as the kernel sends them: now and then two swapped
   const order: number[] = []
   for (let k = 0; k < 64; k++) order.push(k)
   for (let k = 8; k + 1 < 64; k += 10) [order[k], order[k + 1]] = [order[k + 1], order[k]]
-  const back = Buffer.alloc(MiB)
-  for (const k of order) {
-    assert.equal(await fs.read(ino, back, MiB, k * MiB), MiB)
-    assert.ok(back.equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
+  for (const streamBytes of [undefined, 0]) {
+    const fs = new FolioFs(openImage(img), { streamBytes }) // a cold cache
+    const back = Buffer.alloc(MiB)
+    for (const k of order) {
+      assert.equal(await fs.read(ino, back, MiB, k * MiB), MiB)
+      assert.ok(back.equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
+    }
+    const { misses, readaheadFolios } = fs.cache.stats
+    assert.ok(misses < 64 * MiB / 4096 / 8, `most folios come from readahead: ${misses} read on demand, ${readaheadFolios} ahead`)
+    const streams = fs.io.streams.stats
+    if (streamBytes === undefined) {
+      assert.ok(streams.streamedBytes >= 62 * MiB, `streamed: ${streams.streamedBytes}`)
+      assert.ok(streams.chunkFills <= 64 && streams.chunksWasted === 0, `each chunk read once: ${JSON.stringify(streams)}`)
+    } else {
+      assert.equal(streams.streamedBytes, 0, 'streaming off')
+      assert.ok(readaheadFolios > 60 * MiB / 4096, `folio readahead: ${readaheadFolios}`)
+    }
+    await fs.close()
   }
-  const { misses, readaheadFolios } = fs.cache.stats
-  assert.ok(misses < 64 * MiB / 4096 / 8, `most folios come from readahead: ${misses} read on demand, ${readaheadFolios} ahead`)
-  await fs.close()
 })
 
 test('two files written in parallel do not interleave block by block', async () => {

@@ -1,0 +1,164 @@
+// Streaming reads (src/pagecache/stream.ts) through FolioFs, no FUSE: a
+// cold sequential read bypasses the folio cache, and a chunk read ahead is
+// never used after a change of the file (write, writeback commit,
+// truncate, punch), nor when a block of it fails its checksum.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as fs from 'fs'
+import * as path from 'path'
+import { mkfs, openImage } from '../../src/image'
+import { FolioFs } from '../../src/fs'
+import { rng, tmpdir } from './helpers'
+
+const root = { uid: 0, gid: 0 }
+const MiB = 1024 * 1024
+const FALLOC_FL_KEEP_SIZE = 1
+const FALLOC_FL_PUNCH_HOLE = 2
+
+const pattern = (seed: number, len: number): Buffer => {
+  const r = rng(seed)
+  const b = Buffer.alloc(len)
+  for (let i = 0; i < len; i += 4) b.writeUInt32LE(Math.floor(r() * 2 ** 32), i)
+  return b
+}
+
+/** an image holding /f (mib MiB of pattern(1)), written back; its path and contents */
+async function imageWithFile (mib: number): Promise<{ img: string, data: Buffer }> {
+  const img = path.join(tmpdir(), 's.img')
+  mkfs(img, { capacityBytes: 256 * MiB })
+  const f = new FolioFs(openImage(img))
+  const ino = f.create('/f', 0o644, root)
+  const data = pattern(1, mib * MiB)
+  await f.write(ino, data, 0)
+  await f.close()
+  return { img, data }
+}
+
+/** read MiB k of ino (one sequential reader's request) */
+async function readMiB (f: FolioFs, ino: number, k: number): Promise<Buffer> {
+  const b = Buffer.alloc(MiB)
+  const n = await f.read(ino, b, MiB, k * MiB)
+  return b.subarray(0, n)
+}
+
+/** let the chunk fills in flight settle (they are data area reads on the thread pool) */
+const settle = async (): Promise<void> => { await new Promise(resolve => setTimeout(resolve, 200)) }
+
+/** a mounted copy of the image with /f read sequentially up to MiB upTo, its chunks ahead filled */
+async function streaming (img: string, upTo: number): Promise<{ f: FolioFs, ino: number }> {
+  const f = new FolioFs(openImage(img))
+  const ino = f.resolve('/f')
+  for (let k = 0; k <= upTo; k++) await readMiB(f, ino, k)
+  await settle()
+  return { f, ino }
+}
+
+test('a cold sequential read is served from streaming chunks: right bytes, folio cache left alone', async () => {
+  const { img, data } = await imageWithFile(24)
+  const f = new FolioFs(openImage(img))
+  const ino = f.resolve('/f')
+  for (let k = 0; k < 24; k++) assert.ok((await readMiB(f, ino, k)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
+  const s = f.io.streams.stats
+  assert.ok(s.streamedBytes >= 22 * MiB, `streamed ${s.streamedBytes} bytes`)
+  assert.ok(f.cache.folios <= 256, `only the first (not yet sequential) request went through folios: ${f.cache.folios}`)
+  // reading the file again from the start: still the same bytes (the first
+  // MiB from its folios), and the chunks ahead of the reader are read ahead again
+  for (let k = 0; k < 24; k++) {
+    assert.ok((await readMiB(f, ino, k)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `again, MiB ${k}`)
+    if (k >= 2 && k < 20) assert.ok(f.io.streams.chunksOf(ino).includes(k + 1), `chunk ${k + 1} read ahead: ${f.io.streams.chunksOf(ino).join(' ')}`)
+  }
+  assert.equal(s.chunksWasted, 0, 'every chunk was read to its end, then freed')
+  await f.close()
+})
+
+test('a chunk read ahead before a write is not used after it, nor one read before the writeback commit', async () => {
+  const { img, data } = await imageWithFile(16)
+  const { f, ino } = await streaming(img, 2) // chunks 3.. are read ahead
+  assert.ok(f.io.streams.stats.chunkFills >= 3)
+  const fresh = pattern(2, 4096)
+  await f.write(ino, fresh, 3 * MiB + 8192)
+  await f.fsync(ino)
+  f.cache.evict(0) // the written folio is clean now: gone, as under memory pressure
+  const got = await readMiB(f, ino, 3)
+  assert.ok(got.subarray(8192, 12288).equals(fresh), 'the write is read back')
+  assert.ok(got.subarray(0, 8192).equals(data.subarray(3 * MiB, 3 * MiB + 8192)))
+  await f.close()
+
+  // the data is written, then a reader's readahead fills chunk 6 from the
+  // old mapping while the folio is dirty; the commit must retire that chunk
+  const g = new FolioFs(openImage(img))
+  const ino2 = g.resolve('/f')
+  const fresh2 = pattern(3, 4096)
+  await g.write(ino2, fresh2, 6 * MiB)
+  for (let k = 0; k <= 5; k++) await readMiB(g, ino2, k)
+  await settle()
+  await g.fsync(ino2) // the commit
+  g.cache.evict(0)
+  assert.ok((await readMiB(g, ino2, 6)).subarray(0, 4096).equals(fresh2), 'the committed write is read back')
+  await g.close()
+})
+
+test('a chunk read ahead is not used after a punched hole or a truncate', async () => {
+  const { img, data } = await imageWithFile(16)
+  const { f, ino } = await streaming(img, 7) // chunks 8.. are read ahead
+  await f.fallocate(ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 9 * MiB, MiB)
+  assert.ok((await readMiB(f, ino, 8)).equals(data.subarray(8 * MiB, 9 * MiB)))
+  assert.ok((await readMiB(f, ino, 9)).equals(Buffer.alloc(MiB)), 'the hole reads as zeros')
+  assert.ok((await readMiB(f, ino, 10)).equals(data.subarray(10 * MiB, 11 * MiB)))
+  await f.close()
+
+  const { f: g, ino: ino2 } = await streaming(img, 2) // chunks 3.. are read ahead
+  await g.truncate(ino2, 3 * MiB + 100)
+  await g.truncate(ino2, 16 * MiB)
+  const got = await readMiB(g, ino2, 3)
+  assert.ok(got.subarray(0, 100).equals(data.subarray(3 * MiB, 3 * MiB + 100)))
+  assert.ok(got.subarray(100).equals(Buffer.alloc(MiB - 100)), 'past the old truncation: zeros')
+  assert.ok((await readMiB(g, ino2, 4)).equals(Buffer.alloc(MiB)))
+  await g.close()
+})
+
+test('a damaged block in a streamed chunk reads as EIO for its own requests only', async () => {
+  const { img, data } = await imageWithFile(8)
+  const g0 = new FolioFs(openImage(img, { readonly: true }))
+  const pblk = (await g0.data.extents(g0.resolve('/f')))[0].pblk
+  await g0.close()
+  const block = 4 * 256 + 17 // in MiB 4
+  const fd = fs.openSync(`${img}-data`, 'r+')
+  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, (pblk + block) * 4096 + 9)
+  fs.closeSync(fd)
+  const { f, ino } = await streaming(img, 2)
+  assert.ok((await readMiB(f, ino, 3)).equals(data.subarray(3 * MiB, 4 * MiB)))
+  await assert.rejects(readMiB(f, ino, 4), (e: unknown) => (e as { code?: string }).code === 'EIO')
+  assert.ok((await readMiB(f, ino, 5)).equals(data.subarray(5 * MiB, 6 * MiB)), 'the next MiB reads')
+  const before = Buffer.alloc(17 * 4096)
+  assert.equal(await f.read(ino, before, before.length, 4 * MiB), before.length)
+  assert.ok(before.equals(data.subarray(4 * MiB, 4 * MiB + 17 * 4096)), 'the good blocks of that MiB read')
+  assert.ok(f.io.streams.stats.chunksWasted >= 1, 'the damaged chunk was retired')
+  await f.close()
+})
+
+test('a reader that stopped gives its chunks read ahead to the next reader when the budget is spent', async () => {
+  const img = path.join(tmpdir(), 's.img')
+  mkfs(img, { capacityBytes: 256 * MiB })
+  const w = new FolioFs(openImage(img))
+  const data = pattern(4, 16 * MiB)
+  for (const name of ['/a', '/b']) await w.write(w.create(name, 0o644, root), data, 0)
+  await w.close()
+  const f = new FolioFs(openImage(img), { streamBytes: 4 * MiB })
+  const a = f.resolve('/a')
+  const b = f.resolve('/b')
+  for (let k = 0; k < 4; k++) await readMiB(f, a, k)
+  await new Promise(resolve => setTimeout(resolve, 1100)) // idle: its chunks may go to another's readahead
+  assert.equal(f.io.streams.chunksOf(a).length, 3, `a's reader left chunks ahead: ${f.io.streams.chunksOf(a).join(' ')}`)
+  const before = f.io.streams.stats.streamedBytes
+  let ahead = 0
+  for (let k = 0; k < 16; k++) {
+    assert.ok((await readMiB(f, b, k)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `b, MiB ${k}`)
+    if (f.io.streams.chunksOf(b).some(c => c > k)) ahead++
+  }
+  assert.ok(f.io.streams.stats.streamedBytes - before >= 14 * MiB, `b streamed: ${f.io.streams.stats.streamedBytes - before}`)
+  assert.ok(ahead >= 10, `b's reader had chunks read ahead after ${ahead} of 16 reads`)
+  assert.ok(f.cache.folios <= 2 * 256, `b's reads did not go through folios: ${f.cache.folios}`)
+  assert.ok(f.io.streams.bytes <= 4 * MiB)
+  await f.close()
+})
