@@ -24,7 +24,7 @@ import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './err
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
 import { nameFromDb, nameToDb } from './names'
-import { batchStats, flushBatch, inBatch, onBatchFailure, onRollback } from './sqltx'
+import { batchStats, flushBatch, inBatch, inBatchMarked, onBatchFailure, onRollback, type WriteMark } from './sqltx'
 import { DataArea } from './dataarea'
 import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
@@ -414,6 +414,21 @@ export class FolioFs {
   }
 
   /**
+   * tx for an operation whose checks all come before its writes: it calls
+   * mark() between them (sqltx inBatchMarked): mark('answered') when it
+   * answers its caller early, the savepoint that tx opens up front saved;
+   * mark('guarded') otherwise. Misuse: a write before mark().
+   */
+  private txMarked<T> (fn: (mark: WriteMark) => T): T {
+    if (this.readonly) throw fsErr('EROFS')
+    if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`)
+    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
+    const r = inBatchMarked(this.db, fn)
+    this.counters.commits++
+    return r
+  }
+
+  /**
    * An operation answered early (createNode's `answer`) then failed in its
    * writes: what the caller was told is not what the image holds. Treated
    * as a failed group commit: logged, and nothing more is written (EIO).
@@ -705,7 +720,7 @@ export class FolioFs {
    */
   private createNode (path: string, mode: number, creds: Creds, rdev = 0, target: Buffer | null = null, answer?: (ino: number) => void): number {
     const { parent, name } = splitPath(path)
-    return this.tx(() => {
+    return this.txMarked(mark => {
       const p = this.dirNode(parent)
       const pino = p.ino
       if (this.lookupName(pino, name) !== undefined) throw fsErr('EEXIST', path)
@@ -731,7 +746,9 @@ export class FolioFs {
         ino, mode, uid: creds.uid, gid, nlink: dir ? 2 : 1, size: target ? target.length : 0, blocks: 0, rdev, parent: dir ? pino : 0,
         atime_s: t.sec, atime_ns: t.nsec, mtime_s: t.sec, mtime_ns: t.nsec, ctime_s: t.sec, ctime_ns: t.nsec, target: target === null ? null : Buffer.from(target)
       })
-      if (answer && !access && !(dir && defAcl)) answer(ino)
+      const early = answer !== undefined && !access && !(dir && defAcl)
+      mark(early ? 'answered' : 'guarded')
+      if (early) answer(ino)
       this.q.insInode.run(ino, mode, creds.uid, gid, dir ? 2 : 1, target ? target.length : 0, rdev, dir ? pino : 0,
         t.sec, t.nsec, t.sec, t.nsec, t.sec, t.nsec, target)
       if (access) this.putXattr(ino, ACL_ACCESS, access)
@@ -904,12 +921,13 @@ export class FolioFs {
    */
   unlink (path: string, answer?: () => void): Promise<void> | undefined {
     const { parent, name } = splitPath(path)
-    const orphan = this.tx(() => {
+    const orphan = this.txMarked(mark => {
       const pino = this.dirIno(parent)
       const ino = this.lookupName(pino, name)
       if (ino === undefined) throw fsErr('ENOENT', path)
       const t = nowTime()
       if (this.row(ino) === undefined) { // a dangling entry (danglingStat): only the name goes
+        mark('guarded')
         this.removeName(pino, name)
         this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
         return null
@@ -918,7 +936,9 @@ export class FolioFs {
       if (isDir(i.mode)) throw fsErr('EISDIR', path)
       this.checkNameRemoved(pino, ino)
       const drop = this.afterDrop(i)
-      if (answer && !drop.reap) answer()
+      const early = answer !== undefined && !drop.reap
+      mark(early ? 'answered' : 'guarded')
+      if (early) answer()
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
       return this.dropLink(ino, t, drop)
@@ -956,7 +976,7 @@ export class FolioFs {
     const d = splitPath(dst)
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL', `rename flags ${flags}`)
     if (flags & RENAME_EXCHANGE) { this.exchange(s, d); return }
-    await this.reap(this.tx(() => {
+    await this.reap(this.txMarked(mark => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
       const ino = this.lookupName(sp, s.name)
@@ -977,7 +997,9 @@ export class FolioFs {
         if (!isDir(ex.mode) && srcIsDir) throw fsErr('ENOTDIR', dst)
       }
       const drop = ex && this.afterDrop(ex)
-      if (answer && !drop?.reap) answer()
+      const early = answer !== undefined && !drop?.reap
+      mark(early ? 'answered' : 'guarded')
+      if (early) answer()
       const t = nowTime()
       let gone: number | null = null
       if (ex) {
