@@ -162,3 +162,54 @@ test('a reader that stopped gives its chunks read ahead to the next reader when 
   assert.ok(f.io.streams.bytes <= 4 * MiB)
   await f.close()
 })
+
+test('random writes, fsyncs, evictions, truncates and punches between the requests of sequential readers never show stale bytes (seeded model)', async () => {
+  const img = path.join(tmpdir(), 's.img')
+  mkfs(img, { capacityBytes: 256 * MiB })
+  const w = new FolioFs(openImage(img))
+  const size = 24 * MiB
+  const model = Buffer.alloc(size + MiB) // room for writes past the end
+  pattern(5, size).copy(model)
+  const ino = w.create('/f', 0o644, root)
+  await w.write(ino, model.subarray(0, size), 0)
+  await w.close()
+  const f = new FolioFs(openImage(img), { streamBytes: 8 * MiB })
+  const r = rng(6)
+  const pick = (n: number): number => Math.floor(r() * n)
+  let len = size
+  let at = 0 // the sequential reader's next MiB
+  for (let step = 0; step < 400; step++) {
+    const what = pick(10)
+    if (what < 5) { // the reader goes on (or starts over at the end)
+      if (at * MiB >= len) at = 0
+      const got = await readMiB(f, ino, at)
+      const want = Buffer.alloc(Math.max(0, Math.min(MiB, len - at * MiB)))
+      model.copy(want, 0, at * MiB, at * MiB + want.length)
+      assert.ok(got.equals(want), `step ${step}: MiB ${at} of a ${len}-byte file`)
+      at++
+    } else if (what === 5) { // a write somewhere, maybe ahead of the reader
+      const pos = pick(len)
+      const data = pattern(1000 + step, 4 * (1 + pick(4096)))
+      await f.write(ino, data, pos)
+      if (pos + data.length > len) { model.fill(0, len, pos); len = pos + data.length }
+      data.copy(model, pos)
+    } else if (what === 6) {
+      await f.fsync(ino)
+    } else if (what === 7) {
+      f.cache.evict(0) // clean folios go: the next reads come from the data area
+    } else if (what === 8) { // truncate, shorter or longer
+      const to = pick(size)
+      await f.truncate(ino, to)
+      if (to < len) model.fill(0, to, len)
+      len = to
+    } else { // punch a hole
+      const pos = pick(len)
+      const n = Math.min(len - pos, 4096 * (1 + pick(512)))
+      await f.fallocate(ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
+      model.fill(0, pos, pos + n)
+    }
+    if (pick(8) === 0) await new Promise(resolve => setTimeout(resolve, 50)) // let chunk fills finish now and then
+  }
+  assert.ok(f.io.streams.stats.streamedBytes > 0, 'the reader was streamed')
+  await f.close()
+})
