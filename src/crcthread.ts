@@ -69,23 +69,32 @@ export class CrcThread {
   /** calls answered by the thread, and on the caller's */
   readonly stats = { offloaded: 0, inline: 0 }
 
-  /** crc32 of each buffer (BLOCK_SIZE each, unchanged until this settles) */
-  async crcs (bufs: readonly Uint8Array[]): Promise<Uint32Array> {
-    const w = bufs.length >= MIN_BLOCKS && bufs.every(b => b.buffer instanceof SharedArrayBuffer) ? this.thread() : null
+  /**
+   * crc32 of each buffer (BLOCK_SIZE each), or of each 4 KiB block of a
+   * span (one buffer, a whole number of blocks); unchanged until this
+   * settles. A span goes as one message naming it, where its blocks as
+   * views would name every view.
+   */
+  async crcs (bufs: readonly Uint8Array[] | Uint8Array): Promise<Uint32Array> {
+    const span = bufs instanceof Uint8Array
+    const blocks = span ? bufs.length / BLOCK : bufs.length
+    const shared = span ? bufs.buffer instanceof SharedArrayBuffer : bufs.every(b => b.buffer instanceof SharedArrayBuffer)
+    const w = blocks >= MIN_BLOCKS && shared ? this.thread() : null
     if (!w) {
       this.stats.inline++
-      return crcsHere(bufs)
+      return here(bufs)
     }
     this.stats.offloaded++
     const id = this.nextId++
+    if (span) return await this.post(w, { id, span: bufs.buffer, offset: bufs.byteOffset, blocks }, bufs, [])
     // the message names each block by slab and offset: a few slabs cost
     // less to share than a view per block
     const slabs: SharedArrayBuffer[] = []
     const index = new Map<SharedArrayBuffer, number>()
-    const slab = new Uint32Array(bufs.length)
-    const offset = new Uint32Array(bufs.length)
-    const length = new Uint32Array(bufs.length)
-    for (let i = 0; i < bufs.length; i++) {
+    const slab = new Uint32Array(blocks)
+    const offset = new Uint32Array(blocks)
+    const length = new Uint32Array(blocks)
+    for (let i = 0; i < blocks; i++) {
       const sab = bufs[i].buffer as SharedArrayBuffer
       let k = index.get(sab)
       if (k === undefined) { k = slabs.push(sab) - 1; index.set(sab, k) }
@@ -94,22 +103,6 @@ export class CrcThread {
       length[i] = bufs[i].byteLength
     }
     return await this.post(w, { id, slabs, slab, offset, length }, bufs, [slab.buffer, offset.buffer, length.buffer])
-  }
-
-  /**
-   * crc32 of each 4 KiB block of span (one buffer, a whole number of
-   * blocks, unchanged until this settles): one message naming the span,
-   * where crcs() of its blocks as views would look at every view.
-   */
-  async crcsOfSpan (span: Uint8Array): Promise<Uint32Array> {
-    const blocks = span.length / BLOCK
-    const w = blocks >= MIN_BLOCKS && span.buffer instanceof SharedArrayBuffer ? this.thread() : null
-    if (!w) {
-      this.stats.inline++
-      return here(span)
-    }
-    this.stats.offloaded++
-    return await this.post(w, { id: this.nextId++, span: span.buffer, offset: span.byteOffset, blocks }, span, [])
   }
 
   private async post (w: Worker, msg: { id: number, [k: string]: unknown }, bufs: readonly Uint8Array[] | Uint8Array, transfer: ArrayBuffer[]): Promise<Uint32Array> {

@@ -405,9 +405,7 @@ export class FolioFs {
    * fsync). fn must not touch file data (B-tree commits refuse to nest).
    */
   tx<T> (fn: () => T): T {
-    if (this.readonly) throw fsErr('EROFS')
-    if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`) // never write to an image known corrupt
-    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
+    this.checkWritable()
     const r = inBatch(this.db, fn) // a failure rolls back: onRollback clears the caches (constructor)
     this.counters.commits++
     return r
@@ -420,12 +418,17 @@ export class FolioFs {
    * mark('guarded') otherwise. Misuse: a write before mark().
    */
   private txMarked<T> (fn: (mark: WriteMark) => T): T {
-    if (this.readonly) throw fsErr('EROFS')
-    if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`)
-    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
+    this.checkWritable()
     const r = inBatchMarked(this.db, fn)
     this.counters.commits++
     return r
+  }
+
+  /** metadata may be written: not read-only, no damaged extent tree (never write to an image known corrupt), no failed group commit */
+  private checkWritable (): void {
+    if (this.readonly) throw fsErr('EROFS')
+    if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`)
+    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
   }
 
   /**
@@ -984,8 +987,9 @@ export class FolioFs {
    * SQLite transaction whatever it replaces: a target that is open stays
    * as an orphan (nlink 0) until its last release, freed at the next mount
    * after a crash (dropLink). The binding refuses RENAME_WHITEOUT.
+   * `answer`: as unlink's, called once every check has passed, unless a
+   * replaced file has data to free first.
    */
-  /** answer: as unlink's, called once every check has passed, unless a replaced file has data to free first */
   async rename (src: string, dst: string, flags = 0, answer?: () => void): Promise<void> {
     const s = splitPath(src)
     const d = splitPath(dst)

@@ -126,7 +126,7 @@ export function inBatch<T> (db: Database.Database, fn: () => T): T {
   } finally {
     st.depth--
   }
-  if (st.batchOpen && ++st.batchOps >= BATCH_OPS) flushBatch(db)
+  operationDone(db, st)
   return r
 }
 
@@ -179,18 +179,30 @@ export function inBatchMarked<T> (db: Database.Database, fn: (mark: WriteMark) =
       sp.undo.run()
       sp.release.run()
       rolledBack(st)
-    } else if (op.state !== 'checking') abortBatch(db, st, err) // answered, or SQLite rolled the whole batch back itself
+    } else if (op.state !== 'checking') { // answered, or SQLite rolled the whole batch back itself
+      closeBatch(st)
+      failBatch(db, st, err)
+    }
     throw err
   }
   st.depth--
-  if (st.batchOpen && ++st.batchOps >= BATCH_OPS) flushBatch(db)
+  operationDone(db, st)
   return r
 }
 
-/** the open batch cannot commit (an operation failed halfway after it was answered): roll it all back; fatal */
-function abortBatch (db: Database.Database, st: DbState, err: unknown): void {
+/** an operation of the open batch succeeded: count it; a full batch commits */
+function operationDone (db: Database.Database, st: DbState): void {
+  if (st.batchOpen && ++st.batchOps >= BATCH_OPS) flushBatch(db)
+}
+
+/** close the open batch (no COMMIT yet): no timer, no batch */
+function closeBatch (st: DbState): void {
   if (st.timer) { clearTimeout(st.timer); st.timer = null }
   st.batchOpen = false
+}
+
+/** the batch cannot commit (its COMMIT failed, or an operation failed halfway after it was answered): roll it all back; fatal */
+function failBatch (db: Database.Database, st: DbState, err: unknown): void {
   if (db.inTransaction) try { db.exec('ROLLBACK') } catch { /* the connection is gone */ }
   rolledBack(st)
   st.onFailure(err)
@@ -200,8 +212,7 @@ function abortBatch (db: Database.Database, st: DbState, err: unknown): void {
 export function flushBatch (db: Database.Database): void {
   const st = states.get(db)
   if (!st?.batchOpen || st.depth > 0) return // never inside an operation: its timer commits it
-  if (st.timer) { clearTimeout(st.timer); st.timer = null }
-  st.batchOpen = false
+  closeBatch(st)
   if (!db.open) return // closed under it (a simulated crash): its changes are gone, as in a crash
   st.stats.batches++
   st.stats.batchedOps += st.batchOps
@@ -209,9 +220,7 @@ export function flushBatch (db: Database.Database): void {
   try {
     db.exec('COMMIT')
   } catch (err) {
-    if (db.inTransaction) try { db.exec('ROLLBACK') } catch { /* the connection is gone */ }
-    rolledBack(st)
-    st.onFailure(err)
+    failBatch(db, st, err)
   }
 }
 

@@ -122,9 +122,10 @@ export class BufferedIO {
     const st = this.ra.get(ino)
     const sequential = st !== undefined && isSequential(st, first, last - first + 1)
     const window = sequential ? Math.min(READAHEAD_MAX, Math.max(st.window * 2, last - first + 1)) : READAHEAD_MIN
+    const next = sequential ? Math.max(st.next, last + 1) : last + 1
     const streamed = sequential ? await this.streams.read(ino, buf, pos, n, window) : 'unable'
     if (streamed === 'served') {
-      this.ra.set(ino, { next: Math.max(st?.next ?? 0, last + 1), window })
+      this.ra.set(ino, { next, window })
       return
     }
     // folio readahead only where streaming could not serve the reader (else
@@ -174,7 +175,6 @@ export class BufferedIO {
       }
       idx = Math.min(end, last + 1)
     }
-    const next = sequential ? Math.max(st.next, last + 1) : last + 1
     this.ra.set(ino, { next, window })
     if (ahead) this.readahead(ino, next, window)
     this.cache.evict()

@@ -144,14 +144,14 @@ export class ReadStreams {
     for (const c of s.chunks.values()) if (c.k < k0 - CHUNKS_BEHIND) this.retire(s, c)
     const need: Chunk[] = []
     for (let k = k0; k <= k1; k++) {
-      const c = s.chunks.get(k) ?? this.startFill(ino, s, k, eofBlock) ?? (this.reclaim(s, k1, false) ? this.startFill(ino, s, k, eofBlock) : null)
+      const c = s.chunks.get(k) ?? this.fill(ino, s, k, eofBlock, k1, false)
       if (!c) return 'unable'
       need.push(c)
     }
     const kEnd = Math.floor((Math.min(eofBlock, last + 1 + ahead) - 1) / CHUNK_BLOCKS)
     if (s.front > kEnd + CHUNKS_BEHIND) s.front = k1 // the reader started over (not a request or two out of order)
     for (let k = Math.max(k1, s.front) + 1; k <= kEnd && s.filling < FILLS_IN_FLIGHT; k++) {
-      if (!s.chunks.has(k) && !this.startFill(ino, s, k, eofBlock) && !(this.reclaim(s, k1, true) && this.startFill(ino, s, k, eofBlock))) break
+      if (!s.chunks.has(k) && !this.fill(ino, s, k, eofBlock, k1, true)) break
     }
     for (const c of need) await c.done
     // after the awaits: a write, commit or drop may have come in meanwhile
@@ -171,6 +171,11 @@ export class ReadStreams {
     }
     this.stats.streamedBytes += n
     return 'served'
+  }
+
+  /** startFill, and when the budget is spent, again after reclaim(s, k1, ahead) */
+  private fill (ino: number, s: Stream, k: number, eofBlock: number, k1: number, ahead: boolean): Chunk | null {
+    return this.startFill(ino, s, k, eofBlock) ?? (this.reclaim(s, k1, ahead) ? this.startFill(ino, s, k, eofBlock) : null)
   }
 
   /** a new chunk k of ino, registered and being filled; null if the budget is spent */

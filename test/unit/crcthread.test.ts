@@ -29,6 +29,10 @@ test('the crc thread gives zlib crc32 of each block: shared slabs offloaded, oth
   const parts = [shared.slice(0, 40), shared.slice(40, 90), shared.slice(90)]
   const got = await Promise.all(parts.map(async p => await t.crcs(p)))
   assert.deepEqual(got.flatMap(g => [...g]), [...want])
+  // a span (one buffer of many blocks) gives the same crcs, in one message
+  const span = Buffer.from(shared[0].buffer, 0, 100 * 4096)
+  assert.deepEqual(await t.crcs(span), want)
+  assert.equal(t.stats.offloaded, 4, "the first call, two of the three parts, the span")
   const plain = blocks(false, 50, 2)
   assert.deepEqual(await t.crcs(plain), Uint32Array.from(plain.map(b => crc32(b))))
   const inline = t.stats.inline
