@@ -47,6 +47,19 @@ export interface TruncateStats {
   maxTruncateStepMs: number
 }
 
+/** one writeback run to commit (FileData.commitRuns) */
+export interface RunCommit {
+  ino: number
+  /** its first block */
+  start: number
+  /** where its blocks went (allocRun's reservation, in block order) */
+  pieces: Range[]
+  /** crc32 of each block written */
+  crcs: Uint32Array
+  /** runs inside the commit: blocks mapped, blocks freed (the inode update) */
+  hook: (addedBlocks: number, freedBlocks: number) => void
+}
+
 /** runs inside the commit of each truncate step: blocks freed by it, first and last step */
 export type TruncateStep = (freedBlocks: number, first: boolean, last: boolean) => void
 
@@ -268,26 +281,40 @@ export class FileData {
   }
 
   /**
-   * Writeback step 5: map blocks [start, ...) of ino to the pieces, freeing
-   * what they replace; crcs (one per block, in order: the crc32s of the
-   * data written, crcthread.ts) are recorded in the same commit.
+   * Writeback step 5: map each run's blocks [start, ...) of its inode to
+   * its pieces, freeing what they replace, all runs in ONE B-tree step (one
+   * SQLite commit however many files: a commit costs ~200 us, a run of a
+   * small file much less). crcs (one per block, in order: the crc32s of
+   * the data written, crcthread.ts) are recorded in the same commit, and
+   * each run's hook runs inside it with the blocks it added and freed. All
+   * or nothing: on failure no run is committed (the caller may retry them
+   * one at a time to find the one that fails). `attempt` runs before each
+   * try of the commit (hooks of a try that rolled back ran for nothing).
    */
-  async commitRun (ino: number, start: number, pieces: Range[], crcs: Uint32Array, hook: (addedBlocks: number, freedBlocks: number) => void): Promise<void> {
+  async commitRuns (runs: RunCommit[], attempt?: () => void): Promise<void> {
     await this.guard(true, async () => await lockrestartDo(transGet(this.tree), t => {
-      t.adoptReserved(pieces)
-      let off = start
-      for (const p of pieces) {
-        t.insertExtent({ ino, off, len: p.len, pblk: p.pblk, flags: EXT_WRITTEN })
-        off += p.len
-      }
-      t.commit(freed => {
-        let k = 0
-        for (const p of pieces) {
-          this.csums.record(p.pblk, crcs.subarray(k, k + p.len))
-          k += p.len
+      attempt?.()
+      for (const r of runs) {
+        t.adoptReserved(r.pieces)
+        let off = r.start
+        for (const p of r.pieces) {
+          t.insertExtent({ ino: r.ino, off, len: p.len, pblk: p.pblk, flags: EXT_WRITTEN })
+          off += p.len
         }
-        hook(off - start, freed.reduce((s, r) => s + r.len, 0))
-        this.onMapChange?.(ino)
+      }
+      t.commit((_freed, byOp) => {
+        let op = 0
+        for (const r of runs) {
+          let k = 0
+          let freed = 0
+          for (const p of r.pieces) {
+            this.csums.record(p.pblk, r.crcs.subarray(k, k + p.len))
+            k += p.len
+            for (const f of byOp[op++]) freed += f.len
+          }
+          r.hook(k, freed)
+          this.onMapChange?.(r.ino)
+        }
       })
     }))
   }

@@ -594,16 +594,22 @@ export class FolioFs {
    * Writeback committed blocks up to endBlock of ino (inside its commit):
    * the on-disk size advances over written data only, blocks and times
    * follow. Once nothing of the inode is dirty any more, its in-memory
-   * attributes are all on disk.
+   * attributes are all on disk: they are dropped once the commit is done
+   * (the returned function), never inside it: a commit that rolls back
+   * would take the size with it.
    */
-  private runCommitted (ino: number, endBlock: number, added: number, freed: number): void {
+  private runCommitted (ino: number, endBlock: number, added: number, freed: number): (() => void) | undefined {
     const row = this.row(ino)
     if (!row) throw new Error(`writeback of inode ${ino}, which no longer exists`)
     const a = this.attrs.get(ino)
     const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
     const cur = this.inode(ino)
     this.q.setSize.run(size, added - freed, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
-    if (a && size === a.size && this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino)
+    if (!a) return undefined
+    return () => {
+      const now = this.attrs.get(ino)
+      if (now === a && a.size === size && this.cache.dirtyCount(ino) === 0) this.attrs.delete(ino)
+    }
   }
 
   /** record what a data change did to ino (size, times) in memory: stat sees it, writeback commits it */

@@ -347,8 +347,11 @@ export class BtreeTrans implements LockOwner {
    * Apply the queued updates under write locks and write every changed node,
    * the tree meta, the free-space changes and hook(freed) in one SQLite
    * transaction. On any failure nothing changed, in memory or in the image.
+   * The hook also gets what each queued update freed (byOp[i]: the i-th
+   * insertExtent/deleteRange call of this step, in order), for callers that
+   * commit several files' updates in one step.
    */
-  commit (hook?: (freed: Range[]) => void): CommitResult {
+  commit (hook?: (freed: Range[], byOp: Range[][]) => void): CommitResult {
     this.checkUsable()
     this.maybeInject('commit')
     const tree = this.tree
@@ -356,9 +359,12 @@ export class BtreeTrans implements LockOwner {
     if (tree.db.inTransaction) throw new BtreeError('trans_misuse', 'commit inside an outer SQLite transaction')
     const ap = new Applier(this)
     const freed: Range[] = []
+    const byOp: Range[][] = []
     try {
       for (const op of this.ops) {
-        for (const r of op.kind === 'insert' ? ap.applyInsert(op.ext) : ap.applyCut(op.ino, op.start, op.end)) freed.push(r)
+        const f = op.kind === 'insert' ? ap.applyInsert(op.ext) : ap.applyCut(op.ino, op.start, op.end)
+        byOp.push(f)
+        for (const r of f) freed.push(r)
       }
     } catch (err) {
       ap.rollback()
@@ -375,7 +381,7 @@ export class BtreeTrans implements LockOwner {
         alloc.commitFree(freed)
         released = true
         alloc.persist(tree.db)
-        if (hook) hook(freed)
+        if (hook) hook(freed, byOp)
       })
     } catch (err) {
       if (released) alloc.undoFree(freed)

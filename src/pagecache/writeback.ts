@@ -19,10 +19,10 @@
 //   commit stage, a batch at a time (every run written since the last one):
 //   4. fdatasync the data area once, so the whole batch's data is durable
 //      before any commit that maps it (ordered mode);
-//   5. commit each run's new extents and crcs in one B-tree step
-//      (adoptReserved); the blocks they replace are freed, reusable once
-//      that commit is durable; the inode's on-disk size advances to the
-//      end of written data only;
+//   5. commit the runs' new extents and crcs, many runs (of any files)
+//      per B-tree step (adoptReserved; COMMIT_GROUP): the blocks they
+//      replace are freed, reusable once that commit is durable; each
+//      inode's on-disk size advances to the end of written data only;
 //   6. clear writeback and unlock.
 // While a batch syncs (the disk's time, most of a pass's), the write stage
 // goes on with the next runs, and the next fdatasync covers them all: one
@@ -56,6 +56,24 @@ function * runsOf (folios: Folio[], max: number): Generator<Folio[]> {
   }
 }
 
+/**
+ * extents committed by one B-tree step at most (the runs of a batch are
+ * cut into groups of about this many). One SQLite commit per run cost
+ * ~200 us: most of the writeback of many small files. The bound keeps a
+ * step short (it is synchronous: requests wait for it).
+ */
+export const COMMIT_GROUP = 128
+
+/** the batch's runs in groups of about COMMIT_GROUP extents (a run is never split) */
+function * groupsOf (batch: Written[]): Generator<Written[]> {
+  for (let i = 0; i < batch.length;) {
+    let j = i
+    for (let n = 0; j < batch.length && (j === i || n + batch[j].pieces.length <= COMMIT_GROUP); j++) n += batch[j].pieces.length
+    yield batch.slice(i, j)
+    i = j
+  }
+}
+
 /** runs written and not yet committed, in bytes, at most (by default) */
 export const MAX_IN_FLIGHT = 64 << 20
 
@@ -65,10 +83,51 @@ interface Written { ino: number, start: number, folios: Folio[], pieces: Range[]
 /** where the next run of ino should go when it starts at index: after the run written just before it */
 interface Hint { ino: number, index: number, pblk: number }
 
-/** the hint for the run after w: its file, the index after it, the block after its last one */
-function hintAfter (w: Written): Hint {
-  const p = w.pieces[w.pieces.length - 1]
-  return { ino: w.ino, index: w.start + w.folios.length, pblk: p.pblk + p.len }
+/** a run whose blocks are allocated and whose write was started (startLocked) */
+interface Started {
+  /** the write: the run, written and still locked */
+  io: Promise<Written>
+  bytes: number
+  /** where the run after it should go */
+  next: Hint
+}
+
+/**
+ * runs whose writes may be in flight at once in a pass, and their bytes
+ * at most: allocation stays in order (a run's place depends on the one
+ * before), only the I/O overlaps. One run at a time left the disk and the
+ * crc thread idle between the many small runs of small files.
+ */
+export const WRITE_WINDOW = 8
+export const WRITE_WINDOW_BYTES = 16 << 20
+
+/** the write stage's runs in flight (WRITE_WINDOW) */
+class WriteWindow {
+  private readonly inFlight: Array<{ done: Promise<void>, bytes: number }> = []
+  private bytes = 0
+
+  /** done never rejects */
+  add (done: Promise<void>, bytes: number): void {
+    this.inFlight.push({ done, bytes })
+    this.bytes += bytes
+  }
+
+  /** wait until there is room for one more run */
+  async bound (): Promise<void> {
+    while (this.inFlight.length >= WRITE_WINDOW || (this.inFlight.length > 0 && this.bytes >= WRITE_WINDOW_BYTES)) {
+      const w = this.inFlight.shift()!
+      await w.done
+      this.bytes -= w.bytes
+    }
+  }
+
+  async idle (): Promise<void> {
+    while (this.inFlight.length) {
+      const w = this.inFlight.shift()!
+      await w.done
+      this.bytes -= w.bytes
+    }
+  }
 }
 
 const bytesOf = (w: Written): number => w.folios.length * FOLIO_SIZE
@@ -166,8 +225,12 @@ export interface WritebackStats {
   memoryPressure: number
 }
 
-/** runs inside a run's commit: update the inode (on-disk size up to endBlock, blocks, times) */
-export type RunCommitted = (ino: number, startBlock: number, endBlock: number, addedBlocks: number, freedBlocks: number) => void
+/**
+ * runs inside a run's commit: update the inode (on-disk size up to
+ * endBlock, blocks, times). What it returns runs once the commit is done
+ * (in-memory state that must not change if the commit rolls back).
+ */
+export type RunCommitted = (ino: number, startBlock: number, endBlock: number, addedBlocks: number, freedBlocks: number) => (() => void) | undefined
 
 export class Writeback {
   private chain: Promise<void> = Promise.resolve()
@@ -208,16 +271,31 @@ export class Writeback {
     const bytes0 = this.stats.bytes
     const errors: unknown[] = []
     const commits = new CommitStage(this, errors)
+    const writes = new WriteWindow()
     let next: Hint | null = null
+    // runs reach the commit stage in the order they were started, whatever
+    // order their writes end in: a file's runs commit in order, so its
+    // on-disk size never passes a run that is not mapped yet
+    let inOrder: Promise<void> = Promise.resolve()
     for (const ino of inos) {
       for (const run of runsOf(this.cache.dirtyOf(ino, from, to), MAX_RUN)) {
-        const { written, error } = await this.writeRun(ino, run, next)
-        for (const w of written) commits.add(w)
-        if (written.length) next = hintAfter(written[written.length - 1])
+        const { started, error } = await this.writeRun(ino, run, next)
+        for (const s of started) {
+          const settled = s.io.then(w => ({ w, err: null }), err => ({ w: null, err })) // handled now, not when its turn comes
+          inOrder = inOrder.then(async () => {
+            const r = await settled
+            if (r.w) commits.add(r.w)
+            else errors.push(r.err)
+          })
+          writes.add(inOrder, s.bytes)
+          next = s.next
+        }
         if (error) errors.push(error)
+        await writes.bound()
         await commits.bound(this.limits.maxInFlight ?? MAX_IN_FLIGHT)
       }
     }
+    await writes.idle()
     await commits.idle()
     this.wakeWaiters()
     debug('pass over inodes %o: %d runs, %d bytes in %d ms, %d syncs; %d bytes dirty left', inos, this.stats.runs - runs0,
@@ -226,67 +304,84 @@ export class Writeback {
   }
 
   /**
-   * Write stage for one run: lock it, and write each part still dirty
-   * (locked folios may have been written or dropped meanwhile: the parts
-   * are what is left, cut where it is no longer consecutive). Returns the
-   * parts written, still locked, for the commit stage (also when a later
-   * part failed: they are written, commit them), and the failure if any;
-   * what it does not return it has unlocked.
+   * Write stage for one run: lock it, and start writing each part still
+   * dirty (locked folios may have been written or dropped meanwhile: the
+   * parts are what is left, cut where it is no longer consecutive).
+   * Returns the parts started (their allocation done, their I/O in flight:
+   * each `io` gives the written run, still locked, for the commit stage),
+   * also when a later part failed to start, and that failure if any; what
+   * it does not return it has unlocked.
    */
-  private async writeRun (ino: number, run: Folio[], hint: Hint | null): Promise<{ written: Written[], error: unknown }> {
+  private async writeRun (ino: number, run: Folio[], hint: Hint | null): Promise<{ started: Started[], error: unknown }> {
     for (const f of run) await f.lock()
     const live: Folio[] = []
     for (const f of run) {
       if (!f.dropped && f.dirty) live.push(f)
       else f.unlock()
     }
-    const out: Written[] = []
+    const out: Started[] = []
     const parts = [...runsOf(live, MAX_RUN)]
     try {
       for (const part of parts) {
         const h = hint !== null && hint.ino === ino && hint.index === part[0].index ? hint.pblk : undefined
-        const w = await this.writeLocked(ino, part, h)
-        out.push(w)
-        hint = hintAfter(w)
+        const s = await this.startLocked(ino, part, h)
+        out.push(s)
+        hint = s.next
       }
     } catch (err) {
-      for (const part of parts.slice(out.length + 1)) for (const f of part) f.unlock() // the failed one: writeLocked did
-      return { written: out, error: err }
+      for (const part of parts.slice(out.length + 1)) for (const f of part) f.unlock() // the failed one: startLocked did
+      return { started: out, error: err }
     }
-    return { written: out, error: null }
+    return { started: out, error: null }
   }
 
-  /** steps 2-3 for consecutive folios the caller holds locked; on failure they are dirty again and unlocked */
-  private async writeLocked (ino: number, run: Folio[], hint: number | undefined): Promise<Written> {
+  /**
+   * Steps 2-3 for consecutive folios the caller holds locked: allocate
+   * (awaited: the next run's hint depends on it), then checksum and write
+   * them (the returned `io`). On failure of either they are dirty again and
+   * unlocked (and `io` rejects).
+   */
+  private async startLocked (ino: number, run: Folio[], hint: number | undefined): Promise<Started> {
     const start = run[0].index
     for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
-    let pieces: Range[] = []
+    let pieces: Range[]
     try {
       pieces = await this.data.allocRun(ino, start, run.length, hint)
+    } catch (err) {
+      this.failed({ ino, start, folios: run, pieces: [], crcs: new Uint32Array(0) }, err)
+      throw err
+    }
+    const io = (async (): Promise<Written> => {
       // the folios are locked: their bytes are what is written and
       // checksummed (on the crc thread, while the writes run)
       const bufs = run.map(f => f.data)
       const crcs = this.data.crc.crcs(bufs)
-      let k = 0
       try {
-        for (const p of pieces) {
-          await this.data.area.write(bufs.slice(k, k + p.len), p.pblk)
-          k += p.len
+        let k = 0
+        try {
+          for (const p of pieces) {
+            await this.data.area.write(bufs.slice(k, k + p.len), p.pblk)
+            k += p.len
+          }
+        } finally {
+          await crcs.catch(() => {}) // the buffers stay unchanged until it is done
         }
-      } finally {
-        await crcs // the buffers stay unchanged until it is done
+        return { ino, start, folios: run, pieces, crcs: await crcs }
+      } catch (err) {
+        this.failed({ ino, start, folios: run, pieces, crcs: new Uint32Array(0) }, err)
+        throw err
       }
-      return { ino, start, folios: run, pieces, crcs: await crcs }
-    } catch (err) {
-      this.failed({ ino, start, folios: run, pieces, crcs: new Uint32Array(0) }, err)
-      throw err
-    }
+    })()
+    const last = pieces[pieces.length - 1]
+    return { io, bytes: run.length * FOLIO_SIZE, next: { ino, index: start + run.length, pblk: last.pblk + last.len } }
   }
 
   /**
-   * Steps 4-6 for a batch of written runs: one fdatasync, then each run's
-   * commit. Each run ends committed or failed (dirty again); returns the
-   * first error.
+   * Steps 4-6 for a batch of written runs: one fdatasync, then their
+   * commits, a group of runs per B-tree step. Each run ends committed or
+   * failed (dirty again); returns the first error. A group that fails is
+   * committed again one run at a time, so that one failing run does not
+   * fail the others.
    */
   async commitBatch (batch: Written[]): Promise<unknown> {
     try {
@@ -297,20 +392,44 @@ export class Writeback {
     }
     if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
     let first: unknown = null
-    for (const w of batch) {
-      try {
-        await this.data.commitRun(w.ino, w.start, w.pieces, w.crcs, (added, freed) => this.committed(w.ino, w.start, w.start + w.folios.length, added, freed))
-      } catch (err) {
-        this.failed(w, err)
-        first ??= err
-        continue
+    for (const group of groupsOf(batch)) {
+      const err = await this.commitGroup(group)
+      if (err === null) continue
+      if (group.length === 1) { first ??= err; continue }
+      for (const w of group) {
+        const e = await this.commitGroup([w]) // every one of them, even after a failure
+        first ??= e
       }
+    }
+    return first
+  }
+
+  /** commit these runs in one B-tree step and finish them; on failure a lone run has failed, a group is left as it was */
+  private async commitGroup (group: Written[]): Promise<unknown> {
+    let after: Array<() => void> = []
+    try {
+      await this.data.commitRuns(group.map(w => ({
+        ino: w.ino,
+        start: w.start,
+        pieces: w.pieces,
+        crcs: w.crcs,
+        hook: (added, freed) => {
+          const fn = this.committed(w.ino, w.start, w.start + w.folios.length, added, freed)
+          if (fn) after.push(fn)
+        }
+      })), () => { after = [] })
+    } catch (err) {
+      if (group.length === 1) this.failed(group[0], err)
+      return err
+    }
+    for (const fn of after) fn()
+    for (const w of group) {
       for (const f of w.folios) { this.cache.setWriteback(f, false); f.unlock() }
       this.stats.runs++
       this.stats.folios += w.folios.length
       this.stats.bytes += bytesOf(w)
     }
-    return first
+    return null
   }
 
   /** a run that will not be committed: its reservation back, its folios dirty again and unlocked */

@@ -6,6 +6,7 @@ import * as path from 'path'
 import { mkfs, openImage } from '../../src/image'
 import { FolioFs, type FsOptions } from '../../src/fs'
 import { fsck } from '../../src/fsck'
+import { COMMIT_GROUP, MAX_RUN, WRITE_WINDOW } from '../../src/pagecache/writeback'
 import { rng, tmpdir } from './helpers'
 
 const root = { uid: 0, gid: 0 }
@@ -263,4 +264,90 @@ test('a file whose data never reached writeback is truncated and unlinked withou
   assert.equal(again.db.prepare('SELECT COUNT(*) FROM inodes').pluck().get(), 2, 'root and /a: the row of /b is gone')
   await again.close()
   assert.deepEqual(fsck(img).errors, [])
+})
+
+test('writeback of many small files: their writes overlap and their runs commit a group per extent-tree commit, each file intact', async () => {
+  const { img, fs } = fresh()
+  const n = 300
+  const inos: number[] = []
+  for (let i = 0; i < n; i++) {
+    const ino = fs.create(`/s${i}`, 0o644, root)
+    await fs.write(ino, pattern(100 + i, 4096 + 4 * i), 0) // two blocks each: one run, one extent
+    inos.push(ino)
+  }
+  const area = fs.data.area
+  const write = area.write.bind(area)
+  let inFlight = 0
+  let maxInFlight = 0
+  area.write = async (bufs, pblk) => {
+    maxInFlight = Math.max(maxInFlight, ++inFlight)
+    try { return await write(bufs, pblk) } finally { inFlight-- }
+  }
+  const commits0 = fs.data.stats.commits
+  const syncs0 = area.stats.syncs
+  await fs.writeback.all()
+  const commits = fs.data.stats.commits - commits0
+  const syncs = area.stats.syncs - syncs0 // one per commit batch (the runs written while the one before synced)
+  assert.equal(fs.writeback.stats.runs, n)
+  assert.ok(commits <= syncs + Math.ceil(n / COMMIT_GROUP) && commits < n / 4, `${commits} extent-tree commits for ${n} runs in ${syncs} batches`)
+  assert.ok(maxInFlight > 1 && maxInFlight <= WRITE_WINDOW, `writes in flight at once: ${maxInFlight}`)
+  for (const ino of inos) assert.equal((await fs.data.extents(ino)).length, 1)
+  await fs.close()
+  const again = new FolioFs(openImage(img))
+  for (let i = 0; i < n; i += 37) {
+    const back = Buffer.alloc(4096 + 4 * i)
+    assert.equal(await again.read(inos[i], back, back.length, 0), back.length)
+    assert.ok(back.equals(pattern(100 + i, 4096 + 4 * i)), `file ${i} identical after remount`)
+  }
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('a run whose commit fails does not fail the others of its group: they commit, it stays dirty and is written back later', async () => {
+  const { img, fs } = fresh()
+  const inos: number[] = []
+  for (let i = 0; i < 20; i++) {
+    const ino = fs.create(`/g${i}`, 0o644, root)
+    await fs.write(ino, pattern(200 + i, 5000), 0)
+    inos.push(ino)
+  }
+  const bad = inos[7]
+  const wb = fs.writeback as unknown as { committed: (ino: number, ...rest: number[]) => void }
+  const committed = wb.committed
+  wb.committed = (ino, ...rest) => {
+    if (ino === bad) throw new Error('injected: commit of this run fails')
+    committed(ino, ...rest)
+  }
+  await assert.rejects(fs.writeback.all(), /injected/)
+  for (const ino of inos) {
+    assert.equal((await fs.data.extents(ino)).length, ino === bad ? 0 : 1, `inode ${ino}${ino === bad ? ' (the failing one)' : ''}`)
+  }
+  assert.equal(fs.cache.dirtyBytes, 2 * 4096, 'the failing run is dirty again')
+  wb.committed = committed
+  await fs.writeback.all()
+  assert.equal(fs.cache.dirtyBytes, 0)
+  await fs.close()
+  await sameAfterRemount(img, bad, pattern(207, 5000))
+})
+
+test('a file\'s runs commit in order even when their writes end out of order (its on-disk size never passes an unmapped run)', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/o', 0o644, root)
+  const data = pattern(300, 3 * MAX_RUN * 4096)
+  await fs.write(ino, data, 0)
+  const area = fs.data.area
+  const write = area.write.bind(area)
+  let calls = 0
+  area.write = async (bufs, pblk) => {
+    if (calls++ === 0) await new Promise(resolve => setTimeout(resolve, 200)) // the first run's write ends last
+    return await write(bufs, pblk)
+  }
+  const wb = fs.writeback as unknown as { committed: (ino: number, start: number, ...rest: number[]) => void }
+  const committed = wb.committed
+  const order: number[] = []
+  wb.committed = (i, start, ...rest) => { order.push(start); committed(i, start, ...rest) }
+  await fs.fsync(ino)
+  assert.deepEqual(order, [0, MAX_RUN, 2 * MAX_RUN])
+  await fs.close()
+  await sameAfterRemount(img, ino, data)
 })
