@@ -187,6 +187,32 @@ export class FileData {
   }
 
   /**
+   * How many of these blocks of ino (ascending) no extent maps: what their
+   * writeback will add to its block count (stat's delayed-allocation
+   * blocks; copy-on-write frees one block for each mapped one it
+   * rewrites). Synchronous, for stat: null when it cannot look now
+   * (another transaction holds node locks, or the tree is damaged).
+   */
+  unmappedAmong (ino: number, blocks: number[]): number | null {
+    if (blocks.length === 0) return 0
+    if (this.tree.lockHolders > 0 || this.damaged) return null
+    let ex: Extent[]
+    try {
+      ex = lockrestartDoSync(transGet(this.tree), t => t.extentsIn(ino, blocks[0], blocks[blocks.length - 1] + 1))
+    } catch (err) {
+      this.noteDamage(err)
+      return null
+    }
+    let n = 0
+    let k = 0
+    for (const b of blocks) {
+      while (k < ex.length && ex[k].off + ex[k].len <= b) k++
+      if (k === ex.length || ex[k].off > b) n++
+    }
+    return n
+  }
+
+  /**
    * Fill dest with blocks [first, first + n) of ino: n buffers of a block
    * each, or one buffer of n blocks (a span: one read and one crc message
    * a piece, however many blocks). Holes and unwritten extents read as

@@ -632,11 +632,23 @@ export class FolioFs {
       if (this.q.nameOfIno.get(ino) !== undefined) return this.danglingStat(ino)
       throw fsErr('ENOENT', `inode ${ino}`)
     }
-    const stored = row.size
     const i = this.withMemAttrs(row)
-    // dirty data past the on-disk size gets blocks at writeback: count them now (like ext4's delalloc)
-    if (this.attrs.has(ino)) i.blocks += this.cache.dirtyFrom(ino, Math.ceil(stored / BLOCK_SIZE))
+    if (this.attrs.has(ino)) i.blocks += this.delallocBlocks(ino, row.size)
     return this.toStat(i)
+  }
+
+  /**
+   * Blocks ino's dirty data will add at writeback (counted now, like
+   * ext4's delalloc): its dirty folios that no extent maps. When the tree
+   * cannot be looked at synchronously, those past the on-disk size (exact
+   * for a file written sequentially; misses holes filled below it).
+   */
+  private delallocBlocks (ino: number, storedSize: number): number {
+    const dirty = this.cache.dirtyIndices(ino)
+    const exact = this.data.unmappedAmong(ino, dirty)
+    if (exact !== null) return exact
+    const from = Math.ceil(storedSize / BLOCK_SIZE)
+    return dirty.filter(i => i >= from).length
   }
 
   /**

@@ -161,11 +161,11 @@ export class PageCache {
     return out.sort((a, b) => a.index - b.index)
   }
 
-  /** how many of ino's dirty folios have index >= from (stat: blocks not allocated yet) */
-  dirtyFrom (ino: number, from: number): number {
-    let n = 0
-    for (const f of this.dirtyByIno.get(ino) ?? []) if (f.index >= from) n++
-    return n
+  /** the indices of ino's dirty folios, ascending */
+  dirtyIndices (ino: number): number[] {
+    const out: number[] = []
+    for (const f of this.dirtyByIno.get(ino) ?? []) out.push(f.index)
+    return out.sort((a, b) => a - b)
   }
 
   /** the oldest dirtiedAt among ino's dirty folios (Infinity if none) */

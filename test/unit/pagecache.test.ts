@@ -351,3 +351,27 @@ test('a file\'s runs commit in order even when their writes end out of order (it
   await fs.close()
   await sameAfterRemount(img, ino, data)
 })
+
+test('st_blocks counts data not written back where no block maps it: after a truncate, in a hole below the on-disk size, and the same after writeback', async () => {
+  const { img, fs } = fresh()
+  const blocks = (ino: number): number => fs.stat(ino).blocks / 8 // 512-byte units
+  const a = fs.create('/a', 0o644, root)
+  await fs.write(a, pattern(400, 40000), 0) // 10 blocks
+  assert.equal(blocks(a), 10)
+  await fs.truncate(a, 20000)
+  assert.equal(blocks(a), 5, 'truncated before writeback')
+  await fs.fsync(a)
+  assert.equal(blocks(a), 5, 'after writeback')
+  const b = fs.create('/b', 0o644, root)
+  await fs.write(b, pattern(401, 4096), 0)
+  await fs.write(b, pattern(402, 4096), 60 * 1024)
+  await fs.fsync(b)
+  assert.equal(blocks(b), 2)
+  await fs.write(b, pattern(403, 4096), 20 * 1024) // a hole under the on-disk size
+  await fs.write(b, pattern(404, 100), 0) // a mapped block rewritten: copy-on-write frees the old one
+  assert.equal(blocks(b), 3, 'one new block for the hole, none for the rewrite')
+  await fs.fsync(b)
+  assert.equal(blocks(b), 3, 'after writeback')
+  await fs.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
