@@ -380,7 +380,7 @@ async function main (argv: string[]): Promise<number> {
       for (const line of report.errors) console.log(`error: ${line}`)
       for (const file of report.damaged ?? []) console.log(`damaged: ${file}`)
       const data = report.verified === undefined ? '' : `; data: ${report.verified} blocks verified, ${report.unverified ?? 0} without checksum, ${report.damaged?.length ?? 0} damaged files`
-      console.log(`foliofs fsck ${image}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} data blocks, ${report.errors.length} errors${data}`)
+      console.log(`foliofs fsck ${image}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} data blocks${report.journaled ? ` (and ${report.journaled} in the data journal, replayed at the next mount)` : ''}, ${report.errors.length} errors${data}`)
       return report.errors.length ? EXIT.FSCK_ERRORS : 0
     }
     case 'stats': {

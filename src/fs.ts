@@ -30,6 +30,7 @@ import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
+import { DataJournal, JOURNAL_MAX_BLOCKS } from './journal'
 import { decodeRequest, encodeBadFlags, encodeReply, Fiemap, FIEMAP_FLAG_SYNC, FIEMAP_FLAGS_COMPAT, FIEMAP_MAX_PER_CALL } from './fiemap'
 import { ACL_ACCESS, ACL_DEFAULT, aclModeBits, encodeAcl, inherit, isAclName, modeOnly, parseAcl, withMode } from './acl'
 import { decodeIflags, encodeIflags, FS_APPEND_FL, FS_IMMUTABLE_FL, FS_NOATIME_FL, IFLAGS_XATTR, isFrozen, PRIVILEGED_IFLAGS, SUPPORTED_IFLAGS } from './iflags'
@@ -254,6 +255,8 @@ export class FolioFs {
   readonly io: BufferedIO
   readonly writeback: Writeback
   readonly fiemap: Fiemap
+  /** small fsyncs' blocks, durable in SQLite until written back (journal.ts) */
+  readonly journal: DataJournal
   private readonly syncWrites: boolean
   /** in-memory size and times of inodes with data not written back */
   private readonly attrs = new Map<number, MemAttrs>()
@@ -300,7 +303,8 @@ export class FolioFs {
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
     this.cache = new PageCache(cacheBytes)
     this.io = new BufferedIO(this.cache, this.data, ino => this.sizeOf(ino), opts.streamBytes ?? Math.min(cacheBytes / 4, 64 * 1024 * 1024))
-    this.writeback = new Writeback(this.cache, this.data, (ino, start, end, added, freed) => this.runCommitted(ino, end, added, freed), {
+    this.journal = new DataJournal(this.db, img.sb.version >= 5)
+    this.writeback = new Writeback(this.cache, this.data, (ino, start, end, added, freed) => this.runCommitted(ino, start, end, added, freed), {
       dirtyBackground: Math.floor(cacheBytes / 4),
       dirtyLimit: Math.floor(cacheBytes / 2),
       expireMs: opts.dirtyExpireMs ?? 5000,
@@ -313,10 +317,9 @@ export class FolioFs {
       process.stderr.write(`foliofs: metadata commit failed, the last few ms of metadata changes are lost; refusing further changes: ${String(err)}\n`)
     })
     this.fiemap = new Fiemap(this.data, this.cache)
-    if (!this.readonly) {
-      this.recoverOrphans()
-      this.writeback.start()
-    }
+    if (!this.readonly) this.recoverOrphans()
+    this.replayJournal()
+    if (!this.readonly) this.writeback.start()
   }
 
   private prepare () {
@@ -598,9 +601,10 @@ export class FolioFs {
    * (the returned function), never inside it: a commit that rolls back
    * would take the size with it.
    */
-  private runCommitted (ino: number, endBlock: number, added: number, freed: number): (() => void) | undefined {
+  private runCommitted (ino: number, startBlock: number, endBlock: number, added: number, freed: number): (() => void) | undefined {
     const row = this.row(ino)
     if (!row) throw new Error(`writeback of inode ${ino}, which no longer exists`)
+    this.journal.forget(ino, startBlock, endBlock) // the mapping holds these blocks now
     const a = this.attrs.get(ino)
     const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
     const cur = this.inode(ino)
@@ -620,10 +624,77 @@ export class FolioFs {
     else this.attrs.set(ino, v)
   }
 
-  /** Write back ino's dirty data and make it and its mapping durable (ordered: data first). */
+  /**
+   * Make ino's data durable: journal a few dirty blocks, or write them all
+   * back (ordered: data first); then one WAL sync.
+   */
   private async syncInode (ino: number): Promise<void> {
-    await this.writeback.inode(ino)
+    if (!await this.journalSync(ino)) await this.writeback.inode(ino)
     await this.data.syncCommits()
+  }
+
+  /**
+   * The journal's half of an fsync (journal.ts): when at most
+   * JOURNAL_MAX_BLOCKS of ino's dirty folios are not journaled yet, put
+   * them in the journal with the inode's size and times, in one SQLite
+   * transaction (the caller syncs the WAL). The folios stay dirty for
+   * writeback. Runs between writeback passes (none has a run of ino in
+   * flight), holding the folios' locks. false: ino does not qualify.
+   */
+  private async journalSync (ino: number): Promise<boolean> {
+    if (!this.journal.usable || this.readonly) return false
+    return await this.writeback.exclusive(async () => {
+      const dirty = this.cache.dirtyOf(ino)
+      const todo = dirty.filter(f => !f.journaled)
+      if (dirty.length === 0 || todo.length > JOURNAL_MAX_BLOCKS) return false
+      const locked = []
+      try {
+        for (const f of todo) { await f.lock(); locked.push(f) }
+        const live = todo.filter(f => !f.dropped && f.dirty)
+        if (live.length === 0) return true
+        const kept = dirty.filter(f => !f.dropped && f.dirty)
+        const last = Math.max(...kept.map(f => f.index)) + 1
+        this.tx(() => {
+          const row = this.row(ino)
+          if (!row) throw fsErr('ENOENT', `inode ${ino}`)
+          this.journal.record(ino, live)
+          const size = Math.max(row.size, Math.min(this.sizeOf(ino), last * BLOCK_SIZE))
+          const cur = this.inode(ino)
+          this.q.setSize.run(size, 0, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+        })
+        for (const f of live) f.journaled = true
+        this.journal.stats.commits++
+        this.journal.stats.blocks += live.length
+        return true
+      } finally {
+        for (const f of locked) f.unlock()
+      }
+    })
+  }
+
+  /**
+   * At mount: the journal's blocks become dirty folios again (journal.ts),
+   * newer than what the extent tree maps. Rows that break its invariants
+   * (a block past its inode's size, or of no regular file) are skipped,
+   * and deleted on a read-write mount (fsck reports them).
+   */
+  private replayJournal (): void {
+    for (const e of this.journal.entries()) {
+      const row = this.row(e.ino)
+      if (!row || !isRegular(row.mode) || e.blk * BLOCK_SIZE >= row.size || e.data.length !== BLOCK_SIZE) {
+        if (!this.readonly) this.tx(() => this.journal.forget(e.ino, e.blk, e.blk + 1))
+        continue
+      }
+      const f = this.cache.getOrCreate(e.ino, e.blk)
+      e.data.copy(f.data)
+      const tail = row.size - e.blk * BLOCK_SIZE
+      if (tail < BLOCK_SIZE) f.data.fill(0, tail)
+      f.uptodate = true
+      this.cache.markDirty(f)
+      f.journaled = true
+      if (!this.attrs.has(e.ino)) this.attrs.set(e.ino, { size: row.size, mtime_s: row.mtime_s, mtime_ns: row.mtime_ns, ctime_s: row.ctime_s, ctime_ns: row.ctime_ns })
+      this.journal.stats.replayed++
+    }
   }
 
   stat (ino: number): Stat {
@@ -860,6 +931,7 @@ export class FolioFs {
 
   private deleteInodeRow (ino: number): void {
     this.iflagsCache.delete(ino)
+    this.journal.forget(ino)
     if (this.xattrNames.size > 0) this.q.delXattrs.run(ino) // none: no inode has any
     this.q.delInode.run(ino)
     this.delOrphan(ino)
@@ -901,7 +973,10 @@ export class FolioFs {
   /** commit hook of each step of a truncate to size */
   private truncateStep (ino: number, size: number, t: Time): TruncateStep {
     return (freed, first, last) => {
-      if (first) this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
+      if (first) {
+        this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
+        this.journal.forget(ino, Math.ceil(size / BLOCK_SIZE))
+      }
       else this.q.addBlocks.run(-freed, ino)
       if (first && !last) this.addOrphan(ino) // a crash now: recovery finishes the truncate
       if (last && !first && this.inode(ino).nlink > 0) this.delOrphan(ino)
@@ -1364,8 +1439,16 @@ export class FolioFs {
 
   /** grow ino from size `from` to `size` (holes: nothing to write) */
   private async extend (ino: number, from: number, size: number, t: Time): Promise<void> {
-    if (size > from) await this.io.zeroTail(ino, from) // the old last block's tail reads zeros
-    this.tx(() => this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino))
+    const tail = size > from ? await this.io.zeroTail(ino, from) : null // the old last block's tail reads zeros
+    const journal = tail !== null && this.journal.usable && !tail.dropped
+    this.tx(() => {
+      this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino)
+      // ... also after a crash: the new size must not reach the image
+      // before the zeros do, or the bytes a shrink cut off (still in the
+      // block as mapped or journaled) would show again
+      if (journal) this.journal.record(ino, [tail])
+    })
+    if (journal) tail.journaled = true
     if (this.attrs.has(ino)) this.touchMem(ino, size, t)
   }
 
@@ -1481,7 +1564,10 @@ export class FolioFs {
     await zero(b * BLOCK_SIZE, to)
     if (a === b) return
     await this.io.dropFrom(ino, a, b) // waits for writeback of those folios
-    await this.data.unmap(ino, a, b, freed => this.blocksChanged(ino, -freed, t))
+    await this.data.unmap(ino, a, b, (freed, first) => {
+      this.blocksChanged(ino, -freed, t)
+      if (first) this.journal.forget(ino, a, b)
+    })
     if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
   }
 

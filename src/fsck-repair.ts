@@ -29,6 +29,7 @@
 import { EXIT, ImageError, nowTime, openImage, ROOT_INO } from './image'
 import { fsck, type Finding, type FsckReport } from './fsck'
 import { ExtentTree, lockrestartDoSync, salvageExtentTree, transGet } from './btree'
+import { dropJournalRow } from './journal'
 
 const MAX_ROUNDS = 3
 const LOST_FOUND = 'lost+found'
@@ -136,6 +137,10 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
             line(f, `linked as /${LOST_FOUND}/#${x.ino}`)
             break
           }
+          case 'journal':
+            dropJournalRow(db, x.ino, x.blk)
+            line(f, 'journal block dropped')
+            break
           case 'freespace':
             break // below, with the tree
         }

@@ -18,6 +18,7 @@ import { dataAreaPath } from './dataarea'
 import { DataCsums } from './datacsum'
 import { crcsHere } from './crcthread'
 import { tableProblems } from './imagecheck'
+import { journalRows } from './journal'
 import { nameFromDb } from './names'
 import { ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet, type Extent } from './btree'
 
@@ -29,6 +30,7 @@ export type Fix =
   | { kind: 'size', ino: number, size: number }
   | { kind: 'unreachable', ino: number, dir: boolean }
   | { kind: 'freespace' }
+  | { kind: 'journal', ino: number, blk: number }
 
 export interface Finding {
   ino?: number
@@ -43,6 +45,8 @@ export interface FsckReport {
   inodes: number
   dirents: number
   blocks: number
+  /** blocks in the data journal (journal.ts: replayed as dirty data at the next mount) */
+  journaled: number
   /** verifyData: blocks checked against their crc, and blocks without one (written by a format-3 build) */
   verified?: number
   unverified?: number
@@ -59,6 +63,7 @@ export interface FsckOptions {
 type InodeRow = { ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number }
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
 const msg = (e: unknown): string => (e as Error)?.message ?? String(e)
 
@@ -92,7 +97,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
   const findings: Finding[] = []
   const paths = new Paths()
   const add = (what: string, ino?: number, fix?: Fix): void => { findings.push({ ino, what, fix }) }
-  const report: FsckReport = { errors: [], findings, inodes: 0, dirents: 0, blocks: 0 }
+  const report: FsckReport = { errors: [], findings, inodes: 0, dirents: 0, blocks: 0, journaled: 0 }
   try {
     progress?.('sqlite integrity check')
     const damaged = new Set<string>()
@@ -229,6 +234,20 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         if ((m?.blocks ?? 0) !== i.blocks) add(`block count ${i.blocks}, extents map ${m?.blocks ?? 0}`, ino, { kind: 'blocks', ino, blocks: m?.blocks ?? 0 })
         if (m && m.end > Math.ceil(i.size / BLOCK_SIZE) && !orphans.has(ino)) add(`extent beyond size ${i.size}`, ino, { kind: 'size', ino, size: m.end * BLOCK_SIZE })
       }
+    }
+
+    if (inodesOk) {
+      phase('data journal', () => {
+        for (const r of journalRows(db)) {
+          report.journaled++
+          const i = inodes.get(r.ino)
+          const bad = !i ? `of missing inode ${r.ino}`
+            : (i.mode & S_IFMT) !== S_IFREG ? 'of an inode that is not a regular file'
+              : r.blk * BLOCK_SIZE >= i.size ? `past the size ${i.size}`
+                : r.len !== BLOCK_SIZE ? `of ${r.len} bytes` : null
+          if (bad) add(`data journal: block ${r.blk} ${bad}`, i ? r.ino : undefined, { kind: 'journal', ino: r.ino, blk: r.blk })
+        }
+      })
     }
 
     if (o.verifyData) verifyData(image, db, written, areaBlocks, report, add, progress)

@@ -405,6 +405,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },
     checksums: { ...fs.data.csums.stats },
+    journal: { ...fs.journal.stats, rows: fs.journal.rows },
     discard: { ...fs.data.discard.stats },
     requests: { ...ctx.requests },
     coherence: ctx.coherence ? { ...ctx.coherence.stats } : null,

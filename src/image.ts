@@ -8,9 +8,11 @@
 // 2 keeps it in the data area (physical block 0 is the data area's header
 // and never allocated); 3 stores free space as one row per 4096-block
 // bucket (`free_buckets`) instead of one row per free range (`free_space`);
-// 4 adds `data_csums`, a crc32 of every written data block (datacsum.ts).
-// A read-write open upgrades 2 and 3 in place (upgradeImage); a read-only
-// one reads 3 as it is (its data is read unverified) and refuses 2.
+// 4 adds `data_csums`, a crc32 of every written data block (datacsum.ts);
+// 5 adds `data_journal`, blocks of small fsyncs not written back yet
+// (journal.ts). A read-write open upgrades 2, 3 and 4 in place
+// (upgradeImage); a read-only one reads 3 and 4 as they are (3's data is
+// read unverified; neither has a journal) and refuses 2.
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
 import { randomUUID } from 'crypto'
@@ -19,16 +21,17 @@ import { bucketsOf } from './btree/alloc'
 import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
 import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
 import { CSUM_SCHEMA } from './datacsum'
+import { JOURNAL_SCHEMA } from './journal'
 import { describeProblems, tableProblems, truncation } from './imagecheck'
 
 export { BLOCK_SIZE, EXIT, ImageError }
 
 export const MAGIC = 'foliofs'
-export const FORMAT_VERSION = 4
+export const FORMAT_VERSION = 5
 /** the oldest format a read-write open upgrades in place (upgradeImage) */
 const UPGRADABLE_VERSION = 2
-/** the older format a read-only open reads as it is (no data checksums) */
-const READABLE_OLD_VERSION = 3
+/** the older formats a read-only open reads as they are (3: no data checksums; neither a journal) */
+const READABLE_OLD_VERSIONS = [3, 4]
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
 /** WAL pages after which a commit checkpoints (see openImage) */
@@ -149,6 +152,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
       db.exec(SCHEMA)
       db.exec(BTREE_SCHEMA)
       db.exec(CSUM_SCHEMA)
+      db.exec(JOURNAL_SCHEMA)
       db.prepare('INSERT INTO superblock VALUES (0, ?, ?, ?, ?, ?, ?, ?)')
         .run(sb.magic, sb.version, sb.blockSize, sb.uuid, sb.createdSec, sb.capacityBlocks, sb.label)
       const t = nowTime()
@@ -191,7 +195,7 @@ export function readSuperblock (db: Database.Database, path: string, upgradable 
     if (!upgradable) throw new ImageError(`${path}: foliofs format version ${UPGRADABLE_VERSION}: mount it read-write once (it is upgraded to ${FORMAT_VERSION} then)`, EXIT.NOT_FOLIOFS)
     tables.delete('free_space')
     tables.add('free_buckets') // upgradeImage makes it
-  } else if (row.version !== FORMAT_VERSION && row.version !== READABLE_OLD_VERSION) {
+  } else if (row.version !== FORMAT_VERSION && !READABLE_OLD_VERSIONS.includes(row.version as number)) {
     throw new ImageError(`${path}: unsupported foliofs format version ${String(row.version)} (this build reads ${FORMAT_VERSION})`, EXIT.NOT_FOLIOFS)
   }
   if (row.block_size !== BLOCK_SIZE) throw new ImageError(`${path}: corrupt superblock (block size ${String(row.block_size)})`, EXIT.CORRUPT)
@@ -234,11 +238,17 @@ function upgrade3to4 (db: Database.Database): void {
   db.exec(CSUM_SCHEMA)
 }
 
+/** Format 4 -> 5: an empty data_journal. */
+function upgrade4to5 (db: Database.Database): void {
+  db.exec(JOURNAL_SCHEMA)
+}
+
 /** Upgrade an older image to FORMAT_VERSION, every step in one SQLite transaction (a crash leaves the old format). */
 function upgradeImage (db: Database.Database, sb: Superblock): void {
   db.transaction(() => {
     if (sb.version === 2) upgrade2to3(db)
-    upgrade3to4(db)
+    if (sb.version <= 3) upgrade3to4(db)
+    upgrade4to5(db)
     db.prepare('UPDATE superblock SET version = ? WHERE id = 0').run(FORMAT_VERSION)
   })()
   sb.version = FORMAT_VERSION

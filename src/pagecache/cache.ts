@@ -120,7 +120,9 @@ export class PageCache {
     return n
   }
 
+  /** f changed (or must be written again): dirty, and no longer as the data journal has it */
   markDirty (f: Folio): void {
+    f.journaled = false
     if (f.dirty) return
     f.dirty = true
     f.dirtiedAt = Date.now()

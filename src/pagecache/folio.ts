@@ -33,6 +33,8 @@ export class Folio {
   dirtiedAt = 0
   /** CLOCK reference bit */
   referenced = true
+  /** its bytes as they are are in the data journal (journal.ts); any change clears it (PageCache.markDirty) */
+  journaled = false
   /** removed from the cache (truncated away or evicted): do not use */
   dropped = false
   private locked = false

@@ -254,6 +254,11 @@ export class Writeback {
     return p
   }
 
+  /** run fn between passes (none runs while it does; passes after it wait) */
+  async exclusive<T> (fn: () => Promise<T>): Promise<T> {
+    return await this.serialize(fn)
+  }
+
   /** write back ino's dirty folios with index in [from, to) */
   async inode (ino: number, from = 0, to = Infinity): Promise<void> {
     await this.serialize(async () => { await this.pass([ino], from, to) })

@@ -92,7 +92,7 @@ test('a read-write image checkpoints its WAL in small pieces (a 1000-page autoch
   o.db.close()
 })
 
-test('a format 2 image (free space a row per range) is upgraded to format 4 at its first read-write open, with its files and free space intact', async () => {
+test('a format 2 image (free space a row per range) is upgraded to format 5 at its first read-write open, with its files and free space intact', async () => {
   const { FolioFs } = await import('../../src/fs')
   const { fsck } = await import('../../src/fsck')
   const { decodeBucket } = await import('../../src/btree/alloc')
@@ -116,14 +116,14 @@ test('a format 2 image (free space a row per range) is upgraded to format 4 at i
     decodeBucket(r.bucket, r.ranges, 64 << 8, (s, l) => ranges.push([s, l]))
   }
   assert.ok(ranges.length > 5, 'fragmented free space')
-  db.exec('CREATE TABLE free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL); DROP TABLE free_buckets; DROP TABLE data_csums; UPDATE superblock SET version = 2')
+  db.exec('CREATE TABLE free_space (start INTEGER PRIMARY KEY, len INTEGER NOT NULL); DROP TABLE free_buckets; DROP TABLE data_csums; DROP TABLE data_journal; UPDATE superblock SET version = 2')
   const ins = db.prepare('INSERT INTO free_space (start, len) VALUES (?, ?)')
   for (const [s, l] of ranges) ins.run(s, l)
   db.close()
 
   assert.throws(() => openImage(img, { readonly: true }), (e: unknown) => e instanceof ImageError && /format version 2: mount it read-write once/.test(e.message))
   const up = openImage(img)
-  assert.equal(up.sb.version, 4)
+  assert.equal(up.sb.version, 5)
   const g = new FolioFs(up)
   const back = Buffer.alloc(data.length)
   assert.equal(await g.read(g.resolve('/f1'), back, back.length, 8192), data.length)
@@ -134,13 +134,13 @@ test('a format 2 image (free space a row per range) is upgraded to format 4 at i
   for (const r of check.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').all() as Array<{ bucket: number, ranges: Buffer }>) {
     decodeBucket(r.bucket, r.ranges, 64 << 8, (s, l) => after.push([s, l]))
   }
-  assert.equal(check.prepare('SELECT version FROM superblock').pluck().get(), 4)
+  assert.equal(check.prepare('SELECT version FROM superblock').pluck().get(), 5)
   check.close()
   assert.deepEqual(after, ranges, 'the same free ranges, now in buckets')
   assert.deepEqual(fsck(img).errors, [])
 })
 
-test('a format 3 image (no data checksums) reads as it is read-only, and is upgraded to format 4 at its first read-write open: old blocks read unverified, new ones checksummed', async () => {
+test('a format 3 image (no data checksums) reads as it is read-only, and is upgraded to format 5 at its first read-write open: old blocks read unverified, new ones checksummed', async () => {
   const { FolioFs } = await import('../../src/fs')
   const { fsck } = await import('../../src/fsck')
   const Database = (await import('better-sqlite3')).default
@@ -154,7 +154,7 @@ test('a format 3 image (no data checksums) reads as it is read-only, and is upgr
   await f.close()
   // what format 3 was: no data_csums
   const db = new Database(img)
-  db.exec('DROP TABLE data_csums; UPDATE superblock SET version = 3')
+  db.exec('DROP TABLE data_csums; DROP TABLE data_journal; UPDATE superblock SET version = 3')
   db.close()
 
   const ro = new FolioFs(openImage(img, { readonly: true }))
@@ -166,7 +166,7 @@ test('a format 3 image (no data checksums) reads as it is read-only, and is upgr
   assert.equal(new Database(img, { readonly: true }).prepare('SELECT version FROM superblock').pluck().get(), 3, 'a read-only open changes nothing')
 
   const up = openImage(img)
-  assert.equal(up.sb.version, 4)
+  assert.equal(up.sb.version, 5)
   const g = new FolioFs(up)
   back.fill(0)
   assert.equal(await g.read(g.resolve('/old'), back, back.length, 0), old.length)

@@ -1,0 +1,202 @@
+// The data journal (journal.ts): small fsyncs made durable in SQLite, and
+// never brought back over a durable change. A crash is the process dying:
+// the database and the data area closed with nothing written back.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as path from 'path'
+import Database from 'better-sqlite3'
+import { mkfs, openImage } from '../../src/image'
+import { FolioFs } from '../../src/fs'
+import { fsck } from '../../src/fsck'
+import { repairImage } from '../../src/fsck-repair'
+import { JOURNAL_MAX_BLOCKS } from '../../src/journal'
+import { rng, tmpdir } from './helpers'
+
+const root = { uid: 0, gid: 0 }
+const B = 4096
+
+function fresh (): { img: string, fs: FolioFs } {
+  const img = path.join(tmpdir(), 'j.img')
+  mkfs(img, { capacityBytes: 64 << 20 })
+  return { img, fs: new FolioFs(openImage(img)) }
+}
+
+const pattern = (seed: number, len: number): Buffer => {
+  const r = rng(seed)
+  const b = Buffer.alloc(len)
+  for (let i = 0; i < len; i++) b[i] = Math.floor(r() * 256)
+  return b
+}
+
+function crash (fs: FolioFs): void {
+  fs.db.close()
+  fs.data.area.close()
+  fs.data.crc.close()
+}
+
+async function readAll (fs: FolioFs, ino: number): Promise<Buffer> {
+  const size = fs.stat(ino).size
+  const b = Buffer.alloc(size)
+  assert.equal(await fs.read(ino, b, size, 0), size)
+  return b
+}
+
+test('a small fsync goes to the journal (no data-area write); after a crash the fsynced bytes and size are back as dirty data, and writeback empties the journal', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/db', 0o644, root)
+  let model = Buffer.alloc(64 * B)
+  await fs.write(ino, model, 0)
+  await fs.fsync(ino) // 64 blocks: more than the journal takes, written back
+  assert.equal(fs.journal.stats.commits, 0)
+  const writes = fs.data.area.stats.writes
+  const syncs = fs.data.area.stats.syncs
+  const r = rng(5)
+  for (let k = 0; k < 40; k++) {
+    const blk = Math.floor(r() * 70) // some past the end: the file grows
+    const data = pattern(100 + k, B)
+    await fs.write(ino, data, blk * B)
+    if (blk * B + B > model.length) {
+      const grown = Buffer.alloc(blk * B + B)
+      model.copy(grown)
+      model = grown
+    }
+    data.copy(model, blk * B)
+    await fs.fsync(ino)
+  }
+  assert.equal(fs.journal.stats.commits, 40)
+  assert.equal(fs.data.area.stats.writes, writes, 'no data-area write')
+  assert.equal(fs.data.area.stats.syncs, syncs, 'no data-area sync')
+  const want = model
+  assert.ok((await readAll(fs, ino)).equals(want))
+  crash(fs)
+
+  const ro = new FolioFs(openImage(img, { readonly: true }))
+  assert.ok((await readAll(ro, ino)).equals(want), 'a read-only mount reads the journaled blocks (and changes nothing)')
+  await ro.close()
+  const again = new FolioFs(openImage(img))
+  assert.ok(again.journal.stats.replayed > 0)
+  assert.equal(again.stat(ino).size, want.length, 'the size as of the last fsync')
+  assert.ok((await readAll(again, ino)).equals(want), 'every fsynced byte')
+  const ext = await again.fiemap.map(ino, want.length, 0, want.length, 100)
+  assert.ok(ext.extents.some(e => e.flags & 0x4), 'the replayed blocks are delalloc to FIEMAP')
+  await again.writeback.all()
+  assert.equal(again.journal.rows, 0, 'writeback dropped the rows')
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+  const last = new FolioFs(openImage(img))
+  assert.equal(last.journal.stats.replayed, 0)
+  assert.ok((await readAll(last, ino)).equals(want))
+  await last.close()
+})
+
+test('journaled blocks never come back over a durable change: truncate (and grow again), punch, unlink, a later writeback', async () => {
+  const { img, fs } = fresh()
+  // truncate, then grow: the cut-off blocks read zeros, not their journaled bytes
+  const t = fs.create('/t', 0o644, root)
+  await fs.write(t, pattern(1, 3 * B), 0)
+  await fs.fsync(t)
+  await fs.truncate(t, 1000)
+  await fs.fsync(t)
+  await fs.truncate(t, 3 * B)
+  await fs.fsync(t)
+  // punch the middle block
+  const p = fs.create('/p', 0o644, root)
+  await fs.write(p, pattern(2, 3 * B), 0)
+  await fs.fsync(p)
+  await fs.fallocate(p, 0x01 | 0x02, B, B) // KEEP_SIZE | PUNCH_HOLE
+  await fs.fsync(p)
+  // unlink
+  const u = fs.create('/u', 0o644, root)
+  await fs.write(u, pattern(3, 2 * B), 0)
+  await fs.fsync(u)
+  await fs.unlink('/u')
+  // journaled v1, then v2 written back (not fsynced): v2 it is, not the stale row
+  const w = fs.create('/w', 0o644, root)
+  await fs.write(w, pattern(4, B), 0)
+  await fs.fsync(w)
+  await fs.write(w, pattern(5, B), 0)
+  await fs.writeback.inode(w)
+  await fs.fsync() // every commit durable
+  assert.equal(fs.journal.rows, 3, 'left: block 0 of /t (journaled again with its zeroed tail), blocks 0 and 2 of /p')
+  crash(fs)
+
+  const again = new FolioFs(openImage(img))
+  const tt = await readAll(again, again.resolve('/t'))
+  assert.ok(tt.subarray(0, 1000).equals(pattern(1, 1000)))
+  assert.ok(tt.subarray(1000).equals(Buffer.alloc(3 * B - 1000)), 'zeros past the cut, also in its last block')
+  const pp = await readAll(again, again.resolve('/p'))
+  assert.ok(pp.subarray(B, 2 * B).equals(Buffer.alloc(B)), 'the punched block reads zeros')
+  assert.ok(pp.subarray(0, B).equals(pattern(2, B)) && pp.subarray(2 * B).equals(pattern(2, 3 * B).subarray(2 * B)))
+  assert.throws(() => again.resolve('/u'), /ENOENT/)
+  assert.ok((await readAll(again, again.resolve('/w'))).equals(pattern(5, B)), 'the written-back data, not the older journaled block')
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('the journal takes what an fsync has to make durable when it is small: blocks already journaled are not journaled again; more than JOURNAL_MAX_BLOCKS go through writeback', async () => {
+  const { fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, pattern(1, B), 0)
+  await fs.fsync(ino)
+  await fs.write(ino, pattern(2, B), 5 * B)
+  await fs.fsync(ino)
+  assert.deepEqual(fs.journal.stats, { commits: 2, blocks: 2, replayed: 0 }, 'the second fsync journals the new block only')
+  await fs.fsync(ino)
+  assert.equal(fs.journal.stats.blocks, 2, 'nothing new to journal')
+  const runs = fs.writeback.stats.runs
+  await fs.write(ino, pattern(3, (JOURNAL_MAX_BLOCKS + 1) * B), 10 * B)
+  await fs.fsync(ino)
+  assert.equal(fs.journal.stats.commits, 2, 'too many blocks: writeback')
+  assert.ok(fs.writeback.stats.runs > runs)
+  assert.equal(fs.journal.rows, 0, 'and its commits dropped the rows of what it wrote')
+  await fs.close()
+})
+
+test('fsck reports journal rows that break the invariants, and --repair drops them', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, pattern(1, 100), 0)
+  await fs.fsync(ino)
+  crash(fs)
+  const db = new Database(img)
+  db.prepare('INSERT INTO data_journal (ino, blk, data) VALUES (?, ?, ?)').run(ino, 7, Buffer.alloc(B)) // past the size
+  db.prepare('INSERT INTO data_journal (ino, blk, data) VALUES (?, ?, ?)').run(999, 0, Buffer.alloc(B)) // no such inode
+  db.close()
+  const r = fsck(img)
+  assert.equal(r.journaled, 3)
+  assert.equal(r.errors.length, 2, r.errors.join('; '))
+  assert.match(r.errors.join('\n'), /data journal: block 7 past the size 100/)
+  assert.match(r.errors.join('\n'), /data journal: block 0 of missing inode 999/)
+  repairImage(img)
+  assert.deepEqual(fsck(img).errors, [])
+  const again = new FolioFs(openImage(img))
+  assert.ok((await readAll(again, ino)).equals(pattern(1, 100)))
+  await again.close()
+})
+
+test('a shrink then a grow made durable by another fsync: the bytes cut off read zeros after a crash, whether the block was mapped or journaled', async () => {
+  const { img, fs } = fresh()
+  const m = fs.create('/mapped', 0o644, root)
+  await fs.write(m, Buffer.alloc(3 * B, 0xaa), 0)
+  await fs.writeback.inode(m)
+  const j = fs.create('/journaled', 0o644, root)
+  await fs.write(j, Buffer.alloc(3 * B, 0xbb), 0)
+  await fs.fsync(j)
+  assert.equal(fs.journal.rows, 3)
+  for (const ino of [m, j]) {
+    await fs.truncate(ino, 1000)
+    await fs.fsync() // the metadata only (another file's fsync would do the same)
+    await fs.truncate(ino, 3 * B)
+    await fs.fsync()
+  }
+  crash(fs)
+  const again = new FolioFs(openImage(img))
+  for (const [name, fill] of [['/mapped', 0xaa], ['/journaled', 0xbb]] as const) {
+    const b = await readAll(again, again.resolve(name))
+    assert.equal(b.length, 3 * B)
+    assert.ok(b.subarray(0, 1000).every(x => x === fill), `${name}: the bytes kept`)
+    assert.ok(b.subarray(1000).every(x => x === 0), `${name}: zeros past the cut`)
+  }
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
