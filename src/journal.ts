@@ -68,9 +68,14 @@ export class DataJournal {
     all: Database.Statement
   } | null
 
-  /** present: the image has the table (an older image opened read-only has none: nothing is journaled) */
-  constructor (db: Database.Database, present: boolean) {
-    this.q = present
+  /**
+   * format5: the image is of format 5 (an older one opened read-only has
+   * no table: nothing is journaled). A format-5 image without the table
+   * (damaged) gets an empty one on a read-write open.
+   */
+  constructor (db: Database.Database, format5: boolean) {
+    if (format5 && !db.readonly) db.exec(JOURNAL_SCHEMA)
+    this.q = format5 && hasJournal(db)
       ? {
           put: db.prepare('INSERT OR REPLACE INTO data_journal (ino, blk, data) VALUES (?, ?, ?)'),
           del: db.prepare('DELETE FROM data_journal WHERE ino = ? AND blk >= ? AND blk < ?'),
@@ -118,11 +123,15 @@ export class DataJournal {
   forget (ino: number, from = 0, to = END): void {
     const s = this.index().get(ino)
     if (!s || !this.q) return
-    let any = false
-    for (const b of s) if (b >= from && b < to) { any = true; break }
-    if (!any) return
+    const hits: number[] = []
+    if (to - from <= s.size) { // a run's few blocks: look them up
+      for (let b = from; b < to; b++) if (s.has(b)) hits.push(b)
+    } else {
+      for (const b of s) if (b >= from && b < to) hits.push(b)
+    }
+    if (hits.length === 0) return
     this.q.del.run(ino, from, Math.min(to, END))
-    for (const b of [...s]) if (b >= from && b < to) s.delete(b)
+    for (const b of hits) s.delete(b)
     if (s.size === 0) this.index().delete(ino)
   }
 
@@ -140,9 +149,12 @@ export class DataJournal {
 }
 
 /** the journal's rows without their data (fsck): key and bytes; none on an image without the table */
+function hasJournal (db: Database.Database): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_journal'").pluck().get() !== undefined
+}
+
 export function journalRows (db: Database.Database): Array<{ ino: number, blk: number, len: number }> {
-  const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_journal'").pluck().get() !== undefined
-  return has ? db.prepare('SELECT ino, blk, length(data) AS len FROM data_journal ORDER BY ino, blk').all() as Array<{ ino: number, blk: number, len: number }> : []
+  return hasJournal(db) ? db.prepare('SELECT ino, blk, length(data) AS len FROM data_journal ORDER BY ino, blk').all() as Array<{ ino: number, blk: number, len: number }> : []
 }
 
 /** drop one row (fsck --repair: a row that breaks the invariants above) */
