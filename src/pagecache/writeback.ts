@@ -98,8 +98,55 @@ interface Started {
  * before), only the I/O overlaps. One run at a time left the disk and the
  * crc thread idle between the many small runs of small files.
  */
-export const WRITE_WINDOW = 8
+export const WRITE_WINDOW = 64
 export const WRITE_WINDOW_BYTES = 16 << 20
+
+/** blocks one gathered write takes at most (WriteGather; a larger run goes alone) */
+export const GATHER_MAX_BLOCKS = 1024
+
+type Waiter = { resolve: () => void, reject: (err: unknown) => void }
+
+/**
+ * Writes of runs whose blocks follow each other in the data area, started
+ * in the same turn of the event loop, go out as one write. The allocator
+ * places the runs of a pass one after another (the first free space after
+ * where each file is), so the many one-block runs of small files or of
+ * random overwrites become a few large writes. A gathered write goes out
+ * at the end of the turn, or as soon as the next write does not follow
+ * it; each caller's promise settles with it (a failure fails them all).
+ */
+class WriteGather {
+  private pend: { pblk: number, end: number, bufs: Buffer[], waiters: Waiter[] } | null = null
+  /** writes issued, and the runs' writes they carried (stats, tests) */
+  issued = 0
+  carried = 0
+
+  constructor (private readonly write: (bufs: Buffer[], pblk: number) => Promise<void>) {}
+
+  /** write bufs (whole blocks, in order) at pblk, with the ones before it if they end there */
+  add (bufs: Buffer[], pblk: number): Promise<void> {
+    const blocks = bufs.reduce((n, b) => n + b.length / FOLIO_SIZE, 0)
+    let p = this.pend
+    if (!p || p.end !== pblk || (p.end - p.pblk) + blocks > GATHER_MAX_BLOCKS) {
+      this.flush()
+      p = this.pend = { pblk, end: pblk, bufs: [], waiters: [] }
+      setImmediate(() => { if (this.pend === p) this.flush() })
+    }
+    for (const b of bufs) p.bufs.push(b)
+    p.end += blocks
+    this.carried++
+    const q = p
+    return new Promise((resolve, reject) => q.waiters.push({ resolve, reject }))
+  }
+
+  private flush (): void {
+    const p = this.pend
+    if (!p) return
+    this.pend = null
+    this.issued++
+    this.write(p.bufs, p.pblk).then(() => { for (const w of p.waiters) w.resolve() }, err => { for (const w of p.waiters) w.reject(err) })
+  }
+}
 
 /** the write stage's runs in flight (WRITE_WINDOW) */
 class WriteWindow {
@@ -277,6 +324,7 @@ export class Writeback {
     const errors: unknown[] = []
     const commits = new CommitStage(this, errors)
     const writes = new WriteWindow()
+    const gather = new WriteGather(async (bufs, pblk) => { await this.data.area.write(bufs, pblk) })
     let next: Hint | null = null
     // runs reach the commit stage in the order they were started, whatever
     // order their writes end in: a file's runs commit in order, so its
@@ -284,7 +332,7 @@ export class Writeback {
     let inOrder: Promise<void> = Promise.resolve()
     for (const ino of inos) {
       for (const run of runsOf(this.cache.dirtyOf(ino, from, to), MAX_RUN)) {
-        const { started, error } = await this.writeRun(ino, run, next)
+        const { started, error } = await this.writeRun(ino, run, next, gather)
         for (const s of started) {
           const settled = s.io.then(w => ({ w, err: null }), err => ({ w: null, err })) // handled now, not when its turn comes
           inOrder = inOrder.then(async () => {
@@ -317,7 +365,7 @@ export class Writeback {
    * also when a later part failed to start, and that failure if any; what
    * it does not return it has unlocked.
    */
-  private async writeRun (ino: number, run: Folio[], hint: Hint | null): Promise<{ started: Started[], error: unknown }> {
+  private async writeRun (ino: number, run: Folio[], hint: Hint | null, gather: WriteGather): Promise<{ started: Started[], error: unknown }> {
     for (const f of run) await f.lock()
     const live: Folio[] = []
     for (const f of run) {
@@ -329,7 +377,7 @@ export class Writeback {
     try {
       for (const part of parts) {
         const h = hint !== null && hint.ino === ino && hint.index === part[0].index ? hint.pblk : undefined
-        const s = await this.startLocked(ino, part, h)
+        const s = await this.startLocked(ino, part, h, gather)
         out.push(s)
         hint = s.next
       }
@@ -346,7 +394,7 @@ export class Writeback {
    * them (the returned `io`). On failure of either they are dirty again and
    * unlocked (and `io` rejects).
    */
-  private async startLocked (ino: number, run: Folio[], hint: number | undefined): Promise<Started> {
+  private async startLocked (ino: number, run: Folio[], hint: number | undefined, gather: WriteGather): Promise<Started> {
     const start = run[0].index
     for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
     let pieces: Range[]
@@ -365,7 +413,7 @@ export class Writeback {
         let k = 0
         try {
           for (const p of pieces) {
-            await this.data.area.write(bufs.slice(k, k + p.len), p.pblk)
+            await gather.add(bufs.slice(k, k + p.len), p.pblk)
             k += p.len
           }
         } finally {
