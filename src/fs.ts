@@ -644,16 +644,15 @@ export class FolioFs {
   private async journalSync (ino: number): Promise<boolean> {
     if (!this.journal.usable || this.readonly) return false
     return await this.writeback.exclusive(async () => {
-      const dirty = this.cache.dirtyOf(ino)
-      const todo = dirty.filter(f => !f.journaled)
-      if (dirty.length === 0 || todo.length > JOURNAL_MAX_BLOCKS) return false
+      const { folios: todo, maxIndex } = this.cache.unjournaledOf(ino, JOURNAL_MAX_BLOCKS)
+      if (maxIndex < 0) return true // nothing dirty, and no pass runs: nothing in flight either
+      if (todo === null) return false
       const locked = []
       try {
         for (const f of todo) { await f.lock(); locked.push(f) }
         const live = todo.filter(f => !f.dropped && f.dirty)
         if (live.length === 0) return true
-        const kept = dirty.filter(f => !f.dropped && f.dirty)
-        const last = Math.max(...kept.map(f => f.index)) + 1
+        const last = Math.max(maxIndex, ...live.map(f => f.index)) + 1
         this.tx(() => {
           const row = this.row(ino)
           if (!row) throw fsErr('ENOENT', `inode ${ino}`)

@@ -163,6 +163,23 @@ export class PageCache {
     return out.sort((a, b) => a.index - b.index)
   }
 
+  /**
+   * ino's dirty folios not in the data journal, ascending, if there are at
+   * most `limit` (else null: too many), and the highest index of its dirty
+   * folios (-1: none). One pass over the dirty set, sorting the few only.
+   */
+  unjournaledOf (ino: number, limit: number): { folios: Folio[] | null, maxIndex: number } {
+    let out: Folio[] | null = []
+    let maxIndex = -1
+    for (const f of this.dirtyByIno.get(ino) ?? []) {
+      if (f.index > maxIndex) maxIndex = f.index
+      if (f.journaled || out === null) continue
+      out.push(f)
+      if (out.length > limit) out = null
+    }
+    return { folios: out === null ? null : out.sort((a, b) => a.index - b.index), maxIndex }
+  }
+
   /** the indices of ino's dirty folios, ascending */
   dirtyIndices (ino: number): number[] {
     const out: number[] = []
