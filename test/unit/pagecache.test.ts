@@ -28,6 +28,17 @@ const pattern = (seed: number, len: number): Buffer => {
   return b
 }
 
+/** n new files /PREFIXi, file i holding pattern(seed + i, len(i)), not written back; their inodes */
+async function smallFiles (fs: FolioFs, prefix: string, n: number, seed: number, len: (i: number) => number): Promise<number[]> {
+  const inos: number[] = []
+  for (let i = 0; i < n; i++) {
+    const ino = fs.create(`/${prefix}${i}`, 0o644, root)
+    await fs.write(ino, pattern(seed + i, len(i)), 0)
+    inos.push(ino)
+  }
+  return inos
+}
+
 /** the closed image img reads data back for ino, and fsck finds it clean */
 async function sameAfterRemount (img: string, ino: number, data: Buffer): Promise<void> {
   const again = new FolioFs(openImage(img))
@@ -269,12 +280,7 @@ test('a file whose data never reached writeback is truncated and unlinked withou
 test('writeback of many small files: their runs, placed one after another, go out as a few gathered writes and commit a group per extent-tree commit, each file intact', async () => {
   const { img, fs } = fresh()
   const n = 300
-  const inos: number[] = []
-  for (let i = 0; i < n; i++) {
-    const ino = fs.create(`/s${i}`, 0o644, root)
-    await fs.write(ino, pattern(100 + i, 4096 + 4 * i), 0) // two blocks each: one run, one extent
-    inos.push(ino)
-  }
+  const inos = await smallFiles(fs, 's', n, 100, i => 4096 + 4 * i) // two blocks each: one run, one extent
   const area = fs.data.area
   const write = area.write.bind(area)
   let calls = 0
@@ -301,12 +307,7 @@ test('writeback of many small files: their runs, placed one after another, go ou
 
 test('a run whose commit fails does not fail the others of its group: they commit, it stays dirty and is written back later', async () => {
   const { img, fs } = fresh()
-  const inos: number[] = []
-  for (let i = 0; i < 20; i++) {
-    const ino = fs.create(`/g${i}`, 0o644, root)
-    await fs.write(ino, pattern(200 + i, 5000), 0)
-    inos.push(ino)
-  }
+  const inos = await smallFiles(fs, 'g', 20, 200, () => 5000)
   const bad = inos[7]
   const wb = fs.writeback as unknown as { committed: (ino: number, ...rest: number[]) => void }
   const committed = wb.committed
@@ -374,12 +375,7 @@ test('st_blocks counts data not written back where no block maps it: after a tru
 
 test('a gathered write that fails fails every run it carried: all dirty again, written back by the next pass', async () => {
   const { img, fs } = fresh()
-  const inos: number[] = []
-  for (let i = 0; i < 30; i++) {
-    const ino = fs.create(`/w${i}`, 0o644, root)
-    await fs.write(ino, pattern(500 + i, 4096), 0)
-    inos.push(ino)
-  }
+  const inos = await smallFiles(fs, 'w', 30, 500, () => 4096)
   const area = fs.data.area
   const write = area.write.bind(area)
   area.write = async () => { throw new Error('injected: EIO') }
