@@ -608,6 +608,7 @@ export class FolioFs {
     const a = this.attrs.get(ino)
     const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
     const cur = this.inode(ino)
+    this.guardTail(ino, size)
     this.q.setSize.run(size, added - freed, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
     if (!a) return undefined
     return () => {
@@ -629,8 +630,49 @@ export class FolioFs {
    * back (ordered: data first); then one WAL sync.
    */
   private async syncInode (ino: number): Promise<void> {
+    const promised = this.sizeOf(ino)
     if (!await this.journalSync(ino)) await this.writeback.inode(ino)
+    this.settleSize(ino, promised)
     await this.data.syncCommits()
+  }
+
+  /**
+   * After an fsync's journal or writeback step: the size the fsync
+   * promises (its size when it began, or less if it shrank since) on disk,
+   * when no dirty block below it is left out of the journal. Writeback and
+   * the journal only carry the size as far as the last block they wrote:
+   * with the last blocks punched before writeback, nothing else would.
+   */
+  private settleSize (ino: number, promised: number): void {
+    const row = this.row(ino)
+    const size = Math.min(promised, this.sizeOf(ino))
+    if (!row || size <= row.size) return
+    const tail = row.size % BLOCK_SIZE ? Math.floor(row.size / BLOCK_SIZE) : -1 // guardTail journals that one
+    const pending = this.cache.unjournaledOf(ino, Infinity).folios ?? []
+    if (pending.some(f => f.index !== tail && f.index < Math.ceil(size / BLOCK_SIZE))) return // written since: not this fsync's
+    const cur = this.inode(ino)
+    this.tx(() => {
+      this.guardTail(ino, size)
+      this.q.setSize.run(size, 0, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+    })
+  }
+
+  /**
+   * Inside the transaction that raises ino's on-disk size to newSize. The
+   * block holding the old on-disk size may still hold, past it, bytes a
+   * shrink cut off (mapped, or in a journal row); its folio then is dirty
+   * with those bytes zeroed (zeroTail). When that folio is neither written
+   * back nor journaled, journal it now: the new size must never reach the
+   * image before the zeros do. (It stays marked unjournaled: this runs
+   * inside transactions that may roll back; the next fsync journals it
+   * again, which costs a row write.)
+   */
+  private guardTail (ino: number, newSize: number): void {
+    const row = this.row(ino)
+    if (!row || newSize <= row.size || row.size % BLOCK_SIZE === 0 || !this.journal.usable) return
+    const f = this.cache.peek(ino, Math.floor(row.size / BLOCK_SIZE))
+    if (!f || f.dropped || !f.dirty || f.journaled || !f.uptodate) return
+    this.journal.record(ino, [f])
   }
 
   /**
@@ -658,6 +700,7 @@ export class FolioFs {
           if (!row) throw fsErr('ENOENT', `inode ${ino}`)
           this.journal.record(ino, live)
           const size = Math.max(row.size, Math.min(this.sizeOf(ino), last * BLOCK_SIZE))
+          this.guardTail(ino, size)
           const cur = this.inode(ino)
           this.q.setSize.run(size, 0, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
         })
@@ -687,10 +730,10 @@ export class FolioFs {
       const f = this.cache.getOrCreate(e.ino, e.blk)
       e.data.copy(f.data)
       const tail = row.size - e.blk * BLOCK_SIZE
-      if (tail < BLOCK_SIZE) f.data.fill(0, tail)
       f.uptodate = true
       this.cache.markDirty(f)
       f.journaled = true
+      if (tail < BLOCK_SIZE) { f.data.fill(0, tail); f.journaled = false } // no longer what the row holds
       if (!this.attrs.has(e.ino)) this.attrs.set(e.ino, { size: row.size, mtime_s: row.mtime_s, mtime_ns: row.mtime_ns, ctime_s: row.ctime_s, ctime_ns: row.ctime_ns })
       this.journal.stats.replayed++
     }
@@ -973,6 +1016,7 @@ export class FolioFs {
   private truncateStep (ino: number, size: number, t: Time): TruncateStep {
     return (freed, first, last) => {
       if (first) {
+        this.guardTail(ino, size)
         this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
         this.journal.forget(ino, Math.ceil(size / BLOCK_SIZE))
       }
@@ -1438,16 +1482,11 @@ export class FolioFs {
 
   /** grow ino from size `from` to `size` (holes: nothing to write) */
   private async extend (ino: number, from: number, size: number, t: Time): Promise<void> {
-    const tail = size > from ? await this.io.zeroTail(ino, from) : null // the old last block's tail reads zeros
-    const journal = tail !== null && this.journal.usable && !tail.dropped
+    if (size > from) await this.io.zeroTail(ino, from) // the old last block's tail reads zeros
     this.tx(() => {
+      this.guardTail(ino, size) // ... also after a crash
       this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino)
-      // ... also after a crash: the new size must not reach the image
-      // before the zeros do, or the bytes a shrink cut off (still in the
-      // block as mapped or journaled) would show again
-      if (journal) this.journal.record(ino, [tail])
     })
-    if (journal) tail.journaled = true
     if (this.attrs.has(ino)) this.touchMem(ino, size, t)
   }
 
@@ -1563,9 +1602,12 @@ export class FolioFs {
     await zero(b * BLOCK_SIZE, to)
     if (a === b) return
     await this.io.dropFrom(ino, a, b) // waits for writeback of those folios
-    await this.data.unmap(ino, a, b, (freed, first) => {
+    await this.data.unmap(ino, a, b, (freed, _first, last) => {
       this.blocksChanged(ino, -freed, t)
-      if (first) this.journal.forget(ino, a, b)
+      // once the whole range is unmapped: a punch cut short by a crash
+      // shows its journaled blocks (fsynced before it), never the older
+      // mapped data of the part it had not reached
+      if (last) this.journal.forget(ino, a, b)
     })
     if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
   }
@@ -1576,6 +1618,8 @@ export class FolioFs {
     if (this.readonly) return
     if (ino !== undefined) await this.syncInode(ino)
     else await this.data.syncCommits()
+    // a failed group commit rolled back what may have been journaled or committed for this fsync
+    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
   }
 
   /**

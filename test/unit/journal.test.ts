@@ -289,3 +289,77 @@ async function journalModel (seed: number): Promise<void> {
   for (const [i, n] of inos.entries()) assert.ok((await readAll(last, n)).equals(model[i]), `seed ${seed}: ${names[i]} at the end`)
   await last.close()
 }
+
+test('the bytes a durable shrink cut off stay gone when the on-disk size rises again by a later write and grow, mapped or journaled block', async () => {
+  const { img, fs } = fresh()
+  const files: Array<[string, number]> = []
+  for (const how of ['mapped', 'journaled']) {
+    const ino = fs.create(`/${how}`, 0o644, root)
+    await fs.write(ino, Buffer.alloc(B, 0xaa), 0)
+    if (how === 'mapped') await fs.writeback.inode(ino)
+    else await fs.fsync(ino)
+    await fs.truncate(ino, 100)
+    await fs.fsync() // the shrink is durable
+    await fs.write(ino, Buffer.alloc(100, 0xbb), 5000)
+    await fs.truncate(ino, 3 * B)
+    await fs.fsync()
+    files.push([how, ino])
+  }
+  crash(fs)
+  const again = new FolioFs(openImage(img))
+  for (const [how, ino] of files) {
+    const b = await readAll(again, ino)
+    assert.ok(b.subarray(0, 100).every(x => x === 0xaa), `${how}: the kept bytes`)
+    assert.ok(b.subarray(100, B).every(x => x === 0), `${how}: the cut-off bytes read zeros`)
+  }
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('a punch of many extents interrupted after its first step never shows data older than a journaled block it had not reached', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/p', 0o644, root)
+  for (let i = 0; i < 1100; i++) await fs.write(ino, Buffer.alloc(B, 0x22), 2 * i * B) // 1100 one-block extents
+  await fs.writeback.inode(ino)
+  await fs.write(ino, Buffer.alloc(B, 0x33), 2098 * B)
+  await fs.fsync(ino)
+  assert.equal(fs.journal.rows, 1)
+  const steps = fs.data.stats.truncateSteps
+  const punch = fs.fallocate(ino, 0x01 | 0x02, 0, 2200 * B).catch(() => {})
+  while (fs.data.stats.truncateSteps === steps) await new Promise(resolve => setImmediate(resolve))
+  crash(fs) // after the first step's commit
+  await punch
+  const again = new FolioFs(openImage(img))
+  const b = Buffer.alloc(B)
+  await again.read(ino, b, B, 2098 * B)
+  assert.ok(b.every(x => x === 0x33) || b.every(x => x === 0), `block 2098: ${b[0].toString(16)}, never the older 0x22`)
+  await again.close()
+})
+
+test('fsync makes the size durable also when the last blocks were punched before writeback (no dirty block reaches it)', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/s', 0o644, root)
+  await fs.write(ino, pattern(7, 3 * B), 0)
+  await fs.fallocate(ino, 0x01 | 0x02, 2 * B, B)
+  await fs.fsync(ino)
+  const big = fs.create('/big', 0o644, root) // the same through writeback (too many blocks for the journal)
+  await fs.write(big, pattern(8, 40 * B), 0)
+  await fs.fallocate(big, 0x01 | 0x02, 30 * B, 10 * B)
+  await fs.fsync(big)
+  crash(fs)
+  const again = new FolioFs(openImage(img))
+  assert.equal(again.stat(ino).size, 3 * B)
+  assert.equal(again.stat(big).size, 40 * B)
+  assert.ok((await readAll(again, big)).subarray(0, 30 * B).equals(pattern(8, 30 * B)))
+  await again.close()
+  assert.deepEqual(fsck(img).errors, [])
+})
+
+test('after a failed group commit, fsync fails (EIO) instead of reporting data durable that was rolled back', async () => {
+  const { fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, pattern(1, 100), 0)
+  ;(fs as unknown as { batchFailure: unknown }).batchFailure = new Error('injected: the batch did not commit')
+  await assert.rejects(fs.fsync(ino), (e: unknown) => (e as { code?: string }).code === 'EIO')
+  await assert.rejects(fs.fsync(), (e: unknown) => (e as { code?: string }).code === 'EIO')
+})
