@@ -363,3 +363,22 @@ test('after a failed group commit, fsync fails (EIO) instead of reporting data d
   await assert.rejects(fs.fsync(ino), (e: unknown) => (e as { code?: string }).code === 'EIO')
   await assert.rejects(fs.fsync(), (e: unknown) => (e as { code?: string }).code === 'EIO')
 })
+
+test('an fsync issued while a truncate of the file runs returns only once that truncate is durable too', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/r', 0o644, root)
+  await fs.write(ino, Buffer.alloc(3 * B, 0xa1), 0)
+  await fs.fsync(ino)
+  await fs.write(ino, Buffer.alloc(3 * B, 0xb2), 0)
+  const syncing = fs.fsync(ino)
+  const truncating = fs.truncate(ino, 100).catch(() => {})
+  await syncing
+  crash(fs) // the moment fsync returned
+  await truncating
+  const again = new FolioFs(openImage(img))
+  const b = await readAll(again, ino)
+  const before = b.length === 3 * B && b.every(x => x === 0xb2) // fsync first, then the truncate (not durable)
+  const after = b.length === 100 && b.every(x => x === 0xb2) // the truncate first, then the fsync
+  assert.ok(before || after, `size ${b.length}, first byte ${b[0]?.toString(16)}: neither order`)
+  await again.close()
+})
