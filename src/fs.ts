@@ -431,6 +431,11 @@ export class FolioFs {
   private checkWritable (): void {
     if (this.readonly) throw fsErr('EROFS')
     if (this.data.damaged) throw fsErr('EROFS', `extent tree damaged: ${this.data.damaged}`)
+    this.checkBatchCommitted()
+  }
+
+  /** no group commit failed (EIO from then on) */
+  private checkBatchCommitted (): void {
     if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
   }
 
@@ -607,9 +612,7 @@ export class FolioFs {
     this.journal.forget(ino, startBlock, endBlock) // the mapping holds these blocks now
     const a = this.attrs.get(ino)
     const size = Math.max(row.size, Math.min(a?.size ?? row.size, endBlock * BLOCK_SIZE))
-    const cur = this.inode(ino)
-    this.guardTail(ino, size)
-    this.q.setSize.run(size, added - freed, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+    this.storeSize(ino, size, added - freed)
     if (!a) return undefined
     return () => {
       const now = this.attrs.get(ino)
@@ -650,15 +653,26 @@ export class FolioFs {
     const tail = row.size % BLOCK_SIZE ? Math.floor(row.size / BLOCK_SIZE) : -1 // guardTail journals that one
     const pending = this.cache.unjournaledOf(ino, Infinity).folios ?? []
     if (pending.some(f => f.index !== tail && f.index < Math.ceil(size / BLOCK_SIZE))) return // written since: not this fsync's
-    const cur = this.inode(ino)
-    this.tx(() => {
-      this.guardTail(ino, size)
-      this.q.setSize.run(size, 0, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
-    })
+    this.tx(() => this.storeSize(ino, size, 0))
   }
 
   /**
-   * Inside the transaction that raises ino's on-disk size to newSize. The
+   * Inside a transaction: ino's on-disk size, its block count changed by
+   * blocksDelta, and mtime/ctime `t` (default: its times now, in-memory
+   * ones included). Every change of a stored size goes through here, so
+   * that one that raises it first makes the old last block's zeros durable
+   * (guardTail).
+   */
+  private storeSize (ino: number, size: number, blocksDelta: number, t?: Time): void {
+    this.guardTail(ino, size)
+    if (t) { this.q.setSize.run(size, blocksDelta, t.sec, t.nsec, t.sec, t.nsec, ino); return }
+    const cur = this.inode(ino)
+    this.q.setSize.run(size, blocksDelta, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+  }
+
+  /**
+   * Inside the transaction that raises ino's on-disk size to newSize
+   * (storeSize). The
    * block holding the old on-disk size may still hold, past it, bytes a
    * shrink cut off (mapped, or in a journal row); its folio then is dirty
    * with those bytes zeroed (zeroTail). When that folio is neither written
@@ -694,15 +708,11 @@ export class FolioFs {
         for (const f of todo) { await f.lock(); locked.push(f) }
         const live = todo.filter(f => !f.dropped && f.dirty)
         if (live.length === 0) return true
-        const last = Math.max(maxIndex, ...live.map(f => f.index)) + 1
         this.tx(() => {
           const row = this.row(ino)
           if (!row) throw fsErr('ENOENT', `inode ${ino}`)
           this.journal.record(ino, live)
-          const size = Math.max(row.size, Math.min(this.sizeOf(ino), last * BLOCK_SIZE))
-          this.guardTail(ino, size)
-          const cur = this.inode(ino)
-          this.q.setSize.run(size, 0, cur.mtime_s, cur.mtime_ns, cur.ctime_s, cur.ctime_ns, ino)
+          this.storeSize(ino, Math.max(row.size, Math.min(this.sizeOf(ino), (maxIndex + 1) * BLOCK_SIZE)), 0)
         })
         for (const f of live) f.journaled = true
         this.journal.stats.commits++
@@ -730,10 +740,10 @@ export class FolioFs {
       const f = this.cache.getOrCreate(e.ino, e.blk)
       e.data.copy(f.data)
       const tail = row.size - e.blk * BLOCK_SIZE
+      if (tail < BLOCK_SIZE) f.data.fill(0, tail)
       f.uptodate = true
       this.cache.markDirty(f)
-      f.journaled = true
-      if (tail < BLOCK_SIZE) { f.data.fill(0, tail); f.journaled = false } // no longer what the row holds
+      f.journaled = tail >= BLOCK_SIZE // a zeroed tail is no longer what the row holds
       if (!this.attrs.has(e.ino)) this.attrs.set(e.ino, { size: row.size, mtime_s: row.mtime_s, mtime_ns: row.mtime_ns, ctime_s: row.ctime_s, ctime_ns: row.ctime_ns })
       this.journal.stats.replayed++
     }
@@ -757,7 +767,7 @@ export class FolioFs {
    * for a file written sequentially; misses holes filled below it).
    */
   private delallocBlocks (ino: number, storedSize: number): number {
-    const dirty = this.cache.dirtyIndices(ino)
+    const dirty = this.cache.dirtyOf(ino).map(f => f.index)
     const exact = this.data.unmappedAmong(ino, dirty)
     if (exact !== null) return exact
     const from = Math.ceil(storedSize / BLOCK_SIZE)
@@ -1016,8 +1026,7 @@ export class FolioFs {
   private truncateStep (ino: number, size: number, t: Time): TruncateStep {
     return (freed, first, last) => {
       if (first) {
-        this.guardTail(ino, size)
-        this.q.setSize.run(size, -freed, t.sec, t.nsec, t.sec, t.nsec, ino)
+        this.storeSize(ino, size, -freed, t)
         this.journal.forget(ino, Math.ceil(size / BLOCK_SIZE))
       }
       else this.q.addBlocks.run(-freed, ino)
@@ -1483,10 +1492,7 @@ export class FolioFs {
   /** grow ino from size `from` to `size` (holes: nothing to write) */
   private async extend (ino: number, from: number, size: number, t: Time): Promise<void> {
     if (size > from) await this.io.zeroTail(ino, from) // the old last block's tail reads zeros
-    this.tx(() => {
-      this.guardTail(ino, size) // ... also after a crash
-      this.q.setSize.run(size, 0, t.sec, t.nsec, t.sec, t.nsec, ino)
-    })
+    this.tx(() => this.storeSize(ino, size, 0, t)) // (also after a crash: storeSize)
     if (this.attrs.has(ino)) this.touchMem(ino, size, t)
   }
 
@@ -1584,7 +1590,7 @@ export class FolioFs {
   /** inside a fallocate or punch step's commit: ino's block count moves by delta, its times to t (the stored size stays) */
   private blocksChanged (ino: number, delta: number, t: Time): void {
     const row = this.row(ino) as Inode
-    this.q.setSize.run(row.size, delta, t.sec, t.nsec, t.sec, t.nsec, ino)
+    this.storeSize(ino, row.size, delta, t)
   }
 
   /** zero bytes [from, to) of ino: partial blocks in the page cache, whole blocks unmapped and freed */
@@ -1618,8 +1624,7 @@ export class FolioFs {
     if (this.readonly) return
     if (ino !== undefined) await this.syncInode(ino)
     else await this.data.syncCommits()
-    // a failed group commit rolled back what may have been journaled or committed for this fsync
-    if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
+    this.checkBatchCommitted() // a failed group commit rolled back what may have been journaled or committed for this fsync
   }
 
   /**

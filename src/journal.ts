@@ -148,11 +148,12 @@ export class DataJournal {
   }
 }
 
-/** the journal's rows without their data (fsck): key and bytes; none on an image without the table */
+/** the image has the table */
 function hasJournal (db: Database.Database): boolean {
   return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_journal'").pluck().get() !== undefined
 }
 
+/** the journal's rows without their data (fsck): key and bytes; none on an image without the table */
 export function journalRows (db: Database.Database): Array<{ ino: number, blk: number, len: number }> {
   return hasJournal(db) ? db.prepare('SELECT ino, blk, length(data) AS len FROM data_journal ORDER BY ino, blk').all() as Array<{ ino: number, blk: number, len: number }> : []
 }

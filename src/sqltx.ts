@@ -41,8 +41,8 @@ interface DbState {
   /** db.transaction wrapper made once (db.transaction(fn) per call costs ~30 us) */
   run: Runner
   /** an operation's savepoint opened late (inBatchMarked), and its ends */
-  savepoint: { open: Database.Statement, release: Database.Statement, undo: Database.Statement } | null
-  /** the batch's BEGIN and COMMIT, prepared once (db.exec parses them every time: ~30 us a batch) */
+  savepoint: { open: Database.Statement, release: Database.Statement, undo: Database.Statement }
+  /** the batch's BEGIN and COMMIT, prepared once like the savepoint's (db.exec parses them every time: ~30 us a batch) */
   begin: Database.Statement
   commit: Database.Statement
   /** a batch is open (BEGIN ran, no COMMIT yet) */
@@ -67,7 +67,7 @@ function stateOf (db: Database.Database): DbState {
     const wrapped = db.transaction((body: () => unknown) => body())
     st = {
       run: (<U>(body: () => U): U => wrapped(body) as U) as Runner,
-      savepoint: null,
+      savepoint: { open: db.prepare('SAVEPOINT foliofs_op'), release: db.prepare('RELEASE foliofs_op'), undo: db.prepare('ROLLBACK TO foliofs_op') },
       begin: db.prepare('BEGIN'),
       commit: db.prepare('COMMIT'),
       batchOpen: false,
@@ -162,11 +162,6 @@ export function inBatchMarked<T> (db: Database.Database, fn: (mark: WriteMark) =
   const st = stateOf(db)
   if (st.depth > 0 || (!st.batchOpen && db.inTransaction)) return inBatch(db, () => fn(() => {}))
   if (!st.batchOpen) openBatch(db, st)
-  st.savepoint ??= {
-    open: db.prepare('SAVEPOINT foliofs_op'),
-    release: db.prepare('RELEASE foliofs_op'),
-    undo: db.prepare('ROLLBACK TO foliofs_op')
-  }
   const sp = st.savepoint
   const op: { state: 'checking' | 'guarded' | 'answered' } = { state: 'checking' }
   st.depth++

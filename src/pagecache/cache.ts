@@ -180,13 +180,6 @@ export class PageCache {
     return { folios: out === null ? null : out.sort((a, b) => a.index - b.index), maxIndex }
   }
 
-  /** the indices of ino's dirty folios, ascending */
-  dirtyIndices (ino: number): number[] {
-    const out: number[] = []
-    for (const f of this.dirtyByIno.get(ino) ?? []) out.push(f.index)
-    return out.sort((a, b) => a - b)
-  }
-
   /** the oldest dirtiedAt among ino's dirty folios (Infinity if none) */
   oldestDirty (ino: number): number {
     let t = Infinity

@@ -292,12 +292,11 @@ export class BufferedIO {
   /**
    * Zero the bytes of the block containing offset size that lie at or past
    * size, in a dirty folio (a shrink's new tail, or an extension's old one).
-   * Returns that folio (null: size is on a block boundary, nothing to zero).
    */
-  async zeroTail (ino: number, size: number): Promise<Folio | null> {
+  async zeroTail (ino: number, size: number): Promise<void> {
     this.streams.invalidate(ino)
     const off = size % FOLIO_SIZE
-    if (off === 0) return null
+    if (off === 0) return
     const idx = Math.floor(size / FOLIO_SIZE)
     const f = await this.lockedUptodate(ino, idx, false)
     try {
@@ -306,7 +305,6 @@ export class BufferedIO {
     } finally {
       f.unlock()
     }
-    return f
   }
 
   /** Drop every folio of ino at or past index from (waiting for their locks: writeback, readers). */

@@ -117,9 +117,6 @@ type Waiter = { resolve: () => void, reject: (err: unknown) => void }
  */
 class WriteGather {
   private pend: { pblk: number, end: number, bufs: Buffer[], waiters: Waiter[] } | null = null
-  /** writes issued, and the runs' writes they carried (stats, tests) */
-  issued = 0
-  carried = 0
 
   constructor (private readonly write: (bufs: Buffer[], pblk: number) => Promise<void>) {}
 
@@ -134,7 +131,6 @@ class WriteGather {
     }
     for (const b of bufs) p.bufs.push(b)
     p.end += blocks
-    this.carried++
     const q = p
     return new Promise((resolve, reject) => q.waiters.push({ resolve, reject }))
   }
@@ -143,7 +139,6 @@ class WriteGather {
     const p = this.pend
     if (!p) return
     this.pend = null
-    this.issued++
     this.write(p.bufs, p.pblk).then(() => { for (const w of p.waiters) w.resolve() }, err => { for (const w of p.waiters) w.reject(err) })
   }
 }
@@ -161,15 +156,16 @@ class WriteWindow {
 
   /** wait until there is room for one more run */
   async bound (): Promise<void> {
-    while (this.inFlight.length >= WRITE_WINDOW || (this.inFlight.length > 0 && this.bytes >= WRITE_WINDOW_BYTES)) {
-      const w = this.inFlight.shift()!
-      await w.done
-      this.bytes -= w.bytes
-    }
+    await this.retireWhile(() => this.inFlight.length >= WRITE_WINDOW || this.bytes >= WRITE_WINDOW_BYTES)
   }
 
   async idle (): Promise<void> {
-    while (this.inFlight.length) {
+    await this.retireWhile(() => true)
+  }
+
+  /** wait for the oldest run in flight while there is one and more() */
+  private async retireWhile (more: () => boolean): Promise<void> {
+    while (this.inFlight.length > 0 && more()) {
       const w = this.inFlight.shift()!
       await w.done
       this.bytes -= w.bytes
