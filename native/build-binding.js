@@ -69,7 +69,7 @@ function verify () {
 }
 
 function buildTools () {
-  // the punch addon needs node_api.h: the running node's own headers
+  // the punch and crc addons need node_api.h: the running node's own headers
   const prefix = path.resolve(path.dirname(process.execPath), '..')
   const inc = [process.env.npm_config_nodedir, prefix, '/usr'].filter(Boolean).map(d => path.join(d, 'include', 'node'))
     .find(d => fs.existsSync(path.join(d, 'node_api.h')))

@@ -1,7 +1,8 @@
 // crc32 of data blocks on a thread of their own (worker_threads), so
 // writeback and cold reads do not spend the main thread on checksums: it
-// is the thread that answers FUSE requests, and a sequential write's
-// checksums alone were an eighth of its time there (zlib crc32, ~2 GB/s).
+// is the thread that answers FUSE requests. With zlib's crc32 (~2.4 GB/s)
+// a sequential write's checksums alone were an eighth of its time there;
+// with the addon's (crc.ts, ~10 GB/s) only large calls are worth a message.
 //
 // The blocks are not copied: folio buffers are views into SharedArrayBuffer
 // slabs (pagecache/folio.ts), which a message shares with the worker. So
@@ -12,28 +13,34 @@
 // thread instead: same results, just on the main thread.
 //
 // Misuse: calling crcs() for a handful of blocks (a message costs tens of
-// microseconds: below MIN_BLOCKS the caller's thread does it at once), or
+// microseconds: below minBlocks the caller's thread does it at once), or
 // changing the buffers while a call is pending (the crc is then of some
 // mixture of old and new bytes).
 import { Worker } from 'worker_threads'
-import { crc32 } from 'zlib'
+import { ADDON_PATH, crc32, crcImpl, crcPieces } from './crc'
 
-/** below this many blocks a call is answered on the calling thread */
-const MIN_BLOCKS = 16
+/** below this many blocks a call is answered on the calling thread: a message costs what ~16 blocks of zlib's crc do, or ~128 of the addon's */
+export const MIN_BLOCKS = crcImpl === 'clmul' ? 128 : 16
 
 const BLOCK = 4096
 
 // a message names its blocks either one by one (slab, offset, length) or
-// as a span: `blocks` consecutive blocks of `span` from `offset`
+// as a span: `blocks` consecutive blocks of `span` from `offset`. The
+// thread uses the same crc32 as the caller (crc.ts): the addon or zlib.
 const WORKER_SOURCE = `
-const { parentPort } = require('worker_threads')
-const { crc32 } = require('zlib')
+const { parentPort, workerData } = require('worker_threads')
+let crc32 = require('zlib').crc32
+let crcBlocks = null
+if (workerData.addon) {
+  try { const a = require(workerData.addon); crc32 = a.crc32; crcBlocks = a.crcBlocks } catch {}
+}
 parentPort.on('message', ({ id, slabs, slab, offset, length, span, blocks }) => {
   let out
   if (span) {
     out = new Uint32Array(blocks)
     const all = new Uint8Array(span, offset, blocks * ${BLOCK})
-    for (let i = 0; i < blocks; i++) out[i] = crc32(all.subarray(i * ${BLOCK}, (i + 1) * ${BLOCK}))
+    if (crcBlocks) crcBlocks(all, ${BLOCK}, out)
+    else for (let i = 0; i < blocks; i++) out[i] = crc32(all.subarray(i * ${BLOCK}, (i + 1) * ${BLOCK}))
   } else {
     out = new Uint32Array(slab.length)
     for (let i = 0; i < slab.length; i++) out[i] = crc32(new Uint8Array(slabs[slab[i]], offset[i], length[i]))
@@ -49,17 +56,10 @@ export function crcsHere (bufs: readonly Uint8Array[]): Uint32Array {
   return out
 }
 
-/** the blocks of a span (a whole number of them), as views */
-function blocksOf (span: Uint8Array): Uint8Array[] {
-  const out: Uint8Array[] = []
-  for (let i = 0; i < span.length; i += BLOCK) out.push(span.subarray(i, i + BLOCK))
-  return out
-}
-
 interface Pending { resolve: (crcs: Uint32Array) => void, bufs: readonly Uint8Array[] | Uint8Array }
 
 /** crc32 of each buffer, or of each block of a span, on the calling thread */
-const here = (bufs: readonly Uint8Array[] | Uint8Array): Uint32Array => crcsHere(bufs instanceof Uint8Array ? blocksOf(bufs) : bufs)
+const here = (bufs: readonly Uint8Array[] | Uint8Array): Uint32Array => bufs instanceof Uint8Array ? crcPieces(bufs, BLOCK) : crcsHere(bufs)
 
 export class CrcThread {
   private worker: Worker | null = null
@@ -116,7 +116,7 @@ export class CrcThread {
   private thread (): Worker | null {
     if (this.worker || this.failed) return this.worker
     try {
-      const w = new Worker(WORKER_SOURCE, { eval: true })
+      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { addon: crcImpl === 'clmul' ? ADDON_PATH : null } })
       w.on('message', ({ id, out }: { id: number, out: Uint32Array }) => {
         const p = this.pending.get(id)
         this.pending.delete(id)

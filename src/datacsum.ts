@@ -11,8 +11,8 @@
 //     CSUM_BITMAP       CSUM_CHUNK x u32 BE: crc32 of block c * CSUM_CHUNK + i
 //   A chunk with no checksummed block has no row.
 // The crc is zlib's crc32 (IEEE polynomial), the one the B-tree pages
-// already carry: native, ~3x the throughput of a table-driven crc32c in JS
-// here (Node 20 has no crc32c).
+// already carry, computed by crc.ts (carry-less multiplication where the
+// CPU has it, else zlib: the same numbers).
 //
 // Keyed by physical block, not stored in the extent: the tree cuts, trims
 // and replaces extents (overwrites, punches, truncates) and never has to

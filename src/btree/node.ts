@@ -14,7 +14,7 @@
 //   leaf cell (32 bytes):      ino u64 | off u64 | pblk u64 | len u32 | flags u32
 //   interior cell (24 bytes):  ino u64 | off u64 | child node id u64
 // All integers big-endian; u64 values stay below 2^53 (exact in JS numbers).
-import { crc32 } from 'zlib'
+import { crc32 } from '../crc'
 import { BtreeError } from './errors'
 import { NodeLock } from './locks'
 

@@ -3,7 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { crc32 } from 'zlib'
-import { CrcThread, crcsHere } from '../../src/crcthread'
+import { CrcThread, crcsHere, MIN_BLOCKS } from '../../src/crcthread'
 import { rng } from './helpers'
 
 function blocks (shared: boolean, n: number, seed: number): Buffer[] {
@@ -20,17 +20,18 @@ function blocks (shared: boolean, n: number, seed: number): Buffer[] {
 
 test('the crc thread gives zlib crc32 of each block: shared slabs offloaded, other buffers and small calls on the caller\'s thread, and everything after close', async () => {
   const t = new CrcThread()
-  const shared = blocks(true, 100, 1)
+  const M = MIN_BLOCKS
+  const shared = blocks(true, 2 * M + 10, 1)
   const want = Uint32Array.from(shared.map(b => crc32(b)))
   assert.deepEqual(await t.crcs(shared), want)
   assert.deepEqual(crcsHere(shared), want)
   assert.equal(t.stats.offloaded, 1)
   // several calls in flight at once each get their own answer
-  const parts = [shared.slice(0, 40), shared.slice(40, 90), shared.slice(90)]
+  const parts = [shared.slice(0, M), shared.slice(M, 2 * M), shared.slice(2 * M)]
   const got = await Promise.all(parts.map(async p => await t.crcs(p)))
   assert.deepEqual(got.flatMap(g => [...g]), [...want])
   // a span (one buffer of many blocks) gives the same crcs, in one message
-  const span = Buffer.from(shared[0].buffer, 0, 100 * 4096)
+  const span = Buffer.from(shared[0].buffer, 0, shared.length * 4096)
   assert.deepEqual(await t.crcs(span), want)
   assert.equal(t.stats.offloaded, 4, "the first call, two of the three parts, the span")
   const plain = blocks(false, 50, 2)
