@@ -8,7 +8,13 @@
 //     /lost+found as "#INO" (created when needed), like e2fsck; nothing is
 //     freed, so nothing is lost;
 //   * a wrong link count, block count or size (size too small for its
-//     written extents): set to what the entries and extents say;
+//     written extents): set to what the entries and extents say. A size
+//     raised to the end of the written extents shows the bytes those
+//     extents hold, the old last block's bytes past the old size included:
+//     the likeliest cause is a write whose size update was lost, and those
+//     bytes are that write's. They are kept, not zeroed (zeroing only the
+//     old last block's tail would keep the rest of such a write and cut
+//     its middle; nothing is lost either way, and fsck named the file);
 //   * free-space accounting: extents of inodes that do not exist are
 //     unmapped, and the free-space map is rebuilt as exactly the blocks no
 //     extent maps.
