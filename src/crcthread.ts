@@ -1,8 +1,12 @@
 // crc32 of data blocks on a thread of their own (worker_threads), so
 // writeback and cold reads do not spend the main thread on checksums: it
 // is the thread that answers FUSE requests. With zlib's crc32 (~2.4 GB/s)
-// a sequential write's checksums alone were an eighth of its time there;
-// with the addon's (crc.ts, ~10 GB/s) only large calls are worth a message.
+// a sequential write's checksums alone were an eighth of its time there.
+// With the addon's (crc.ts, ~10 GB/s) a MiB costs ~0.1 ms, about what the
+// message, the thread's wake-up and the answer's cost the main thread: a
+// cold sequential read ran faster with every call answered inline (under
+// load 431/378/427 -> 490/483/466 MB/s), writeback alike. So the thread is
+// only started where zlib computes the crcs.
 //
 // The blocks are not copied: folio buffers are views into SharedArrayBuffer
 // slabs (pagecache/folio.ts), which a message shares with the worker. So
@@ -19,8 +23,8 @@
 import { Worker } from 'worker_threads'
 import { ADDON_PATH, crc32, crcImpl, crcPieces } from './crc'
 
-/** below this many blocks a call is answered on the calling thread: a message costs what ~16 blocks of zlib's crc do, or ~128 of the addon's */
-export const MIN_BLOCKS = crcImpl === 'clmul' ? 128 : 16
+/** below this many blocks a call is answered on the calling thread: a message costs what ~16 blocks of zlib's crc do; with the addon every call is */
+export const MIN_BLOCKS = crcImpl === 'clmul' ? Infinity : 16
 
 const BLOCK = 4096
 
@@ -69,6 +73,9 @@ export class CrcThread {
   /** calls answered by the thread, and on the caller's */
   readonly stats = { offloaded: 0, inline: 0 }
 
+  /** minBlocks: calls of fewer blocks are answered on the calling thread (tests set it to reach the thread) */
+  constructor (private readonly minBlocks = MIN_BLOCKS) {}
+
   /**
    * crc32 of each buffer (BLOCK_SIZE each), or of each 4 KiB block of a
    * span (one buffer, a whole number of blocks); unchanged until this
@@ -79,7 +86,7 @@ export class CrcThread {
     const span = bufs instanceof Uint8Array
     const blocks = span ? bufs.length / BLOCK : bufs.length
     const shared = span ? bufs.buffer instanceof SharedArrayBuffer : bufs.every(b => b.buffer instanceof SharedArrayBuffer)
-    const w = blocks >= MIN_BLOCKS && shared ? this.thread() : null
+    const w = blocks >= this.minBlocks && shared ? this.thread() : null
     if (!w) {
       this.stats.inline++
       return here(bufs)
