@@ -7,8 +7,7 @@
 // so an image never depends on which one wrote it.
 //
 // Misuse: importing zlib's crc32 elsewhere for on-disk checksums (it is
-// correct, just 4x slower); loading the addon from a worker by another
-// path than ADDON_PATH (crcthread.ts hands this one to its thread).
+// correct, just 4x slower).
 import path from 'path'
 import { crc32 as zlibCrc32 } from 'zlib'
 

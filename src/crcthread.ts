@@ -21,7 +21,7 @@
 // changing the buffers while a call is pending (the crc is then of some
 // mixture of old and new bytes).
 import { Worker } from 'worker_threads'
-import { ADDON_PATH, crc32, crcImpl, crcPieces } from './crc'
+import { crc32, crcImpl, crcPieces } from './crc'
 
 /** below this many blocks a call is answered on the calling thread: a message costs what ~16 blocks of zlib's crc do; with the addon every call is */
 export const MIN_BLOCKS = crcImpl === 'clmul' ? Infinity : 16
@@ -30,21 +30,17 @@ const BLOCK = 4096
 
 // a message names its blocks either one by one (slab, offset, length) or
 // as a span: `blocks` consecutive blocks of `span` from `offset`. The
-// thread uses the same crc32 as the caller (crc.ts): the addon or zlib.
+// thread computes zlib's crc32: it runs only where crc.ts has no addon
+// (and in tests, which give the same numbers either way).
 const WORKER_SOURCE = `
-const { parentPort, workerData } = require('worker_threads')
-let crc32 = require('zlib').crc32
-let crcBlocks = null
-if (workerData.addon) {
-  try { const a = require(workerData.addon); crc32 = a.crc32; crcBlocks = a.crcBlocks } catch {}
-}
+const { parentPort } = require('worker_threads')
+const { crc32 } = require('zlib')
 parentPort.on('message', ({ id, slabs, slab, offset, length, span, blocks }) => {
   let out
   if (span) {
     out = new Uint32Array(blocks)
     const all = new Uint8Array(span, offset, blocks * ${BLOCK})
-    if (crcBlocks) crcBlocks(all, ${BLOCK}, out)
-    else for (let i = 0; i < blocks; i++) out[i] = crc32(all.subarray(i * ${BLOCK}, (i + 1) * ${BLOCK}))
+    for (let i = 0; i < blocks; i++) out[i] = crc32(all.subarray(i * ${BLOCK}, (i + 1) * ${BLOCK}))
   } else {
     out = new Uint32Array(slab.length)
     for (let i = 0; i < slab.length; i++) out[i] = crc32(new Uint8Array(slabs[slab[i]], offset[i], length[i]))
@@ -123,7 +119,7 @@ export class CrcThread {
   private thread (): Worker | null {
     if (this.worker || this.failed) return this.worker
     try {
-      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { addon: crcImpl === 'clmul' ? ADDON_PATH : null } })
+      const w = new Worker(WORKER_SOURCE, { eval: true })
       w.on('message', ({ id, out }: { id: number, out: Uint32Array }) => {
         const p = this.pending.get(id)
         this.pending.delete(id)
