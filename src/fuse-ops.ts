@@ -430,6 +430,8 @@ export function pageCacheStats (fs: FolioFs): Record<string, number> {
     streamedBytes: fs.io.streams.stats.streamedBytes,
     streamChunkFills: fs.io.streams.stats.chunkFills,
     streamChunksWasted: fs.io.streams.stats.chunksWasted,
+    streamDirectBytes: fs.io.streams.stats.directBytes,
+    streamDirectRetried: fs.io.streams.stats.directRetried,
     streamBytes: fs.io.streams.bytes,
     evictions: c.stats.evictions,
     writebackPasses: fs.writeback.stats.passes,

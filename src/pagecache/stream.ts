@@ -13,18 +13,30 @@
 // Model: one stream per inode, made of chunks of CHUNK_BLOCKS blocks
 // aligned in the file (chunk k holds blocks [k * CHUNK_BLOCKS, ...)). A
 // chunk is filled by one FileData.readBlocks: one mapping lookup, vectored
-// reads of the data area into one shared buffer, crc32 checks on the crc
-// thread (one message a chunk). A sequential read none of whose blocks has
+// reads of the data area into one buffer, crc32 checks (datacsum.ts). A sequential read none of whose blocks has
 // a folio in the cache is copied out of the chunks covering it; fills of
 // the chunks of its readahead window start at the same time, so the data
 // area's I/O overlaps with the reader's requests.
 //
+// Direct reads: a request of a whole chunk or more (the kernel's readahead
+// sends 1 MiB requests, several in flight, whatever size the reader asks
+// for) whose reply buffer can take whole blocks is read by FileData.
+// readBlocks straight into that buffer: no chunk, no copy on the main
+// thread, and the kernel's requests in flight are the readahead. Measured
+// on a cold GiB (same run, interleaved): 784/717/693 MB/s through chunks,
+// 835/794/827 direct. Chunks remain for smaller requests (O_DIRECT
+// readers, a smaller max_read), where one chunk fill serves many requests
+// and reads ahead of them.
+//
 // Coherence (the point of everything below): a chunk holds the file's
 // contents as of its fill, so it may be used only while nothing has
-// changed them since the fill began:
+// changed them since the fill began (a direct read likewise: its bytes are
+// answered only if nothing changed since its mapping lookup began):
 //  - Folios take precedence: a read that finds a folio of any of its
 //    blocks in the cache (dirty data above all) is not served here.
-//  - invalidate(ino) retires every chunk of the inode, filled or in flight.
+//  - invalidate(ino) retires every chunk of the inode, filled or in flight,
+//    and marks its direct reads in flight gone (they answer 'unable', and
+//    the caller reads through the folios).
 //    It runs on every change of the inode's mapping (FileData.onMapChange:
 //    writeback commits, truncate and punch steps, preallocation), inside
 //    the commit, and on every write, tail zeroing and folio drop
@@ -43,9 +55,10 @@
 // has settled (the data area read may still be writing into it).
 //
 // Misuse: using a chunk's bytes after an await without looking at `gone`
-// again; starting a fill without registering the chunk in its stream first
-// (an invalidation between its mapping lookup and its registration would
-// be missed).
+// again; starting a fill or a direct read without registering it in its
+// stream first (an invalidation between its mapping lookup and its
+// registration would be missed); forgetting a stream while a direct read
+// of it is in flight (invalidate would not find it).
 import { FOLIO_SIZE } from './folio'
 import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
@@ -82,8 +95,12 @@ interface Chunk {
   done: Promise<void>
 }
 
+/** a direct read in flight (registered in its stream until it settles) */
+interface DirectRead { gone: boolean }
+
 class Stream {
   readonly chunks = new Map<number, Chunk>()
+  readonly direct = new Set<DirectRead>()
   filling = 0
   /** when its reader last came (performance.now()): the least recently read stream gives up its chunks first */
   used = 0
@@ -101,6 +118,10 @@ export interface StreamStats {
   chunkFills: number
   /** chunks retired before all their bytes were read (invalidated, failed, passed by their reader) */
   chunksWasted: number
+  /** bytes of streamedBytes read straight into the reply (direct reads) */
+  directBytes: number
+  /** direct reads not answered (invalidated or failed: read again through the folios) */
+  directRetried: number
 }
 
 export class ReadStreams {
@@ -108,7 +129,7 @@ export class ReadStreams {
   private readonly free: ChunkMem[] = []
   /** chunk buffers that exist (in chunks, retired and still filling, or free) */
   private allocated = 0
-  readonly stats: StreamStats = { streamedBytes: 0, chunkFills: 0, chunksWasted: 0 }
+  readonly stats: StreamStats = { streamedBytes: 0, chunkFills: 0, chunksWasted: 0, directBytes: 0, directRetried: 0 }
 
   /** budget: bytes of chunk buffers at most (below CHUNK_BYTES * 2 streaming is off) */
   constructor (private readonly cache: PageCache, private readonly data: FileData,
@@ -142,6 +163,8 @@ export class ReadStreams {
     }
     s.used = performance.now()
     for (const c of s.chunks.values()) if (c.k < k0 - CHUNKS_BEHIND) this.retire(s, c)
+    if (buf.length >= CHUNK_BYTES && pos % FOLIO_SIZE === 0 && buf.length >= (last + 1 - first) * FOLIO_SIZE &&
+      ![...s.chunks.keys()].some(k => k >= k0 && k <= k1)) return await this.readDirect(ino, s, buf, first, last, n)
     const need: Chunk[] = []
     for (let k = k0; k <= k1; k++) {
       const c = s.chunks.get(k) ?? this.fill(ino, s, k, eofBlock, k1, false)
@@ -170,6 +193,32 @@ export class ReadStreams {
       if (c.copied >= c.blocks * FOLIO_SIZE) this.retire(s, c, false)
     }
     this.stats.streamedBytes += n
+    return 'served'
+  }
+
+  /**
+   * A direct read of blocks [first, last] into buf (which has room for all
+   * of them; the caller answers n bytes of it). 'unable' when invalidated
+   * or failed meanwhile: the caller reads through the folios, which
+   * overwrite buf and report a damaged block exactly.
+   */
+  private async readDirect (ino: number, s: Stream, buf: Buffer, first: number, last: number, n: number): Promise<StreamAnswer> {
+    const d: DirectRead = { gone: false }
+    s.direct.add(d) // registered before the mapping lookup (see Misuse)
+    let ok = true
+    try {
+      await this.data.readBlocks(ino, first, buf.subarray(0, (last + 1 - first) * FOLIO_SIZE))
+    } catch {
+      ok = false
+    } finally {
+      s.direct.delete(d)
+    }
+    if (!ok || d.gone || !this.uncached(ino, first, last)) {
+      this.stats.directRetried++
+      return 'unable'
+    }
+    this.stats.streamedBytes += n
+    this.stats.directBytes += n
     return 'served'
   }
 
@@ -232,9 +281,9 @@ export class ReadStreams {
     return this.free.length > 0 || (this.allocated + 1) * CHUNK_BYTES <= this.budget
   }
 
-  /** forget the streams that hold no chunk */
+  /** forget the streams that hold no chunk and have no direct read in flight */
   private forgetEmpty (): void {
-    for (const [ino, s] of this.streams) if (s.chunks.size === 0) this.streams.delete(ino)
+    for (const [ino, s] of this.streams) if (s.chunks.size === 0 && s.direct.size === 0) this.streams.delete(ino)
   }
 
   /** The contents of ino may have changed: none of its chunks is used again. */
@@ -242,6 +291,7 @@ export class ReadStreams {
     const s = this.streams.get(ino)
     if (!s) return
     for (const c of [...s.chunks.values()]) this.retire(s, c)
+    for (const d of s.direct) d.gone = true
     this.streams.delete(ino) // its readahead starts over
   }
 

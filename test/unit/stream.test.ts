@@ -1,7 +1,9 @@
 // Streaming reads (src/pagecache/stream.ts) through FolioFs, no FUSE: a
-// cold sequential read bypasses the folio cache, and a chunk read ahead is
-// never used after a change of the file (write, writeback commit,
-// truncate, punch), nor when a block of it fails its checksum.
+// cold sequential read bypasses the folio cache, and neither a chunk read
+// ahead nor a direct read in flight is used after a change of the file
+// (write, writeback commit, truncate, punch), nor when a block of it fails
+// its checksum. Requests of 1 MiB (the kernel's readahead) are read
+// directly into their buffers; smaller ones go through chunks.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as fs from 'fs'
@@ -34,11 +36,19 @@ async function imageWithFile (mib: number): Promise<{ img: string, data: Buffer 
   return { img, data }
 }
 
-/** read MiB k of ino (one sequential reader's request) */
-async function readMiB (f: FolioFs, ino: number, k: number): Promise<Buffer> {
-  const b = Buffer.alloc(MiB)
-  const n = await f.read(ino, b, MiB, k * MiB)
-  return b.subarray(0, n)
+/** requests smaller than a chunk: served from chunks read ahead */
+const QUARTER = MiB / 4
+
+/** read MiB k of ino in requests of `request` bytes (a sequential reader's; MiB: read directly) */
+async function readMiB (f: FolioFs, ino: number, k: number, request = QUARTER): Promise<Buffer> {
+  const out: Buffer[] = []
+  for (let at = 0; at < MiB; at += request) {
+    const b = Buffer.alloc(request)
+    const n = await f.read(ino, b, request, k * MiB + at)
+    out.push(b.subarray(0, n))
+    if (n < request) break
+  }
+  return Buffer.concat(out)
 }
 
 /** let the chunk fills in flight settle (they are data area reads on the thread pool) */
@@ -67,7 +77,82 @@ test('a cold sequential read is served from streaming chunks: right bytes, folio
     assert.ok((await readMiB(f, ino, k)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `again, MiB ${k}`)
     if (k >= 2 && k < 20) assert.ok(f.io.streams.chunksOf(ino).includes(k + 1), `chunk ${k + 1} read ahead: ${f.io.streams.chunksOf(ino).join(' ')}`)
   }
-  assert.equal(s.chunksWasted, 0, 'every chunk was read to its end, then freed')
+  assert.equal(s.chunksWasted, 2, 'every chunk was read to its end, then freed; but chunk 0 in each pass (its first request came from folios)')
+  assert.equal(s.directBytes, 0, 'requests smaller than a chunk are not read directly')
+  await f.close()
+})
+
+test('a cold sequential read in 1 MiB requests is read straight into their buffers: right bytes, no chunk, folio cache left alone', async () => {
+  const { img, data } = await imageWithFile(24)
+  const f = new FolioFs(openImage(img))
+  const ino = f.resolve('/f')
+  for (let k = 0; k < 24; k++) assert.ok((await readMiB(f, ino, k, MiB)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
+  const s = f.io.streams.stats
+  assert.equal(s.directBytes, 23 * MiB, 'all but the first (not yet sequential) request')
+  assert.equal(s.chunkFills, 0)
+  assert.ok(f.cache.folios <= 256, `only the first request went through folios: ${f.cache.folios}`)
+  // the last request of a file that ends inside a block: whole blocks read into the buffer, the size answered
+  await f.truncate(ino, 24 * MiB - 1000)
+  assert.ok((await readMiB(f, ino, 23, MiB)).equals(data.subarray(23 * MiB, 24 * MiB - 1000)), 'the last MiB, short')
+  await f.close()
+})
+
+/**
+ * Holds every data area read of f until off() (a direct read in flight
+ * across whatever the test does meanwhile); held(): reads held so far.
+ */
+function holdReads (f: FolioFs): { off: () => void, held: () => number } {
+  const area = f.data.area
+  const orig = area.read.bind(area)
+  let open = (): void => {}
+  const gate = new Promise<void>(resolve => { open = resolve })
+  let held = 0
+  area.read = async (...a: Parameters<typeof area.read>) => { held++; await gate; return await orig(...a) }
+  return { off: () => { area.read = orig; open() }, held: () => held }
+}
+
+test('a direct read in flight when the file changes is not answered from the old mapping', async () => {
+  const { img, data } = await imageWithFile(16)
+  for (const ext of ['', '-data']) fs.copyFileSync(img + ext, `${img}.orig${ext}`) // each change starts from this
+  const fresh = pattern(7, MiB)
+  const mib4 = data.subarray(4 * MiB, 5 * MiB)
+  // what changes, and what MiB 3 and MiB 4 hold after it
+  const changes: Array<[string, (f: FolioFs, ino: number) => Promise<void>, Buffer, Buffer]> = [
+    ['an overwrite written back and evicted', async (f, ino) => { await f.write(ino, fresh, 3 * MiB); await f.fsync(ino); f.cache.evict(0) }, fresh, mib4],
+    ['a punched hole', async (f, ino) => { await f.fallocate(ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 3 * MiB, MiB) }, Buffer.alloc(MiB), mib4],
+    ['a truncate and an extension', async (f, ino) => { await f.truncate(ino, 3 * MiB); await f.truncate(ino, 16 * MiB) }, Buffer.alloc(MiB), Buffer.alloc(MiB)]
+  ]
+  for (const [what, change, want, after] of changes) {
+    const f = new FolioFs(openImage(img))
+    const ino = f.resolve('/f')
+    for (let k = 0; k < 3; k++) await readMiB(f, ino, k, MiB) // the reader is sequential now
+    const gate = holdReads(f)
+    const pending = readMiB(f, ino, 3, MiB) // its mapping looked up, its data area read held
+    while (gate.held() === 0) await new Promise(resolve => setImmediate(resolve))
+    await change(f, ino)
+    gate.off()
+    assert.ok((await pending).equals(want), `${what} while MiB 3 was read: the read answers what the file holds now`)
+    assert.equal(f.io.streams.stats.directRetried, 1, what)
+    assert.ok((await readMiB(f, ino, 4, MiB)).equals(after), what)
+    await f.close()
+    for (const ext of ['', '-data']) fs.copyFileSync(`${img}.orig${ext}`, img + ext)
+  }
+})
+
+test('a damaged block in a direct read reads as EIO for its own request only', async () => {
+  const { img, data } = await imageWithFile(8)
+  const g0 = new FolioFs(openImage(img, { readonly: true }))
+  const pblk = (await g0.data.extents(g0.resolve('/f')))[0].pblk
+  await g0.close()
+  const fd = fs.openSync(`${img}-data`, 'r+')
+  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, (pblk + 4 * 256 + 17) * 4096 + 9) // in MiB 4
+  fs.closeSync(fd)
+  const f = new FolioFs(openImage(img))
+  const ino = f.resolve('/f')
+  for (let k = 0; k < 4; k++) assert.ok((await readMiB(f, ino, k, MiB)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
+  await assert.rejects(readMiB(f, ino, 4, MiB), (e: unknown) => (e as { code?: string }).code === 'EIO')
+  assert.ok((await readMiB(f, ino, 5, MiB)).equals(data.subarray(5 * MiB, 6 * MiB)), 'the next MiB reads')
+  assert.ok(f.io.streams.stats.directRetried >= 1)
   await f.close()
 })
 
@@ -182,7 +267,7 @@ test('random writes, fsyncs, evictions, truncates and punches between the reques
     const what = pick(10)
     if (what < 5) { // the reader goes on (or starts over at the end)
       if (at * MiB >= len) at = 0
-      const got = await readMiB(f, ino, at)
+      const got = await readMiB(f, ino, at, pick(2) === 0 ? MiB : QUARTER) // read directly, or through chunks
       const want = Buffer.alloc(Math.max(0, Math.min(MiB, len - at * MiB)))
       model.copy(want, 0, at * MiB, at * MiB + want.length)
       assert.ok(got.equals(want), `step ${step}: MiB ${at} of a ${len}-byte file`)
@@ -210,6 +295,7 @@ test('random writes, fsyncs, evictions, truncates and punches between the reques
     }
     if (pick(8) === 0) await new Promise(resolve => setTimeout(resolve, 50)) // let chunk fills finish now and then
   }
-  assert.ok(f.io.streams.stats.streamedBytes > 0, 'the reader was streamed')
+  const st = f.io.streams.stats
+  assert.ok(st.directBytes > 0 && st.streamedBytes > st.directBytes && st.chunkFills > 0, `the reader was streamed both ways: ${JSON.stringify(st)}`)
   await f.close()
 })
