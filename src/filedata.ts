@@ -249,7 +249,10 @@ export class FileData {
       at = Math.max(at, hi)
     }
     zero(at - first, n)
-    await Promise.all(io)
+    // every read has ended before this settles, also when one failed: the
+    // caller may then reuse or free dest (a reply buffer of the binding)
+    const ended = await Promise.allSettled(io)
+    for (const r of ended) if (r.status === 'rejected') throw r.reason
     const crcs = await Promise.all(pieces.map(async p => this.csums.enabled
       ? await this.crc.crcs(p.mem)
       : new Uint32Array(Array.isArray(p.mem) ? p.mem.length : p.mem.length / BLOCK_SIZE))) // not looked at: every block counts as unverified

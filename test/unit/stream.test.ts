@@ -139,6 +139,36 @@ test('a direct read in flight when the file changes is not answered from the old
   }
 })
 
+test('a read of several extents settles only when all its data area reads have ended, also when one fails', async () => {
+  const img = path.join(tmpdir(), 's.img')
+  mkfs(img, { capacityBytes: 256 * MiB })
+  const f = new FolioFs(openImage(img))
+  const ino = f.create('/f', 0o644, root)
+  const other = f.create('/g', 0o644, root)
+  // /f's two halves land apart: /g's blocks are allocated between them
+  await f.write(ino, pattern(8, MiB / 2), 0)
+  await f.fsync(ino)
+  await f.write(other, pattern(9, MiB), 0)
+  await f.fsync(other)
+  await f.write(ino, pattern(10, MiB / 2), MiB / 2)
+  await f.fsync(ino)
+  assert.ok((await f.data.extents(ino)).length >= 2, 'two extents')
+  const area = f.data.area
+  const orig = area.read.bind(area)
+  let calls = 0
+  let slowEnded = false
+  area.read = async (bufs, pblk) => {
+    if (calls++ === 0) throw Object.assign(new Error('injected'), { code: 'EIO' })
+    await new Promise(resolve => setTimeout(resolve, 100))
+    await orig(bufs, pblk)
+    slowEnded = true
+  }
+  await assert.rejects(f.data.readBlocks(ino, 0, Buffer.alloc(MiB)), /injected/)
+  assert.ok(slowEnded, 'the other extent\'s read had ended (it writes into the buffer)')
+  area.read = orig
+  await f.close()
+})
+
 test('a damaged block in a direct read reads as EIO for its own request only', async () => {
   const { img, data } = await imageWithFile(8)
   const g0 = new FolioFs(openImage(img, { readonly: true }))
