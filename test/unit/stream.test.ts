@@ -169,14 +169,20 @@ test('a read of several extents settles only when all its data area reads have e
   await f.close()
 })
 
-test('a damaged block in a direct read reads as EIO for its own request only', async () => {
+/** imageWithFile(8) whose block 4 * 256 + 17 (in MiB 4) has one byte changed in the data area */
+async function imageWithDamagedBlock (): Promise<{ img: string, data: Buffer }> {
   const { img, data } = await imageWithFile(8)
   const g0 = new FolioFs(openImage(img, { readonly: true }))
   const pblk = (await g0.data.extents(g0.resolve('/f')))[0].pblk
   await g0.close()
   const fd = fs.openSync(`${img}-data`, 'r+')
-  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, (pblk + 4 * 256 + 17) * 4096 + 9) // in MiB 4
+  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, (pblk + 4 * 256 + 17) * 4096 + 9)
   fs.closeSync(fd)
+  return { img, data }
+}
+
+test('a damaged block in a direct read reads as EIO for its own request only', async () => {
+  const { img, data } = await imageWithDamagedBlock()
   const f = new FolioFs(openImage(img))
   const ino = f.resolve('/f')
   for (let k = 0; k < 4; k++) assert.ok((await readMiB(f, ino, k, MiB)).equals(data.subarray(k * MiB, (k + 1) * MiB)), `MiB ${k}`)
@@ -233,14 +239,7 @@ test('a chunk read ahead is not used after a punched hole or a truncate', async 
 })
 
 test('a damaged block in a streamed chunk reads as EIO for its own requests only', async () => {
-  const { img, data } = await imageWithFile(8)
-  const g0 = new FolioFs(openImage(img, { readonly: true }))
-  const pblk = (await g0.data.extents(g0.resolve('/f')))[0].pblk
-  await g0.close()
-  const block = 4 * 256 + 17 // in MiB 4
-  const fd = fs.openSync(`${img}-data`, 'r+')
-  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, (pblk + block) * 4096 + 9)
-  fs.closeSync(fd)
+  const { img, data } = await imageWithDamagedBlock()
   const { f, ino } = await streaming(img, 2)
   assert.ok((await readMiB(f, ino, 3)).equals(data.subarray(3 * MiB, 4 * MiB)))
   await assert.rejects(readMiB(f, ino, 4), (e: unknown) => (e as { code?: string }).code === 'EIO')
