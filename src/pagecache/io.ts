@@ -6,9 +6,10 @@
 //   SQLite write. Writeback gives the data its place later (delalloc).
 // read: copy uptodate folios; fill a run of missing ones with one mapping
 //   lookup and async reads (holes read as zeros without I/O). Sequential
-//   readers of uncached data are served from streaming chunks that bypass
-//   the folio cache (stream.ts); when those cannot be had, they get folio
-//   readahead that grows to READAHEAD_MAX folios.
+//   readers of uncached data are streamed past the folio cache (stream.ts:
+//   read straight into the reply buffer, or from chunks read ahead); when
+//   that cannot be done, they get folio readahead that grows to
+//   READAHEAD_MAX folios.
 // Folios of blocks at or past EOF never hold stale bytes: truncate drops
 //   them and zeroes the tail of the last one; extending a file zeroes the
 //   tail of its old last block (zeroTail), since the data area may still
