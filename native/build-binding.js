@@ -41,6 +41,16 @@ function applyPatch () {
   return true
 }
 
+/** the crc32 header the binding's read plans include, beside its source; whether it changed */
+function copyHeader () {
+  const from = path.join(__dirname, 'foliofs_crc32.h')
+  const to = path.join(pkgDir, 'foliofs_crc32.h')
+  const text = fs.readFileSync(from)
+  if (fs.existsSync(to) && fs.readFileSync(to).equals(text)) return false
+  fs.writeFileSync(to, text)
+  return true
+}
+
 function built () {
   return fs.existsSync(path.join(release, 'fuse.node'))
 }
@@ -80,7 +90,8 @@ function buildTools () {
 
 try {
   const patched = applyPatch()
-  if (patched || !built()) build()
+  const header = copyHeader()
+  if (patched || header || !built()) build()
   verify()
   buildTools()
   log('fuse-native patched, built and loadable; native tools built')

@@ -37,6 +37,8 @@ export interface MountOptions {
   readaheadKb: number
   /** punch freed data-area blocks out of IMAGE-data (-o discard, the default; -o nodiscard) */
   discard: boolean
+  /** the libfuse threads read large sequential reads themselves, from the daemon's read plans (-o read_plans, the default; -o noread_plans) */
+  readPlans: boolean
   /** options handed to the kernel mount / libfuse */
   fuseOptions: string[]
 }
@@ -49,7 +51,7 @@ const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users'
   'big_writes'])
 
 export function parseMountOptions (opts: string[]): MountOptions {
-  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, discard: true, fuseOptions: [] }
+  const o: MountOptions = { readonly: false, allowOther: false, debug: false, atime: 'relatime', injectRestarts: 0, debugChecks: false, syncWrites: false, writebackDelayMs: 0, readaheadKb: 1024, discard: true, readPlans: true, fuseOptions: [] }
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const opt = raw.trim()
@@ -65,6 +67,7 @@ export function parseMountOptions (opts: string[]): MountOptions {
       else if (key === 'atime' && flag) o.atime = 'relatime' // mount(8)'s default is relatime too
       else if (key === 'debug_checks' && flag) o.debugChecks = true
       else if ((key === 'discard' || key === 'nodiscard') && flag) o.discard = key === 'discard'
+      else if ((key === 'read_plans' || key === 'noread_plans') && flag) o.readPlans = key === 'read_plans'
       else if (key === 'inject_restarts' && val !== undefined && /^(0(\.\d+)?|1(\.0*)?)$/.test(val)) o.injectRestarts = Number(val)
       else if (key === 'cache_size' && val !== undefined) o.cacheBytes = parseCacheSize(val, opt)
       else if (key === 'writeback_delay_ms' && val !== undefined && /^\d{1,6}$/.test(val)) o.writebackDelayMs = Number(val)
@@ -277,6 +280,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     fs: folio,
     get fuse () { return holder.fuse },
     requests: newRequestStats(),
+    readPlans: opts.readPlans && (Fuse as unknown as { READ_PLANS?: boolean }).READ_PLANS === true,
     extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: folio.readonly })
   }
   const ops = makeOps(ctx)

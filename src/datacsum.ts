@@ -98,29 +98,49 @@ export class DataCsums {
     }
   }
 
-  /** Check the blocks just read from physical blocks [pblk, pblk + crcs.length), given their crc32s (crcthread.ts) */
-  verify (pblk: number, crcs: Uint32Array): VerifyResult {
-    const res: VerifyResult = { bad: [], unverified: 0 }
-    const count = crcs.length
+  /**
+   * fn(i, crc) for each of blocks [pblk, pblk + count): its recorded crc,
+   * or null when it has none (written by a format-3 build, or no table).
+   */
+  private each (pblk: number, count: number, fn: (i: number, crc: number | null) => void): void {
     for (let i = 0; i < count;) {
       const chunk = Math.floor((pblk + i) / CSUM_CHUNK)
       const blob = this.enabled ? this.row(chunk) : undefined
       const first = (pblk + i) % CSUM_CHUNK
       const n = Math.min(CSUM_CHUNK - first, count - i)
-      if (!blob) {
-        res.unverified += n
-        i += n
-        continue
-      }
       for (let at = first; at < first + n; at++, i++) {
-        if (!(blob[at >> 3] & (1 << (at & 7)))) { res.unverified++; continue }
-        if (crcs[i] !== blob.readUInt32BE(CSUM_BITMAP + 4 * at)) res.bad.push(i)
+        fn(i, blob && (blob[at >> 3] & (1 << (at & 7))) ? blob.readUInt32BE(CSUM_BITMAP + 4 * at) : null)
       }
     }
+  }
+
+  /** Check the blocks just read from physical blocks [pblk, pblk + crcs.length), given their crc32s (crcthread.ts) */
+  verify (pblk: number, crcs: Uint32Array): VerifyResult {
+    const res: VerifyResult = { bad: [], unverified: 0 }
+    this.each(pblk, crcs.length, (i, crc) => {
+      if (crc === null) res.unverified++
+      else if (crcs[i] !== crc) res.bad.push(i)
+    })
     this.stats.unverifiedBlocks += res.unverified
     this.stats.errors += res.bad.length
-    this.stats.verifiedBlocks += count - res.unverified - res.bad.length
+    this.stats.verifiedBlocks += crcs.length - res.unverified - res.bad.length
     return res
+  }
+
+  /**
+   * For a read plan (readplan.ts) of blocks [pblk, pblk + count): crcs[i]
+   * = the recorded crc of block pblk + i and check[i] = 1, or check[i] = 0
+   * where it has none. Counted as verified here: the libfuse thread checks
+   * them, and a mismatch there reads them again through verify (counted
+   * twice then).
+   */
+  expected (pblk: number, count: number, crcs: Uint32Array, check: Uint8Array): void {
+    let unverified = 0
+    this.each(pblk, count, (i, crc) => {
+      if (crc === null) { unverified++; check[i] = 0 } else { crcs[i] = crc; check[i] = 1 }
+    })
+    this.stats.unverifiedBlocks += unverified
+    this.stats.verifiedBlocks += count - unverified
   }
 }
 

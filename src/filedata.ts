@@ -27,6 +27,7 @@ import type { DataArea } from './dataarea'
 import { CrcThread } from './crcthread'
 import { ChecksumError, DataCsums } from './datacsum'
 import { Discard } from './discard'
+import { ReadPlans, type PlanTicket } from './readplan'
 import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
@@ -96,10 +97,16 @@ export class FileData {
   /** punches freed blocks out of the data area once they are free for good (discard.ts) */
   readonly discard: Discard
 
+  /** reads the libfuse threads make themselves (readplan.ts): freed blocks wait for those in flight before reuse */
+  readonly plans = new ReadPlans()
+
   /** discard: punch freed blocks (default: on, where the host supports it; never on a read-only image) */
   constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions & { discard?: boolean }) {
     this.discard = new Discard(area.descriptor, (opts.discard ?? true) && !db.readonly)
-    this.tree = ExtentTree.open(db, { ...opts, onReusable: this.discard.reusable })
+    this.tree = ExtentTree.open(db, {
+      ...opts,
+      onReusable: (starts, lens, release) => this.plans.whenReadsDone(() => this.discard.reusable(starts, lens, release))
+    })
     this.csums = new DataCsums(db)
   }
 
@@ -231,24 +238,13 @@ export class FileData {
       if (span) dest.fill(0, lo * BLOCK_SIZE, hi * BLOCK_SIZE)
       else for (let i = lo; i < hi; i++) dest[i].fill(0)
     }
-    const end = first + n
-    const ex = await this.extents(ino, first, end)
-    let at = first
     const io: Array<Promise<void>> = []
     const pieces: Array<{ lo: number, pblk: number, mem: Buffer[] | Buffer }> = []
-    for (const e of ex) {
-      const lo = Math.max(e.off, first)
-      const hi = Math.min(e.off + e.len, end)
-      zero(at - first, Math.max(at, lo) - first)
-      if (e.flags & EXT_UNWRITTEN) zero(lo - first, hi - first)
-      else {
-        const piece = { lo, pblk: e.pblk + (lo - e.off), mem: part(lo - first, hi - first) }
-        pieces.push(piece)
-        io.push(this.area.read(Array.isArray(piece.mem) ? piece.mem : [piece.mem], piece.pblk))
-      }
-      at = Math.max(at, hi)
+    for (const w of await this.written(ino, first, n, zero)) {
+      const piece = { lo: w.lo, pblk: w.pblk, mem: part(w.lo - first, w.lo - first + w.len) }
+      pieces.push(piece)
+      io.push(this.area.read(Array.isArray(piece.mem) ? piece.mem : [piece.mem], piece.pblk))
     }
-    zero(at - first, n)
     // every read has ended before this settles, also when one failed: the
     // caller may then reuse or free dest (a reply buffer of the binding)
     const ended = await Promise.allSettled(io)
@@ -264,6 +260,45 @@ export class FileData {
       }
     }
     if (bad.length) throw new ChecksumError(ino, bad)
+  }
+
+  /**
+   * The written pieces of blocks [first, first + n) of ino, ascending:
+   * logical block lo and len blocks at data area block pblk. Holes and
+   * unwritten extents are handed to zero (block indices from first).
+   */
+  private async written (ino: number, first: number, n: number, zero: (lo: number, hi: number) => void): Promise<Array<{ lo: number, len: number, pblk: number }>> {
+    const end = first + n
+    const out: Array<{ lo: number, len: number, pblk: number }> = []
+    let at = first
+    for (const e of await this.extents(ino, first, end)) {
+      const lo = Math.max(e.off, first)
+      const hi = Math.min(e.off + e.len, end)
+      zero(at - first, Math.max(at, lo) - first)
+      if (e.flags & EXT_UNWRITTEN) zero(lo - first, hi - first)
+      else if (hi > lo) out.push({ lo, len: hi - lo, pblk: e.pblk + (lo - e.off) })
+      at = Math.max(at, hi)
+    }
+    zero(at - first, n)
+    return out
+  }
+
+  /**
+   * A read plan (readplan.ts) of blocks [first, first + dest.length / BLOCK_SIZE)
+   * of ino into dest, a READ's reply buffer answering `bytes` bytes of it:
+   * holes and unwritten extents zeroed in dest now, the written blocks
+   * named with their crcs. t was begun before this call (the lookup is
+   * in here). The caller hands the plan over only if the contents did not
+   * change meanwhile (as for readBlocks).
+   */
+  async planBlocks (plans: ReadPlans, t: PlanTicket, ino: number, first: number, dest: Buffer, bytes: number): Promise<Buffer> {
+    const n = dest.length / BLOCK_SIZE
+    const pieces = await this.written(ino, first, n, (lo, hi) => dest.fill(0, lo * BLOCK_SIZE, hi * BLOCK_SIZE))
+    const crcs = new Uint32Array(n)
+    const check = new Uint8Array(n)
+    for (const p of pieces) this.csums.expected(p.pblk, p.len, crcs.subarray(p.lo - first), check.subarray(p.lo - first))
+    const segs = pieces.map(p => ({ at: (p.lo - first) * BLOCK_SIZE, bytes: p.len * BLOCK_SIZE, pos: p.pblk * BLOCK_SIZE }))
+    return plans.build(t, this.area.descriptor, segs, crcs, check, bytes)
   }
 
   /** the log line of a checksum mismatch (once per data area block and mount; the stats count every read) */

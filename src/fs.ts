@@ -31,6 +31,7 @@ import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
 import { DataJournal, JOURNAL_MAX_BLOCKS } from './journal'
+import type { PlanSink } from './readplan'
 import { decodeRequest, encodeBadFlags, encodeReply, Fiemap, FIEMAP_FLAG_SYNC, FIEMAP_FLAGS_COMPAT, FIEMAP_MAX_PER_CALL } from './fiemap'
 import { ACL_ACCESS, ACL_DEFAULT, aclModeBits, encodeAcl, inherit, isAclName, modeOnly, parseAcl, withMode } from './acl'
 import { decodeIflags, encodeIflags, FS_APPEND_FL, FS_IMMUTABLE_FL, FS_NOATIME_FL, IFLAGS_XATTR, isFrozen, PRIVILEGED_IFLAGS, SUPPORTED_IFLAGS } from './iflags'
@@ -1385,13 +1386,21 @@ export class FolioFs {
     return this.handles.size
   }
 
-  async read (ino: number, buf: Buffer, len: number, pos: number): Promise<number> {
+  /**
+   * Read up to len bytes of ino at pos into buf. With a sink, a large
+   * sequential read may leave a read plan there instead of filling buf
+   * (readplan.ts): the caller then hands it over with the answer.
+   */
+  async read (ino: number, buf: Buffer, len: number, pos: number, sink?: PlanSink): Promise<number> {
     const i = this.inode(ino)
     if (isDir(i.mode)) throw fsErr('EISDIR')
     if (pos >= i.size || len <= 0) return 0
-    await this.io.read(ino, buf, pos, Math.min(len, i.size - pos))
-    // the size now, not before the await (a truncate may have run meanwhile)
-    const n = Math.max(0, Math.min(len, this.sizeOf(ino) - pos))
+    const filled = Math.min(len, i.size - pos)
+    await this.io.read(ino, buf, pos, filled, sink)
+    // the size now, not before the await (a truncate may have run
+    // meanwhile), and never more than was read (a write may have extended
+    // the file meanwhile: the bytes past `filled` are not in buf)
+    const n = Math.max(0, Math.min(filled, this.sizeOf(ino) - pos))
     this.counters.reads++
     this.counters.bytesRead += n
     this.touchAtime(i)

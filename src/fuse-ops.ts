@@ -8,6 +8,7 @@ import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
 import type { Coherence } from './coherence'
+import type { PlanSink } from './readplan'
 import createDebug from 'debug'
 
 const debug = createDebug('foliofs:ops')
@@ -25,6 +26,8 @@ export interface OpsContext {
   requests: RequestStats
   /** kernel cache coherence (set once the mount is up; none: the kernel caches nothing that can go stale) */
   coherence?: Coherence
+  /** the binding's libfuse threads run read plans (readplan.ts), and the mount wants them */
+  readPlans?: boolean
 }
 
 /** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
@@ -240,17 +243,27 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     // kernel stops sending FLUSH (one upcall less per close)
     fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => { await fs.fsync(fileIno(path, fd)) }),
     fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, async () => { await fs.fsync() }),
-    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('read', cb, () => {
-      const i = fileIno(path, fd)
-      // a read may move atime: only worth a look when another name caches it
-      const before = ctx.coherence?.shared(i) ? fs.inode(i) : null
-      const r = fs.read(i, buf, len, pos)
-      if (!before) return r
-      return r.then(n => {
-        const after = fs.inode(i)
-        return after.atime_s === before.atime_s && after.atime_ns === before.atime_ns ? n : settled(n, [i], [via(path, fd)])
+    // again: a READ whose plan failed in the libfuse thread, read without one
+    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, again: boolean, cb: Cb) => {
+      if (again) fs.data.plans.failedOnce()
+      const sink: PlanSink | undefined = ctx.readPlans && !again ? { ticket: null } : undefined
+      replyValue('read', (res: number) => {
+        const t = sink?.ticket
+        if (!t) return cb(res)
+        if (res < 0) fs.data.plans.end(t) // an error answers without the plan: it does not run
+        cb(res, 0, t.plan)
+      }, () => {
+        const i = fileIno(path, fd)
+        // a read may move atime: only worth a look when another name caches it
+        const before = ctx.coherence?.shared(i) ? fs.inode(i) : null
+        const r = fs.read(i, buf, len, pos, sink)
+        if (!before) return r
+        return r.then(n => {
+          const after = fs.inode(i)
+          return after.atime_s === before.atime_s && after.atime_ns === before.atime_ns ? n : settled(n, [i], [via(path, fd)])
+        })
       })
-    }),
+    },
     // write and truncate carry the caller (setuid/setgid: FolioFs.killPriv)
     write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('write', cb, () => {
       const i = fileIno(path, fd)
@@ -432,6 +445,11 @@ export function pageCacheStats (fs: FolioFs): Record<string, number> {
     streamChunksWasted: fs.io.streams.stats.chunksWasted,
     streamDirectBytes: fs.io.streams.stats.directBytes,
     streamDirectRetried: fs.io.streams.stats.directRetried,
+    // read plans (readplan.ts): direct reads the libfuse threads read themselves
+    readPlans: fs.data.plans.stats.plans,
+    readPlannedBytes: fs.data.plans.stats.plannedBytes,
+    readPlansFailed: fs.data.plans.stats.plansFailed,
+    readPlanReuseWaits: fs.data.plans.stats.reuseWaits,
     streamBytes: fs.io.streams.bytes,
     evictions: c.stats.evictions,
     writebackPasses: fs.writeback.stats.passes,

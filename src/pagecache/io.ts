@@ -19,6 +19,7 @@ import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
 import { ChecksumError } from '../datacsum'
 import { ReadStreams } from './stream'
+import type { PlanSink } from '../readplan'
 
 const READAHEAD_MIN = 8 //  32 KiB
 const READAHEAD_MAX = 2048 // 8 MiB: the kernel's requests are 1 MiB; keep several ahead
@@ -116,7 +117,7 @@ export class BufferedIO {
    * Read bytes [pos, pos+n) of ino into buf (n already clamped to EOF).
    * Folios being filled or written by someone else are waited for.
    */
-  async read (ino: number, buf: Buffer, pos: number, n: number): Promise<void> {
+  async read (ino: number, buf: Buffer, pos: number, n: number, sink?: PlanSink): Promise<void> {
     if (n <= 0) return
     const first = Math.floor(pos / FOLIO_SIZE)
     const last = Math.floor((pos + n - 1) / FOLIO_SIZE)
@@ -124,7 +125,7 @@ export class BufferedIO {
     const sequential = st !== undefined && isSequential(st, first, last - first + 1)
     const window = sequential ? Math.min(READAHEAD_MAX, Math.max(st.window * 2, last - first + 1)) : READAHEAD_MIN
     const next = sequential ? Math.max(st.next, last + 1) : last + 1
-    const streamed = sequential ? await this.streams.read(ino, buf, pos, n, window) : 'unable'
+    const streamed = sequential ? await this.streams.read(ino, buf, pos, n, window, sink) : 'unable'
     if (streamed === 'served') {
       this.ra.set(ino, { next, window })
       return

@@ -62,6 +62,7 @@
 import { FOLIO_SIZE } from './folio'
 import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
+import type { PlanSink } from '../readplan'
 
 /** blocks per chunk: 1 MiB, the kernel's largest read request */
 export const CHUNK_BLOCKS = 256
@@ -147,7 +148,7 @@ export class ReadStreams {
    * EOF) from the stream, and start fills of the chunks up to `ahead`
    * blocks past it. Copies nothing unless it answers 'served'.
    */
-  async read (ino: number, buf: Buffer, pos: number, n: number, ahead: number): Promise<StreamAnswer> {
+  async read (ino: number, buf: Buffer, pos: number, n: number, ahead: number, sink?: PlanSink): Promise<StreamAnswer> {
     if (!this.enabled) return 'unable'
     const first = Math.floor(pos / FOLIO_SIZE)
     const last = Math.floor((pos + n - 1) / FOLIO_SIZE)
@@ -163,8 +164,16 @@ export class ReadStreams {
     }
     s.used = performance.now()
     for (const c of s.chunks.values()) if (c.k < k0 - CHUNKS_BEHIND) this.retire(s, c)
-    if (buf.length >= CHUNK_BYTES && pos % FOLIO_SIZE === 0 && buf.length >= (last + 1 - first) * FOLIO_SIZE &&
-      ![...s.chunks.keys()].some(k => k >= k0 && k <= k1)) return await this.readDirect(ino, s, buf, first, last, n)
+    // a request of a whole chunk or more comes from the kernel's readahead:
+    // read directly, unless chunks filled for the smaller requests before
+    // it (a reader's first ones) hold all of it; no chunk is read ahead of
+    // it any more
+    const big = buf.length >= CHUNK_BYTES && pos % FOLIO_SIZE === 0 && buf.length >= (last + 1 - first) * FOLIO_SIZE
+    if (big) {
+      let held = true
+      for (let k = k0; k <= k1 && held; k++) held = s.chunks.has(k)
+      if (!held) return await this.readDirect(ino, s, buf, first, last, n, sink)
+    }
     const need: Chunk[] = []
     for (let k = k0; k <= k1; k++) {
       const c = s.chunks.get(k) ?? this.fill(ino, s, k, eofBlock, k1, false)
@@ -173,7 +182,7 @@ export class ReadStreams {
     }
     const kEnd = Math.floor((Math.min(eofBlock, last + 1 + ahead) - 1) / CHUNK_BLOCKS)
     if (s.front > kEnd + CHUNKS_BEHIND) s.front = k1 // the reader started over (not a request or two out of order)
-    for (let k = Math.max(k1, s.front) + 1; k <= kEnd && s.filling < FILLS_IN_FLIGHT; k++) {
+    for (let k = Math.max(k1, s.front) + 1; !big && k <= kEnd && s.filling < FILLS_IN_FLIGHT; k++) {
       if (!s.chunks.has(k) && !this.fill(ino, s, k, eofBlock, k1, true)) break
     }
     for (const c of need) await c.done
@@ -202,21 +211,27 @@ export class ReadStreams {
    * or failed meanwhile: the caller reads through the folios, which
    * overwrite buf and report a damaged block exactly.
    */
-  private async readDirect (ino: number, s: Stream, buf: Buffer, first: number, last: number, n: number): Promise<StreamAnswer> {
+  private async readDirect (ino: number, s: Stream, buf: Buffer, first: number, last: number, n: number, sink?: PlanSink): Promise<StreamAnswer> {
     const d: DirectRead = { gone: false }
     s.direct.add(d) // registered before the mapping lookup (see Misuse)
+    const dest = buf.subarray(0, (last + 1 - first) * FOLIO_SIZE)
+    const plans = this.data.plans
+    const t = sink ? plans.begin() : null // begun before the mapping lookup too (readplan.ts)
     let ok = true
     try {
-      await this.data.readBlocks(ino, first, buf.subarray(0, (last + 1 - first) * FOLIO_SIZE))
+      if (t) await this.data.planBlocks(plans, t, ino, first, dest, n)
+      else await this.data.readBlocks(ino, first, dest)
     } catch {
       ok = false
     } finally {
       s.direct.delete(d)
     }
     if (!ok || d.gone || !this.uncached(ino, first, last)) {
+      if (t) plans.end(t)
       this.stats.directRetried++
       return 'unable'
     }
+    if (t && sink) sink.ticket = t // handed over: the libfuse thread reads the bytes
     this.stats.streamedBytes += n
     this.stats.directBytes += n
     return 'served'

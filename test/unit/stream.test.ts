@@ -11,45 +11,9 @@ import * as path from 'path'
 import { mkfs, openImage } from '../../src/image'
 import { FolioFs } from '../../src/fs'
 import { rng, tmpdir } from './helpers'
-
-const root = { uid: 0, gid: 0 }
-const MiB = 1024 * 1024
+import { holdReads, imageWithDamagedBlock, imageWithFile, MiB, pattern, QUARTER, readMiB, root } from './streamfixtures'
 const FALLOC_FL_KEEP_SIZE = 1
 const FALLOC_FL_PUNCH_HOLE = 2
-
-const pattern = (seed: number, len: number): Buffer => {
-  const r = rng(seed)
-  const b = Buffer.alloc(len)
-  for (let i = 0; i < len; i += 4) b.writeUInt32LE(Math.floor(r() * 2 ** 32), i)
-  return b
-}
-
-/** an image holding /f (mib MiB of pattern(1)), written back; its path and contents */
-async function imageWithFile (mib: number): Promise<{ img: string, data: Buffer }> {
-  const img = path.join(tmpdir(), 's.img')
-  mkfs(img, { capacityBytes: 256 * MiB })
-  const f = new FolioFs(openImage(img))
-  const ino = f.create('/f', 0o644, root)
-  const data = pattern(1, mib * MiB)
-  await f.write(ino, data, 0)
-  await f.close()
-  return { img, data }
-}
-
-/** requests smaller than a chunk: served from chunks read ahead */
-const QUARTER = MiB / 4
-
-/** read MiB k of ino in requests of `request` bytes (a sequential reader's; MiB: read directly) */
-async function readMiB (f: FolioFs, ino: number, k: number, request = QUARTER): Promise<Buffer> {
-  const out: Buffer[] = []
-  for (let at = 0; at < MiB; at += request) {
-    const b = Buffer.alloc(request)
-    const n = await f.read(ino, b, request, k * MiB + at)
-    out.push(b.subarray(0, n))
-    if (n < request) break
-  }
-  return Buffer.concat(out)
-}
 
 /** let the chunk fills in flight settle (they are data area reads on the thread pool) */
 const settle = async (): Promise<void> => { await new Promise(resolve => setTimeout(resolve, 200)) }
@@ -96,20 +60,6 @@ test('a cold sequential read in 1 MiB requests is read straight into their buffe
   assert.ok((await readMiB(f, ino, 23, MiB)).equals(data.subarray(23 * MiB, 24 * MiB - 1000)), 'the last MiB, short')
   await f.close()
 })
-
-/**
- * Holds every data area read of f until off() (a direct read in flight
- * across whatever the test does meanwhile); held(): reads held so far.
- */
-function holdReads (f: FolioFs): { off: () => void, held: () => number } {
-  const area = f.data.area
-  const orig = area.read.bind(area)
-  let open = (): void => {}
-  const gate = new Promise<void>(resolve => { open = resolve })
-  let held = 0
-  area.read = async (...a: Parameters<typeof area.read>) => { held++; await gate; return await orig(...a) }
-  return { off: () => { area.read = orig; open() }, held: () => held }
-}
 
 test('a direct read in flight when the file changes is not answered from the old mapping', async () => {
   const { img, data } = await imageWithFile(16)
@@ -170,17 +120,6 @@ test('a read of several extents settles only when all its data area reads have e
 })
 
 /** imageWithFile(8) whose block 4 * 256 + 17 (in MiB 4) has one byte changed in the data area */
-async function imageWithDamagedBlock (): Promise<{ img: string, data: Buffer }> {
-  const { img, data } = await imageWithFile(8)
-  const g0 = new FolioFs(openImage(img, { readonly: true }))
-  const pblk = (await g0.data.extents(g0.resolve('/f')))[0].pblk
-  await g0.close()
-  const fd = fs.openSync(`${img}-data`, 'r+')
-  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, (pblk + 4 * 256 + 17) * 4096 + 9)
-  fs.closeSync(fd)
-  return { img, data }
-}
-
 test('a damaged block in a direct read reads as EIO for its own request only', async () => {
   const { img, data } = await imageWithDamagedBlock()
   const f = new FolioFs(openImage(img))
@@ -326,5 +265,25 @@ test('random writes, fsyncs, evictions, truncates and punches between the reques
   }
   const st = f.io.streams.stats
   assert.ok(st.directBytes > 0 && st.streamedBytes > st.directBytes && st.chunkFills > 0, `the reader was streamed both ways: ${JSON.stringify(st)}`)
+  await f.close()
+})
+
+test('a read does not answer bytes past the size it read at: a write that extended the file meanwhile is not in the buffer', async () => {
+  const img = path.join(tmpdir(), 'x.img')
+  mkfs(img, { capacityBytes: 64 * MiB })
+  const f = new FolioFs(openImage(img))
+  const ino = f.create('/f', 0o644, root)
+  await f.write(ino, Buffer.alloc(4096, 0x78), 0)
+  await f.sync() // written back (an fsync would put it in the data journal, and the folio would stay)
+  f.cache.evict(0)
+  const gate = holdReads(f)
+  const buf = Buffer.alloc(8192, 0xaa)
+  const pending = f.read(ino, buf, 8192, 0) // block 0 only: the file is 4096 bytes
+  for (let i = 0; gate.held() === 0 && i < 1000; i++) await new Promise(resolve => setImmediate(resolve))
+  assert.equal(gate.held(), 1, 'the read is at the data area')
+  await f.write(ino, Buffer.alloc(4096, 0x79), 4096) // block 1, not locked by the read
+  gate.off()
+  const n = await pending
+  assert.ok(buf.subarray(0, n).every((b, i) => b === (i < 4096 ? 0x78 : 0x79)), `the ${n} bytes answered are the file's (not the buffer's old 0xaa)`)
   await f.close()
 })
