@@ -248,7 +248,8 @@ function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, pu
     }),
     release: (_p: string, fd: number, cb: Cb) => reply(cb, () => { handles.delete(fd) }),
     fsync: (_p: string, _datasync: number, _fd: number, cb: Cb) => cb(0),
-    read: (p: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue(cb, () => {
+    // again: the binding asks again after a read plan failed (fuse-native.patch); this FS answers no plans
+    read: (p: string | null, fd: number, buf: Buffer, len: number, pos: number, _again: boolean, cb: Cb) => replyValue(cb, () => {
       const n = nodeOf(p, fd)
       if (pos >= n.size) return 0
       const end = Math.min(n.size, pos + len)

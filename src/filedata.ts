@@ -329,19 +329,26 @@ export class FileData {
   }
 
   /**
-   * Run an allocating step; on ENOSPC while punches are in flight (their
-   * blocks are free but not allocatable until punched: discard.ts), wait
-   * for them and run it again.
+   * Run an allocating step; on ENOSPC while freed blocks wait for read
+   * plans in flight or for their punches (they are free but not
+   * allocatable until then: readplan.ts, discard.ts), wait for those and
+   * run it again.
    */
   private async afterDiscards<T> (step: () => Promise<T>): Promise<T> {
     for (;;) {
       try {
         return await step()
       } catch (err) {
-        if ((err as { code?: string }).code !== 'ENOSPC' || this.discard.stats.inFlight === 0) throw err
-        await this.discard.idle()
+        if ((err as { code?: string }).code !== 'ENOSPC' || (this.discard.stats.inFlight === 0 && this.plans.waits === 0)) throw err
+        await this.reusableSettled()
       }
     }
+  }
+
+  /** every free made durable so far is allocatable: its read plans have run and its punches are done */
+  async reusableSettled (): Promise<void> {
+    await this.plans.idle()
+    await this.discard.idle()
   }
 
   /**

@@ -1832,7 +1832,7 @@ export class FolioFs {
       } catch (err) {
         process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
       }
-      await this.data.discard.idle() // punches of the last frees, before the data area closes
+      await this.data.reusableSettled() // punches of the last frees, before the data area closes
       // leave the image as a plain database at rest (see mkfs), without free pages (auto_vacuum = INCREMENTAL; a no-op on older images: fsck --compact)
       flushBatch(this.db)
       this.data.closeWal()

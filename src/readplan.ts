@@ -141,6 +141,15 @@ export class ReadPlans {
     this.poll()
   }
 
+  /** frees waiting for plans in flight */
+  get waits (): number { return this.waiting.length }
+
+  /** resolves once no free waits for a plan (the plans in flight when it was called have run) */
+  async idle (): Promise<void> {
+    if (this.waiting.length === 0) return
+    await new Promise<void>(resolve => this.whenReadsDone(resolve))
+  }
+
   /** run the waits whose tickets are all done; look again in POLL_MS while some are not */
   private poll (): void {
     if (this.waiting.length === 0) return
