@@ -27,7 +27,7 @@ import type { DataArea } from './dataarea'
 import { CrcThread } from './crcthread'
 import { ChecksumError, DataCsums } from './datacsum'
 import { Discard } from './discard'
-import { ReadPlans, type PlanTicket } from './readplan'
+import { ReadPlans, type PlanSegment, type PlanTicket } from './readplan'
 import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
@@ -287,18 +287,27 @@ export class FileData {
    * A read plan (readplan.ts) of blocks [first, first + dest.length / BLOCK_SIZE)
    * of ino into dest, a READ's reply buffer answering `bytes` bytes of it:
    * holes and unwritten extents zeroed in dest now, the written blocks
-   * named with their crcs. t was begun before this call (the lookup is
-   * in here). The caller hands the plan over only if the contents did not
-   * change meanwhile (as for readBlocks).
+   * named with their crcs, and the written blocks among the `ahead` after
+   * them named for prefetching (the reader's next requests). t was begun
+   * before this call (the lookup is in here). The caller hands the plan
+   * over only if the contents did not change meanwhile (as for readBlocks).
    */
-  async planBlocks (plans: ReadPlans, t: PlanTicket, ino: number, first: number, dest: Buffer, bytes: number): Promise<Buffer> {
+  async planBlocks (plans: ReadPlans, t: PlanTicket, ino: number, first: number, dest: Buffer, bytes: number, ahead: number): Promise<Buffer> {
     const n = dest.length / BLOCK_SIZE
-    const pieces = await this.written(ino, first, n, (lo, hi) => dest.fill(0, lo * BLOCK_SIZE, hi * BLOCK_SIZE))
+    const zero = (lo: number, hi: number): void => { if (lo < n) dest.fill(0, lo * BLOCK_SIZE, Math.min(hi, n) * BLOCK_SIZE) }
     const crcs = new Uint32Array(n)
     const check = new Uint8Array(n)
-    for (const p of pieces) this.csums.expected(p.pblk, p.len, crcs.subarray(p.lo - first), check.subarray(p.lo - first))
-    const segs = pieces.map(p => ({ at: (p.lo - first) * BLOCK_SIZE, bytes: p.len * BLOCK_SIZE, pos: p.pblk * BLOCK_SIZE }))
-    return plans.build(t, this.area.descriptor, segs, crcs, check, bytes)
+    const segs: PlanSegment[] = []
+    const prefetch: PlanSegment[] = []
+    for (const p of await this.written(ino, first, n + ahead, zero)) {
+      const inReply = Math.max(0, Math.min(p.len, first + n - p.lo))
+      if (inReply > 0) {
+        this.csums.expected(p.pblk, inReply, crcs.subarray(p.lo - first), check.subarray(p.lo - first))
+        segs.push({ at: (p.lo - first) * BLOCK_SIZE, bytes: inReply * BLOCK_SIZE, pos: p.pblk * BLOCK_SIZE })
+      }
+      if (inReply < p.len) prefetch.push({ at: 0, bytes: (p.len - inReply) * BLOCK_SIZE, pos: (p.pblk + inReply) * BLOCK_SIZE })
+    }
+    return plans.build(t, this.area.descriptor, segs, crcs, check, bytes, prefetch)
   }
 
   /** the log line of a checksum mismatch (once per data area block and mount; the stats count every read) */

@@ -10,11 +10,19 @@
 //   0   int32  state: 0 issued; the libfuse thread stores 1 (served) or
 //              2 (failed: the READ comes again, to be read without a plan)
 //              when it is done with the plan and the reply buffer
-//   4   uint32 segments, 8 uint32 blocks, 12 int32 fd of the data area
-//   16  segments x { uint32 reply offset, uint32 bytes, int64 data area offset }
+//   4   uint32 segments, 8 uint32 blocks, 12 int32 fd of the data area,
+//   16  uint32 prefetches, 20 reserved
+//   24  segments x { uint32 reply offset, uint32 bytes, int64 data area offset }
+//   ..  prefetches x { uint32 0, uint32 bytes, int64 data area offset }
 //   ..  blocks x uint32 expected crc32 of reply block i, blocks x uint8 1 = check it
 // Holes and unwritten extents are zeroed in the reply buffer before the
-// plan is handed over.
+// plan is handed over. Prefetches name where the reader's next requests
+// lie (PREFETCH_BLOCKS past this one): once its own reads are done the
+// libfuse thread asks the host to start reading them (POSIX_FADV_WILLNEED),
+// so the next plans find them in the host's page cache. Measured on a cold
+// GiB (data area not in the host's cache either), interleaved: 1.25/1.26/
+// 1.24 s without, 0.90/0.89/0.85 s with 4 MiB ahead (2, 8 and 16 MiB were
+// no better).
 //
 // The one hazard: the blocks a plan names must keep their contents until
 // the libfuse thread has read them, and a commit may unmap and free them
@@ -29,8 +37,11 @@
 // Misuse: begin() after the lookup (a free between the two would not wait
 // for it); a ticket neither handed over nor ended (its frees wait for
 // ever); writing into the reply buffer after the hand-over.
-const HEAD = 16
+const HEAD = 24
 const SEG = 16
+
+/** blocks past a plan's request whose data area places it names for prefetching (4 MiB) */
+export const PREFETCH_BLOCKS = 1024
 
 /** a piece of a plan: `bytes` bytes at data area byte `pos` go to reply byte `at` */
 export interface PlanSegment { at: number, bytes: number, pos: number }
@@ -80,17 +91,20 @@ export class ReadPlans {
 
   /**
    * The plan of t for a READ of `bytes` bytes: data area pieces `segs` of
-   * the descriptor fd, and for each of `blocks` reply blocks its expected
-   * crc where `check` is 1. t counts as handed over from here.
+   * the descriptor fd, for each of `blocks` reply blocks its expected crc
+   * where `check` is 1, and data area pieces to prefetch (`at` unused).
+   * t counts as handed over from here.
    */
-  build (t: PlanTicket, fd: number, segs: readonly PlanSegment[], crcs: Uint32Array, check: Uint8Array, bytes: number): Buffer {
+  build (t: PlanTicket, fd: number, segs: readonly PlanSegment[], crcs: Uint32Array, check: Uint8Array, bytes: number,
+    prefetch: readonly PlanSegment[] = []): Buffer {
     const blocks = crcs.length
-    const plan = Buffer.alloc(HEAD + SEG * segs.length + 5 * blocks) // own memory, 8-byte aligned: never the pool
+    const plan = Buffer.alloc(HEAD + SEG * (segs.length + prefetch.length) + 5 * blocks) // own memory, 8-byte aligned: never the pool
     plan.writeUInt32LE(segs.length, 4)
     plan.writeUInt32LE(blocks, 8)
     plan.writeInt32LE(fd, 12)
+    plan.writeUInt32LE(prefetch.length, 16)
     let o = HEAD
-    for (const s of segs) {
+    for (const s of [...segs, ...prefetch]) {
       plan.writeUInt32LE(s.at, o)
       plan.writeUInt32LE(s.bytes, o + 4)
       plan.writeBigInt64LE(BigInt(s.pos), o + 8)

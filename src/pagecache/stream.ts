@@ -62,7 +62,7 @@
 import { FOLIO_SIZE } from './folio'
 import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
-import type { PlanSink } from '../readplan'
+import { PREFETCH_BLOCKS, type PlanSink } from '../readplan'
 
 /** blocks per chunk: 1 MiB, the kernel's largest read request */
 export const CHUNK_BLOCKS = 256
@@ -219,7 +219,10 @@ export class ReadStreams {
     const t = sink ? plans.begin() : null // begun before the mapping lookup too (readplan.ts)
     let ok = true
     try {
-      if (t) await this.data.planBlocks(plans, t, ino, first, dest, n)
+      if (t) {
+        const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
+        await this.data.planBlocks(plans, t, ino, first, dest, n, Math.max(0, Math.min(PREFETCH_BLOCKS, eofBlock - (last + 1))))
+      }
       else await this.data.readBlocks(ino, first, dest)
     } catch {
       ok = false

@@ -2,7 +2,8 @@
 // 1 MiB request given a sink leaves a plan instead of reading; run as the
 // binding runs it (fuse-native.c: pread of each segment into the reply,
 // crc32 of each checked block) it yields the file's bytes, holes and
-// unwritten extents included. A damaged block fails the plan (the READ
+// unwritten extents included; it names the data area places of the
+// following MiBs (to EOF) for prefetching. A damaged block fails the plan (the READ
 // comes again without one, and answers EIO). Blocks freed while a plan
 // that maps them is in flight are neither reused nor discarded until it
 // is done.
@@ -20,20 +21,30 @@ import { imageWithDamagedBlock, imageWithFile, MiB, pattern, readMiB, root } fro
 const FALLOC_FL_KEEP_SIZE = 1
 const FALLOC_FL_PUNCH_HOLE = 2
 
+const HEAD = 24
+
+/** the data area pieces a plan names from byte o on: [pos, bytes] (and their reply offsets) */
+function pieces (plan: Buffer, o: number, count: number): Array<{ at: number, bytes: number, pos: number }> {
+  const out = []
+  for (let k = 0; k < count; k++, o += 16) out.push({ at: plan.readUInt32LE(o), bytes: plan.readUInt32LE(o + 4), pos: Number(plan.readBigInt64LE(o + 8)) })
+  return out
+}
+
+/** what a plan has the libfuse thread prefetch */
+const prefetches = (plan: Buffer): Array<{ bytes: number, pos: number }> => pieces(plan, HEAD + 16 * plan.readUInt32LE(4), plan.readUInt32LE(16))
+
 /** run plan into reply as fuse-native.c does; true if served (the state it stores: 1 served, 2 failed) */
 function runPlan (plan: Buffer, reply: Buffer): boolean {
   const nseg = plan.readUInt32LE(4)
   const nblk = plan.readUInt32LE(8)
   const fd = plan.readInt32LE(12)
+  const npf = plan.readUInt32LE(16)
   let ok = true
-  for (let k = 0; k < nseg && ok; k++) {
-    const o = 16 + 16 * k
-    const at = plan.readUInt32LE(o)
-    const bytes = plan.readUInt32LE(o + 4)
-    const pos = Number(plan.readBigInt64LE(o + 8))
-    ok = at + bytes <= reply.length && fs.readSync(fd, reply, at, bytes, pos) === bytes
+  for (const s of pieces(plan, HEAD, nseg)) {
+    if (!ok) break
+    ok = s.at + s.bytes <= reply.length && fs.readSync(fd, reply, s.at, s.bytes, s.pos) === s.bytes
   }
-  const crcs = 16 + 16 * nseg
+  const crcs = HEAD + 16 * (nseg + npf)
   for (let i = 0; i < nblk && ok; i++) {
     if (plan[crcs + 4 * nblk + i] === 1) ok = zlib.crc32(reply.subarray(i * 4096, (i + 1) * 4096)) === plan.readUInt32LE(crcs + 4 * i)
   }
@@ -84,6 +95,8 @@ test('a damaged block fails its plan; the READ again without one answers EIO; th
   await readMiB(f, ino, 3, MiB)
   const bad = await planMiB(f, ino, 4)
   assert.ok(bad.plan)
+  const pblk = (await f.data.extents(ino))[0].pblk // the file is one extent
+  assert.deepEqual(prefetches(bad.plan).map(p => ({ bytes: p.bytes, pos: p.pos })), [{ bytes: 3 * MiB, pos: (pblk + 5 * 256) * 4096 }], 'the plan names MiB 5 to the end (7) for prefetching')
   assert.equal(runPlan(bad.plan, bad.reply), false, 'the crc of block 17 of MiB 4 does not match')
   await assert.rejects(f.read(ino, Buffer.alloc(MiB), MiB, 4 * MiB), (e: unknown) => (e as { code?: string }).code === 'EIO')
   // the reader goes on (its first requests after the error read through folios, and ahead)
