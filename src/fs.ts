@@ -1839,6 +1839,7 @@ export class FolioFs {
       try { this.db.pragma('incremental_vacuum') } catch { /* best effort: the pages stay free inside the file */ }
       try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
     }
+    await this.data.plans.drained() // libfuse threads may still read the data area (an unmount by SIGTERM)
     this.db.close()
     this.data.area.close()
   }

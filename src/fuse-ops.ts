@@ -243,8 +243,10 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     // kernel stops sending FLUSH (one upcall less per close)
     fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => { await fs.fsync(fileIno(path, fd)) }),
     fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, async () => { await fs.fsync() }),
-    // again: a READ whose plan failed in the libfuse thread, read without one
-    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, again: boolean, cb: Cb) => {
+    // again: a READ whose plan failed in the libfuse thread, read without
+    // one (a binding without read plans passes the callback there)
+    read: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, again: boolean | Cb, cb: Cb) => {
+      if (typeof again === 'function') { cb = again; again = false }
       if (again) fs.data.plans.failedOnce()
       const sink: PlanSink | undefined = ctx.readPlans && !again ? { ticket: null } : undefined
       replyValue('read', (res: number) => {

@@ -149,7 +149,8 @@ export class ReadPlans {
    */
   whenReadsDone (go: () => void): void {
     this.sweep()
-    if (this.live.size === 0) { go(); return }
+    this.poll() // the waits whose plans are done go first (their frees are older)
+    if (this.live.size === 0 && this.waiting.length === 0) { go(); return }
     this.stats.reuseWaits++
     this.waiting.push({ before: [...this.live], go })
     this.poll()
@@ -160,8 +161,21 @@ export class ReadPlans {
 
   /** resolves once no free waits for a plan (the plans in flight when it was called have run) */
   async idle (): Promise<void> {
+    this.poll()
     if (this.waiting.length === 0) return
     await new Promise<void>(resolve => this.whenReadsDone(resolve))
+  }
+
+  /**
+   * Resolves once no plan is in flight, or after ms (a libfuse thread
+   * that never finishes its plan must not hold an unmount for ever): the
+   * data area may close after it.
+   */
+  async drained (ms = 5000): Promise<void> {
+    for (const end = performance.now() + ms; this.inFlight > 0 && performance.now() < end;) {
+      await new Promise(resolve => setTimeout(resolve, ReadPlans.POLL_MS))
+    }
+    this.poll()
   }
 
   /** run the waits whose tickets are all done; look again in POLL_MS while some are not */
