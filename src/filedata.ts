@@ -285,14 +285,14 @@ export class FileData {
 
   /**
    * A read plan (readplan.ts) of blocks [first, first + dest.length / BLOCK_SIZE)
-   * of ino into dest, a READ's reply buffer answering `bytes` bytes of it:
+   * of ino into dest, a READ's reply buffer:
    * holes and unwritten extents zeroed in dest now, the written blocks
    * named with their crcs, and the written blocks among the `ahead` after
    * them named for prefetching (the reader's next requests). t was begun
    * before this call (the lookup is in here). The caller hands the plan
    * over only if the contents did not change meanwhile (as for readBlocks).
    */
-  async planBlocks (plans: ReadPlans, t: PlanTicket, ino: number, first: number, dest: Buffer, bytes: number, ahead: number): Promise<Buffer> {
+  async planBlocks (t: PlanTicket, ino: number, first: number, dest: Buffer, ahead: number): Promise<Buffer> {
     const n = dest.length / BLOCK_SIZE
     const zero = (lo: number, hi: number): void => { if (lo < n) dest.fill(0, lo * BLOCK_SIZE, Math.min(hi, n) * BLOCK_SIZE) }
     const crcs = new Uint32Array(n)
@@ -307,7 +307,7 @@ export class FileData {
       }
       if (inReply < p.len) prefetch.push({ at: 0, bytes: (p.len - inReply) * BLOCK_SIZE, pos: (p.pblk + inReply) * BLOCK_SIZE })
     }
-    return plans.build(t, this.area.descriptor, segs, crcs, check, bytes, prefetch)
+    return this.plans.build(t, this.area.descriptor, segs, crcs, check, prefetch)
   }
 
   /** the log line of a checksum mismatch (once per data area block and mount; the stats count every read) */

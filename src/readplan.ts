@@ -90,12 +90,12 @@ export class ReadPlans {
   }
 
   /**
-   * The plan of t for a READ of `bytes` bytes: data area pieces `segs` of
-   * the descriptor fd, for each of `blocks` reply blocks its expected crc
-   * where `check` is 1, and data area pieces to prefetch (`at` unused).
-   * t counts as handed over from here.
+   * The plan of t: data area pieces `segs` of the descriptor fd, for each
+   * of `blocks` reply blocks its expected crc where `check` is 1, and data
+   * area pieces to prefetch (`at` unused). t counts as in flight until it
+   * is ended or its plan has run (handOver, or end if it is not answered).
    */
-  build (t: PlanTicket, fd: number, segs: readonly PlanSegment[], crcs: Uint32Array, check: Uint8Array, bytes: number,
+  build (t: PlanTicket, fd: number, segs: readonly PlanSegment[], crcs: Uint32Array, check: Uint8Array,
     prefetch: readonly PlanSegment[] = []): Buffer {
     const blocks = crcs.length
     const plan = Buffer.alloc(HEAD + SEG * (segs.length + prefetch.length) + 5 * blocks) // own memory, 8-byte aligned: never the pool
@@ -113,9 +113,14 @@ export class ReadPlans {
     for (let i = 0; i < blocks; i++) plan.writeUInt32LE(crcs[i], o + 4 * i)
     plan.set(check, o + 4 * blocks)
     t.plan = plan
+    return plan
+  }
+
+  /** t's plan answers a READ of `bytes` bytes: the libfuse thread runs it from here */
+  handOver (t: PlanTicket, sink: PlanSink, bytes: number): void {
+    sink.ticket = t
     this.stats.plans++
     this.stats.plannedBytes += bytes
-    return plan
   }
 
   /** what the libfuse thread made of t's plan: 0 not done yet, 1 served, 2 failed */

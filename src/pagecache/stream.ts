@@ -172,7 +172,7 @@ export class ReadStreams {
     if (big) {
       let held = true
       for (let k = k0; k <= k1 && held; k++) held = s.chunks.has(k)
-      if (!held) return await this.readDirect(ino, s, buf, first, last, n, sink)
+      if (!held) return await this.readDirect(ino, s, buf, first, last, n, eofBlock, sink)
     }
     const need: Chunk[] = []
     for (let k = k0; k <= k1; k++) {
@@ -211,7 +211,7 @@ export class ReadStreams {
    * or failed meanwhile: the caller reads through the folios, which
    * overwrite buf and report a damaged block exactly.
    */
-  private async readDirect (ino: number, s: Stream, buf: Buffer, first: number, last: number, n: number, sink?: PlanSink): Promise<StreamAnswer> {
+  private async readDirect (ino: number, s: Stream, buf: Buffer, first: number, last: number, n: number, eofBlock: number, sink?: PlanSink): Promise<StreamAnswer> {
     const d: DirectRead = { gone: false }
     s.direct.add(d) // registered before the mapping lookup (see Misuse)
     const dest = buf.subarray(0, (last + 1 - first) * FOLIO_SIZE)
@@ -219,10 +219,7 @@ export class ReadStreams {
     const t = sink ? plans.begin() : null // begun before the mapping lookup too (readplan.ts)
     let ok = true
     try {
-      if (t) {
-        const eofBlock = Math.ceil(this.sizeOf(ino) / FOLIO_SIZE)
-        await this.data.planBlocks(plans, t, ino, first, dest, n, Math.max(0, Math.min(PREFETCH_BLOCKS, eofBlock - (last + 1))))
-      }
+      if (t) await this.data.planBlocks(t, ino, first, dest, Math.max(0, Math.min(PREFETCH_BLOCKS, eofBlock - (last + 1))))
       else await this.data.readBlocks(ino, first, dest)
     } catch {
       ok = false
@@ -234,7 +231,7 @@ export class ReadStreams {
       this.stats.directRetried++
       return 'unable'
     }
-    if (t && sink) sink.ticket = t // handed over: the libfuse thread reads the bytes
+    if (t && sink) plans.handOver(t, sink, n) // the libfuse thread reads the bytes
     this.stats.streamedBytes += n
     this.stats.directBytes += n
     return 'served'

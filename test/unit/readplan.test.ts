@@ -152,7 +152,7 @@ test('whenReadsDone waits for the tickets begun before it, not for later ones', 
   plans.end(a)
   assert.equal(ran, 2, 'a ended: b began after the wait, and is not waited for')
   plans.whenReadsDone(() => ran++)
-  const plan = plans.build(b, -1, [], new Uint32Array(0), new Uint8Array(0), 0)
+  const plan = plans.build(b, -1, [], new Uint32Array(0), new Uint8Array(0))
   assert.equal(ran, 2)
   Atomics.store(new Int32Array(plan.buffer, plan.byteOffset, 1), 0, 1) // the libfuse thread is done
   await new Promise(resolve => setTimeout(resolve, 20))
@@ -164,14 +164,14 @@ test('a wait whose plans are done runs before a later one that finds none in fli
   const plans = new ReadPlans()
   const order: number[] = []
   const t = plans.begin()
-  const plan = plans.build(t, -1, [], new Uint32Array(0), new Uint8Array(0), 0)
+  const plan = plans.build(t, -1, [], new Uint32Array(0), new Uint8Array(0))
   plans.whenReadsDone(() => order.push(1))
   Atomics.store(new Int32Array(plan.buffer, plan.byteOffset, 1), 0, 1) // done, and no poll has seen it yet
   plans.whenReadsDone(() => order.push(2))
   assert.deepEqual(order, [1, 2], 'the older free first, both at once')
   assert.equal(plans.waits, 0)
   const u = plans.begin()
-  const plan2 = plans.build(u, -1, [], new Uint32Array(0), new Uint8Array(0), 0)
+  const plan2 = plans.build(u, -1, [], new Uint32Array(0), new Uint8Array(0))
   plans.whenReadsDone(() => order.push(3))
   Atomics.store(new Int32Array(plan2.buffer, plan2.byteOffset, 1), 0, 2) // failed: done all the same
   await plans.idle() // what an allocation that found the device full waits for: the free runs first
