@@ -460,6 +460,7 @@ export function pageCacheStats (fs: FolioFs): Record<string, number> {
     writebackErrors: fs.writeback.stats.errors,
     throttled: fs.writeback.stats.throttled,
     memoryPressure: fs.writeback.stats.memoryPressure,
+    writebackYielded: fs.writeback.stats.yielded,
     dataReads: fs.data.area.stats.reads,
     dataWrites: fs.data.area.stats.writes,
     dataSyncs: fs.data.area.stats.syncs

@@ -388,3 +388,35 @@ test('a gathered write that fails fails every run it carried: all dirty again, w
   await fs.close()
   await sameAfterRemount(img, inos[17], pattern(517, 4096))
 })
+
+test('an fsync does not wait for a background pass to write everything old: the pass yields, then goes on', async () => {
+  const { img, fs } = fresh({ dirtyExpireMs: 0 })
+  fs.writeback.stop() // no timer: the test kicks the pass itself
+  const a = fs.create('/a', 0o644, root)
+  const data = pattern(40, 4 * MiB)
+  await fs.write(a, data, 0)
+  await fs.fsync(a)
+  const blocks = data.length / 4096
+  for (let i = 0; i < blocks; i += 2) { // every other block: one-block runs
+    const b = pattern(41 + i, 4096)
+    b.copy(data, i * 4096)
+    await fs.write(a, b, i * 4096)
+  }
+  const b = fs.create('/b', 0o644, root)
+  const small = pattern(42, 4096)
+  await fs.write(b, small, 0)
+  fs.writeback.kick(true)
+  await fs.fsync(b)
+  const left = fs.cache.dirtyOf(a, 0, Infinity).length
+  assert.ok(left > blocks / 4, `the fsync ran before most of the background pass (${left} of ${blocks / 2} runs still dirty)`)
+  assert.ok(fs.writeback.stats.yielded >= 1, 'the pass yielded')
+  for (let i = 0; i < 200 && fs.cache.dirtyOf(a, 0, Infinity).length > 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  assert.equal(fs.cache.dirtyOf(a, 0, Infinity).length, 0, 'and went on by itself after it')
+  await fs.close()
+  await sameAfterRemount(img, a, data)
+  const again = new FolioFs(openImage(img))
+  const got = Buffer.alloc(4096)
+  await again.read(b, got, 4096, 0)
+  assert.ok(got.equals(small))
+  await again.close()
+})
