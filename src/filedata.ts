@@ -32,6 +32,14 @@ import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lock
 
 const END = Number.MAX_SAFE_INTEGER
 /** extents unmapped by the first truncate step; later ones adapt (see above) */
+/**
+ * free blocks (1 MiB) a run at writeback's write point looks for
+ * (allocRun): fewer and the runs of a pass land in the holes of an aged
+ * image, one write each (a data area write costs the main thread a
+ * thread-pool hand-off, ~0.1-0.3 ms here)
+ */
+export const WRITE_POINT_BLOCKS = 256
+
 export const TRUNCATE_BATCH = 1024
 export const TRUNCATE_BATCH_MIN = 128
 export const TRUNCATE_BATCH_MAX = 4096
@@ -163,11 +171,11 @@ export class FileData {
   }
 
   /** reserve up to want blocks; when the device is full only because frees are not durable yet, checkpoint and retry */
-  private allocOrReclaim (t: BtreeTrans, want: number, hint: number): Range | null {
-    const r = t.alloc(want, hint)
+  private allocOrReclaim (t: BtreeTrans, want: number, hint: number, minRun = 0): Range | null {
+    const r = t.alloc(want, hint, minRun)
     if (r !== null || this.tree.pendingFreeBlocks() === 0) return r
     this.checkpoint()
-    return t.alloc(want, hint)
+    return t.alloc(want, hint, minRun)
   }
 
   /** a node failed its checks: remember it (one log line), so nothing more is written */
@@ -321,14 +329,21 @@ export class FileData {
    * Writeback step 1: reserve len blocks for blocks [start, start+len) of
    * ino, contiguous with the file's previous extent where possible, or at
    * pblk `after` (the end of the caller's previous run of ino, reserved and
-   * not committed yet: the tree does not know it). The reservation
-   * outlives the step: commitRun() adopts it, unreserve() gives it back.
+   * not committed yet: the tree does not know it). A run that continues
+   * nothing (an overwrite, a file's first blocks) goes to `writePoint`, the
+   * end of the caller's previous run of any file, in a free range of at
+   * least WRITE_POINT_BLOCKS there or after it: the runs of a pass then
+   * follow each other, and their writes gather into a few large ones even
+   * on an aged image. The reservation outlives the step: commitRun()
+   * adopts it, unreserve() gives it back.
    */
-  async allocRun (ino: number, start: number, len: number, after?: number): Promise<Range[]> {
+  async allocRun (ino: number, start: number, len: number, after?: number, writePoint?: number): Promise<Range[]> {
     return await this.guard(true, async () => await this.afterDiscards(async () => await lockrestartDo(transGet(this.tree), t => {
-      let hint = after ?? t.allocHint(ino, start)
+      const cont = after ?? t.continuation(ino, start)
+      const atWritePoint = cont === null && writePoint !== undefined
+      let hint = cont ?? writePoint ?? t.allocHint(ino, start)
       for (let done = 0; done < len;) {
-        const r = this.allocOrReclaim(t, len - done, hint)
+        const r = this.allocOrReclaim(t, len - done, hint, atWritePoint ? WRITE_POINT_BLOCKS : 0)
         if (!r) throw fsErr('ENOSPC', `writeback of inode ${ino}`)
         done += r.len
         hint = r.pblk + r.len

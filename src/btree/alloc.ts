@@ -39,7 +39,11 @@
 //
 // Allocation prefers the block right after the file's previous extent
 // (hint), then the first range after the hint that fits, so files stay
-// contiguous; failing that, the longest range.
+// contiguous; failing that, the longest range. A caller that will go on
+// allocating right after this range (writeback's write point, for runs
+// that do not continue their file) asks for a range of at least minRun
+// free blocks, so that its next allocations continue there instead of
+// filling the one-block holes an aged image is full of.
 import type Database from 'better-sqlite3'
 import { BtreeError } from './errors'
 import { RangeSet, carve, merge, type Range } from './rangeset'
@@ -194,8 +198,10 @@ export class Allocator {
   /**
    * Reserve up to `want` contiguous blocks, preferring `hint`. Returns a
    * shorter range when no free range is long enough; null when full.
+   * Away from hint, the first range after it with at least minRun free
+   * blocks is preferred (then any that fits want).
    */
-  alloc (want: number, hint = 0): Range | null {
+  alloc (want: number, hint = 0, minRun = want): Range | null {
     const s = this.avail
     if (want <= 0 || s.size === 0) return null
     hint = Math.max(0, Math.min(hint, this.total - 1))
@@ -204,7 +210,8 @@ export class Allocator {
     let r: Range
     if (atHint >= want) r = { pblk: hint, len: want }
     else {
-      const fit = s.firstFit(at ? s.next(at) : s.first(), want)
+      const from = at ? s.next(at) : s.first()
+      const fit = (minRun > want ? s.firstFit(from, minRun) : null) ?? s.firstFit(from, want)
       if (fit) r = { pblk: s.start(fit), len: want }
       else if (atHint > 0) r = { pblk: hint, len: atHint } // continue the file where it is
       else {

@@ -289,17 +289,33 @@ export class BtreeTrans implements LockOwner {
 
   /** physical block where data for (ino, off) would continue the file */
   allocHint (ino: number, off: number): number {
+    return this.placeOf(ino, off)?.pblk ?? 0
+  }
+
+  /**
+   * where new data for (ino, off) continues the file: the block after the
+   * extent before it; null when off is mapped (an overwrite, which
+   * copy-on-write moves anyway) or no extent comes before it
+   */
+  continuation (ino: number, off: number): number | null {
+    const p = this.placeOf(ino, off)
+    return p && !p.mapped ? p.pblk : null
+  }
+
+  /** the block mapping (ino, off), or else the one after the extent before it */
+  private placeOf (ino: number, off: number): { pblk: number, mapped: boolean } | null {
     const it = this.iter(ino, off)
     let e = it.peek()
     if (!e || e.off > off) e = it.prev()
-    if (!e) return 0
-    return e.off <= off && off <= e.off + e.len ? e.pblk + (off - e.off) : e.pblk + e.len
+    if (!e) return null
+    if (e.off <= off && off < e.off + e.len) return { pblk: e.pblk + (off - e.off), mapped: true }
+    return { pblk: e.pblk + e.len, mapped: false }
   }
 
-  /** reserve up to want blocks near hint; handed back if the step does not commit */
-  alloc (want: number, hint: number): Range | null {
+  /** reserve up to want blocks near hint (away from it: in a free range of minRun blocks if there is one); handed back if the step does not commit */
+  alloc (want: number, hint: number, minRun = want): Range | null {
     this.checkUsable()
-    const r = this.tree.alloc.alloc(want, hint)
+    const r = this.tree.alloc.alloc(want, hint, minRun)
     if (r) this.reserved.push(r)
     return r
   }

@@ -9,8 +9,10 @@
 //      one that came before the lock is in the data we write;
 //   2. allocate blocks for the whole run in one B-tree step (contiguous
 //      where possible, continuing the file, or the run written just before
-//      it when that is not committed yet), holding the reservation past
-//      the step (detachReserved);
+//      it when that is not committed yet; a run that continues nothing, an
+//      overwrite or a new file, goes to the write point: where the pass's
+//      previous run ended, in a free range of WRITE_POINT_BLOCKS), holding
+//      the reservation past the step (detachReserved);
 //   3. take the crc32 of every block (datacsum.ts: under the folio locks,
 //      so it is the crc of exactly the bytes written) and write the folios
 //      to the newly allocated blocks with async I/O, still holding the
@@ -352,7 +354,7 @@ export class Writeback {
     const commits = new CommitStage(this, errors)
     const writes = new WriteWindow()
     const gather = new WriteGather(async (bufs, pblk) => { await this.data.area.write(bufs, pblk) })
-    let next: Hint | null = null
+    let next: Hint | null = null // where the run started last ends (any inode): the write point
     // runs reach the commit stage in the order they were started, whatever
     // order their writes end in: a file's runs commit in order, so its
     // on-disk size never passes a run that is not mapped yet
@@ -407,7 +409,7 @@ export class Writeback {
     try {
       for (const part of parts) {
         const h = hint !== null && hint.ino === ino && hint.index === part[0].index ? hint.pblk : undefined
-        const s = await this.startLocked(ino, part, h, gather)
+        const s = await this.startLocked(ino, part, h, hint?.pblk, gather)
         out.push(s)
         hint = s.next
       }
@@ -424,12 +426,12 @@ export class Writeback {
    * them (the returned `io`). On failure of either they are dirty again and
    * unlocked (and `io` rejects).
    */
-  private async startLocked (ino: number, run: Folio[], hint: number | undefined, gather: WriteGather): Promise<Started> {
+  private async startLocked (ino: number, run: Folio[], hint: number | undefined, writePoint: number | undefined, gather: WriteGather): Promise<Started> {
     const start = run[0].index
     for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
     let pieces: Range[]
     try {
-      pieces = await this.data.allocRun(ino, start, run.length, hint)
+      pieces = await this.data.allocRun(ino, start, run.length, hint, writePoint)
     } catch (err) {
       this.failed({ ino, start, folios: run, pieces: [], crcs: new Uint32Array(0) }, err)
       throw err

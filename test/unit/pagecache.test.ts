@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as path from 'path'
 import { mkfs, openImage } from '../../src/image'
-import { FolioFs, type FsOptions } from '../../src/fs'
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FolioFs, type FsOptions } from '../../src/fs'
 import { fsck } from '../../src/fsck'
 import { COMMIT_GROUP, MAX_RUN } from '../../src/pagecache/writeback'
 import { rng, tmpdir } from './helpers'
@@ -419,4 +419,32 @@ test('an fsync does not wait for a background pass to write everything old: the 
   await again.read(b, got, 4096, 0)
   assert.ok(got.equals(small))
   await again.close()
+})
+
+test('on an aged image (free space in one-block holes) the scattered overwrites of a pass go out together at its write point, not one write per hole', async () => {
+  const { img, fs } = fresh()
+  const a = fs.create('/a', 0o644, root)
+  const data = pattern(51, 8 * MiB)
+  await fs.write(a, data, 0)
+  await fs.fsync(a)
+  const holes = fs.create('/holes', 0o644, root)
+  await fs.write(holes, pattern(50, 8 * MiB), 0)
+  await fs.fsync(holes)
+  for (let i = 0; i < 2048; i += 2) await fs.fallocate(holes, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, i * 4096, 4096) // 1024 one-block holes right after a's blocks
+  await fs.sync()
+  const runs = 512
+  for (let i = 0; i < runs; i++) { // every fourth block of a: one-block runs, each an overwrite
+    const b = pattern(52 + i, 4096)
+    b.copy(data, i * 4 * 4096)
+    await fs.write(a, b, i * 4 * 4096)
+  }
+  const writes0 = fs.data.area.stats.writes
+  await fs.fsync(a)
+  const writes = fs.data.area.stats.writes - writes0
+  assert.ok(writes <= runs / 16, `${writes} data area writes for ${runs} runs`)
+  const ex = (await fs.data.extents(a)).filter(e => e.off % 4 === 0 && e.len === 1 && e.off < runs * 4)
+  assert.equal(ex.length, runs, 'each overwritten block is an extent of its own')
+  assert.ok(ex.every((e, k) => k === 0 || e.pblk === ex[k - 1].pblk + 1), 'placed one after another')
+  await fs.close()
+  await sameAfterRemount(img, a, data)
 })
