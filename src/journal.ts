@@ -13,6 +13,11 @@
 // On disk:
 //   data_journal(ino INTEGER, blk INTEGER, data BLOB, PRIMARY KEY (ino, blk))
 //   a row holds the whole 4 KiB block blk of inode ino as it was fsynced.
+//   A rowid table: its key lives in a separate index of small records. The
+//   first images had it WITHOUT ROWID, where every key comparison of a
+//   search reads the whole 4 KiB record out of its overflow page (~7 reads
+//   per row put with a few thousand rows); a read-write open converts such
+//   a table (same rows, same SQL, so either shape reads right).
 // Invariants:
 // * A row is newer than whatever the extent tree maps at (ino, blk): at
 //   mount (replay) it becomes a dirty folio again, and reads, FIEMAP
@@ -35,7 +40,18 @@
 import type Database from 'better-sqlite3'
 import { onRollback } from './sqltx'
 
-export const JOURNAL_SCHEMA = 'CREATE TABLE IF NOT EXISTS data_journal (ino INTEGER NOT NULL, blk INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (ino, blk)) WITHOUT ROWID;'
+export const JOURNAL_SCHEMA = 'CREATE TABLE IF NOT EXISTS data_journal (ino INTEGER NOT NULL, blk INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (ino, blk));'
+
+/** a data_journal of the first shape (WITHOUT ROWID) becomes a rowid table with the same rows, in one transaction */
+function convertJournal (db: Database.Database): void {
+  const sql = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'data_journal'").pluck().get() as string | undefined
+  if (sql === undefined || !/WITHOUT\s+ROWID/i.test(sql)) return
+  db.transaction(() => {
+    db.exec('CREATE TEMP TABLE data_journal_old AS SELECT ino, blk, data FROM data_journal; DROP TABLE data_journal')
+    db.exec(JOURNAL_SCHEMA)
+    db.exec('INSERT INTO data_journal (ino, blk, data) SELECT ino, blk, data FROM data_journal_old; DROP TABLE data_journal_old')
+  })()
+}
 
 /**
  * an fsync journals the blocks it has to make durable when there are at
@@ -74,7 +90,7 @@ export class DataJournal {
    * (damaged) gets an empty one on a read-write open.
    */
   constructor (db: Database.Database, format5: boolean) {
-    if (format5 && !db.readonly) db.exec(JOURNAL_SCHEMA)
+    if (format5 && !db.readonly) { db.exec(JOURNAL_SCHEMA); convertJournal(db) }
     this.q = format5 && hasJournal(db)
       ? {
           put: db.prepare('INSERT OR REPLACE INTO data_journal (ino, blk, data) VALUES (?, ?, ?)'),

@@ -382,3 +382,38 @@ test('an fsync issued while a truncate of the file runs returns only once that t
   assert.ok(before || after, `size ${b.length}, first byte ${b[0]?.toString(16)}: neither order`)
   await again.close()
 })
+
+test('a journal table of the first shape (WITHOUT ROWID) reads right, and a read-write open converts it with its rows', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/db', 0o644, root)
+  const want = pattern(7, 8 * B)
+  await fs.write(ino, want, 0)
+  await fs.fsync(ino)
+  assert.equal(fs.journal.stats.commits, 1)
+  crash(fs)
+  const db = new Database(img)
+  db.exec(`CREATE TABLE old AS SELECT * FROM data_journal; DROP TABLE data_journal;
+    CREATE TABLE data_journal (ino INTEGER NOT NULL, blk INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (ino, blk)) WITHOUT ROWID;
+    INSERT INTO data_journal SELECT * FROM old; DROP TABLE old`)
+  db.close()
+  const shape = (): string => {
+    const d = new Database(img, { readonly: true })
+    try { return d.prepare("SELECT sql FROM sqlite_master WHERE name = 'data_journal'").pluck().get() as string } finally { d.close() }
+  }
+  assert.match(shape(), /WITHOUT ROWID/)
+  const ro = new FolioFs(openImage(img, { readonly: true }))
+  assert.ok((await readAll(ro, ino)).equals(want), 'read-only: the old shape reads right')
+  await ro.close()
+  assert.match(shape(), /WITHOUT ROWID/, 'and stays as it was')
+  const again = new FolioFs(openImage(img))
+  assert.equal(again.journal.stats.replayed, 8)
+  assert.ok((await readAll(again, ino)).equals(want))
+  assert.doesNotMatch(again.db.prepare("SELECT sql FROM sqlite_master WHERE name = 'data_journal'").pluck().get() as string, /WITHOUT ROWID/, 'converted')
+  assert.equal(again.journal.rows, 8, 'with its rows')
+  await again.fsync(ino)
+  crash(again)
+  assert.deepEqual(fsck(img).errors, [])
+  const last = new FolioFs(openImage(img))
+  assert.ok((await readAll(last, ino)).equals(want))
+  await last.close()
+})
