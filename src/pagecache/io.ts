@@ -18,7 +18,7 @@ import { FOLIO_SIZE, type Folio } from './folio'
 import type { PageCache } from './cache'
 import type { FileData } from '../filedata'
 import { ChecksumError } from '../datacsum'
-import { ReadStreams } from './stream'
+import { ReadStreams, directable } from './stream'
 import type { PlanSink } from '../readplan'
 
 const READAHEAD_MIN = 8 //  32 KiB
@@ -125,7 +125,10 @@ export class BufferedIO {
     const sequential = st !== undefined && isSequential(st, first, last - first + 1)
     const window = sequential ? Math.min(READAHEAD_MAX, Math.max(st.window * 2, last - first + 1)) : READAHEAD_MIN
     const next = sequential ? Math.max(st.next, last + 1) : last + 1
-    const streamed = sequential ? await this.streams.read(ino, buf, pos, n, window, sink) : 'unable'
+    // a big request is streamed (read directly) in any order: with a
+    // readahead window of several requests, the kernel's arrive out of
+    // order, and through folios they ran at a third of the speed
+    const streamed = sequential || directable(buf, pos, n) ? await this.streams.read(ino, buf, pos, n, window, sink) : 'unable'
     if (streamed === 'served') {
       this.ra.set(ino, { next, window })
       return
