@@ -442,17 +442,31 @@ async function main (argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Exit with code once stdout and stderr have taken everything written to
+ * them: into a pipe, process.exit() alone drops what the pipe has not
+ * taken yet (`foliofs fiemap --json | jq` got the first 64 KiB).
+ */
+function exitFlushed (code: number): void {
+  process.exitCode = code
+  let left = 2
+  const done = (): void => { if (--left === 0) process.exit(code) }
+  process.stdout.write('', done)
+  process.stderr.write('', done)
+}
+
 export function run (): void {
   main(process.argv.slice(2)).then(code => {
-    if (code >= 0) process.exit(code)
+    if (code >= 0) exitFlushed(code)
   }, err => {
     if (err instanceof ImageError) {
       process.stderr.write(`foliofs: ${err.message}\n`)
-      process.exit(err.exitCode)
+      exitFlushed(err.exitCode)
+      return
     }
     // a bug, not bad input: one line (the stack with DEBUG set)
     process.stderr.write(`foliofs: internal error: ${(err as Error)?.message ?? String(err)}${process.env.DEBUG ? `\n${(err as Error)?.stack ?? ''}` : ' (DEBUG=foliofs:* shows where)'}\n`)
-    process.exit(1)
+    exitFlushed(1)
   })
 }
 
