@@ -406,10 +406,18 @@ test('an fsync does not wait for a background pass to write everything old: the 
   const small = pattern(42, 4096)
   await fs.write(b, small, 0)
   fs.writeback.kick(true)
-  await fs.fsync(b)
+  await fs.fsync(b) // one block: the journal's step
   const left = fs.cache.dirtyOf(a, 0, Infinity).length
   assert.ok(left > blocks / 4, `the fsync ran before most of the background pass (${left} of ${blocks / 2} runs still dirty)`)
   assert.ok(fs.writeback.stats.yielded >= 1, 'the pass yielded')
+  const c = fs.create('/c', 0o644, root)
+  const big = pattern(43, 64 * 4096)
+  await fs.write(c, big, 0)
+  const yielded = fs.writeback.stats.yielded
+  fs.writeback.kick(true)
+  await fs.fsync(c) // 64 blocks: its own writeback pass
+  assert.ok(fs.cache.dirtyOf(a, 0, Infinity).length > blocks / 8, 'an fsync by writeback does not wait for the whole background pass either')
+  assert.ok(fs.writeback.stats.yielded > yielded, 'the pass yielded to it')
   for (let i = 0; i < 200 && fs.cache.dirtyOf(a, 0, Infinity).length > 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
   assert.equal(fs.cache.dirtyOf(a, 0, Infinity).length, 0, 'and went on by itself after it')
   await fs.close()
@@ -418,6 +426,9 @@ test('an fsync does not wait for a background pass to write everything old: the 
   const got = Buffer.alloc(4096)
   await again.read(b, got, 4096, 0)
   assert.ok(got.equals(small))
+  const gotc = Buffer.alloc(big.length)
+  await again.read(c, gotc, big.length, 0)
+  assert.ok(gotc.equals(big))
   await again.close()
 })
 
