@@ -207,8 +207,9 @@ export function fuseExtraOptions (opts: MountOptions): string[] {
  * the binding takes 1 MiB: widen the window (about 1.5x the cold sequential
  * read here). 2 MiB keeps two 1 MiB requests in flight: a cold GiB, 5
  * runs each, interleaved: 0.91/0.94/0.95/1.08/1.21 s at 1 MiB, 0.82/0.82/
- * 0.86/1.00/1.01 s at 2 MiB (4 MiB measured no better). Root only (sysfs); the device comes from the mount table, so
- * the daemon never touches its own mount. Best effort.
+ * 0.86/1.00/1.01 s at 2 MiB (4 MiB measured no better). Root only
+ * (sysfs); the device comes from the mount table, so the daemon never
+ * touches its own mount. Best effort.
  * The mount's callback runs before libfuse has sent its INIT reply, and the
  * kernel clamps the window to the reply's max_readahead when it takes it:
  * set it, then check for 100 ms that it stays set.

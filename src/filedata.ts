@@ -31,7 +31,6 @@ import { ReadPlans, type PlanSegment, type PlanTicket } from './readplan'
 import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
-/** extents unmapped by the first truncate step; later ones adapt (see above) */
 /**
  * free blocks (1 MiB) a run at writeback's write point looks for
  * (allocRun): fewer and the runs of a pass land in the holes of an aged
@@ -40,6 +39,7 @@ const END = Number.MAX_SAFE_INTEGER
  */
 export const WRITE_POINT_BLOCKS = 256
 
+/** extents unmapped by the first truncate step; later ones adapt (see above) */
 export const TRUNCATE_BATCH = 1024
 export const TRUNCATE_BATCH_MIN = 128
 export const TRUNCATE_BATCH_MAX = 4096

@@ -396,9 +396,10 @@ test('a journal table of the first shape (WITHOUT ROWID) reads right, and a read
     CREATE TABLE data_journal (ino INTEGER NOT NULL, blk INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (ino, blk)) WITHOUT ROWID;
     INSERT INTO data_journal SELECT * FROM old; DROP TABLE old`)
   db.close()
-  const shape = (): string => {
-    const d = new Database(img, { readonly: true })
-    try { return d.prepare("SELECT sql FROM sqlite_master WHERE name = 'data_journal'").pluck().get() as string } finally { d.close() }
+  /** the journal table's CREATE statement, read through d (default: the closed image, opened read-only) */
+  const shape = (d?: Database.Database): string => {
+    const db = d ?? new Database(img, { readonly: true })
+    try { return db.prepare("SELECT sql FROM sqlite_master WHERE name = 'data_journal'").pluck().get() as string } finally { if (!d) db.close() }
   }
   assert.match(shape(), /WITHOUT ROWID/)
   const ro = new FolioFs(openImage(img, { readonly: true }))
@@ -408,7 +409,7 @@ test('a journal table of the first shape (WITHOUT ROWID) reads right, and a read
   const again = new FolioFs(openImage(img))
   assert.equal(again.journal.stats.replayed, 8)
   assert.ok((await readAll(again, ino)).equals(want))
-  assert.doesNotMatch(again.db.prepare("SELECT sql FROM sqlite_master WHERE name = 'data_journal'").pluck().get() as string, /WITHOUT ROWID/, 'converted')
+  assert.doesNotMatch(shape(again.db), /WITHOUT ROWID/, 'converted')
   assert.equal(again.journal.rows, 8, 'with its rows')
   await again.fsync(ino)
   crash(again)
