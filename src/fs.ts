@@ -199,6 +199,11 @@ export function checkName (name: string): void {
   if (name.length > NAME_MAX) throw fsErr('ENAMETOOLONG', `${name.slice(0, 32)}...`)
 }
 
+/** a namespace with nothing after it ("user.") names no attribute: EINVAL, as the kernel's xattr handlers answer for ext4 */
+function checkXattrSuffix (name: string): void {
+  if (/^(user|trusted|security|system)\.$/.test(name)) throw fsErr('EINVAL', `xattr name ${name}`)
+}
+
 export class FolioFs {
   readonly db: Database.Database
   readonly sb: Superblock
@@ -1718,6 +1723,7 @@ export class FolioFs {
 
   private checkXattrName (name: string): void {
     if (name.length === 0 || Buffer.byteLength(name) > XATTR_NAME_MAX) throw fsErr('ERANGE')
+    checkXattrSuffix(name)
     if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name)
   }
 
@@ -1763,6 +1769,7 @@ export class FolioFs {
 
   getxattr (ino: number, name: string): Buffer {
     this.inode(ino)
+    checkXattrSuffix(name)
     if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('ENODATA')
     const v = this.q.getXattr.get(ino, name) as Buffer | undefined
     if (v === undefined) throw fsErr('ENODATA')
