@@ -194,8 +194,9 @@ function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, pu
   }
   const ops: Record<string, Cb> = {
     init: (cb: Cb) => cb(0),
-    setxattr: (p: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) => reply(cb, () => {
-      const n = lookup(p ?? '/')
+    // xattr operations of an open file come by its handle (fd) when the binding has one, else by path
+    setxattr: (p: string | null, name: string, value: Buffer, _pos: number, flags: number, fd: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, fd)
       const has = n.xattrs?.has(name) ?? false
       if ((flags & XATTR_CREATE) && has) throw err('EEXIST')
       if ((flags & XATTR_REPLACE) && !has) throw err('ENODATA')
@@ -204,14 +205,14 @@ function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, pu
       n.xattrs.set(name, Buffer.from(value))
       n.ctime = now()
     }),
-    getxattr: (p: string | null, name: string, _pos: number, cb: Cb) => reply(cb, () => {
-      const v = lookup(p ?? '/').xattrs?.get(name)
+    getxattr: (p: string | null, name: string, _pos: number, fd: number, cb: Cb) => reply(cb, () => {
+      const v = nodeOf(p, fd).xattrs?.get(name)
       if (!v) throw err(UNSUPPORTED_WHILE_ABSENT.includes(name) && !stored.has(name) ? 'EOPNOTSUPP' : 'ENODATA')
       return [v]
     }),
-    listxattr: (p: string | null, cb: Cb) => reply(cb, () => [[...(lookup(p ?? '/').xattrs?.keys() ?? [])]]),
-    removexattr: (p: string | null, name: string, cb: Cb) => reply(cb, () => {
-      const n = lookup(p ?? '/')
+    listxattr: (p: string | null, fd: number, cb: Cb) => reply(cb, () => [[...(nodeOf(p, fd).xattrs?.keys() ?? [])]]),
+    removexattr: (p: string | null, name: string, fd: number, cb: Cb) => reply(cb, () => {
+      const n = nodeOf(p, fd)
       if (!n.xattrs?.delete(name)) throw err('ENODATA')
       n.ctime = now()
     }),

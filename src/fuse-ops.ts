@@ -225,7 +225,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       await fs.release(fd)
     }),
     open: (path: string, flags: number, cb: Cb) => reply('open', cb, () => [opened(path, fs.open(ino(path), flags))]),
-    // create and mkdir answer with the new inode's attributes: libfuse's
+    // create, mkdir, symlink and link answer with the new name's attributes: libfuse's
     // getattr of it right after is then answered by the binding (no round trip)
     // answered as soon as the create cannot fail any more, before its rows
     // are written (FolioFs.createNode): the caller goes on meanwhile
@@ -321,25 +321,30 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       const moved = sharedAt(dst) // its ctime changed: its other names too
       await settled(undefined, moved, [src, dst], known)
     }),
+    // link and symlink answer with dst's attributes too, as create does
     link: (src: string, dst: string, cb: Cb) => reply('link', cb, () => {
       fs.link(src, dst)
       // src too: the kernel gives dst its own inode (its attributes come with
       // the answer) and only bumps src's ctime in its cache, not its nlink
-      return settled(undefined, [fs.resolve(dst)], [dst])
+      const i = fs.resolve(dst)
+      return settled([fs.stat(i)], [i], [dst])
     }),
-    symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => { fs.symlink(target, path, creds()) }),
+    symlink: (target: string, path: string, cb: Cb) => reply('symlink', cb, () => [fs.stat(fs.symlink(target, path, creds()))]),
     mkdir: (path: string, mode: number, cb: Cb) => reply('mkdir', cb, () => [fs.stat(fs.mkdir(path, mode, creds()))]),
     rmdir: (path: string, cb: Cb) => reply('rmdir', cb, () => { fs.rmdir(path) }),
-    setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) => reply('setxattr', cb, () => {
-      const i = ino(path)
-      return settled(fs.setxattr(i, name, value, flags), [i], [path])
+    // the xattr operations of an open file come by its handle (fd), even
+    // once its name is gone (the binding: libfuse could not name it); by
+    // path (fd 0) otherwise
+    setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, fd: number, cb: Cb) => reply('setxattr', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.setxattr(i, name, value, flags), [i], [via(path, fd)])
     }),
-    getxattr: (path: string | null, name: string, _pos: number, cb: Cb) =>
-      reply('getxattr', cb, () => [fs.getxattr(ino(path), name)]),
-    listxattr: (path: string | null, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(ino(path))]),
-    removexattr: (path: string | null, name: string, cb: Cb) => reply('removexattr', cb, () => {
-      const i = ino(path)
-      return settled(fs.removexattr(i, name), [i], [path])
+    getxattr: (path: string | null, name: string, _pos: number, fd: number, cb: Cb) =>
+      reply('getxattr', cb, () => [fs.getxattr(fileIno(path, fd), name)]),
+    listxattr: (path: string | null, fd: number, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(fileIno(path, fd))]),
+    removexattr: (path: string | null, name: string, fd: number, cb: Cb) => reply('removexattr', cb, () => {
+      const i = fileIno(path, fd)
+      return settled(fs.removexattr(i, name), [i], [via(path, fd)])
     }),
     lseek: (path: string | null, fd: number, offset: number, whence: number, cb: Cb) =>
       reply('lseek', cb, async () => [await fs.lseek(fileIno(path, fd), offset, whence)]),
