@@ -284,6 +284,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     get fuse () { return holder.fuse },
     requests: newRequestStats(),
     readPlans: opts.readPlans && (Fuse as unknown as { READ_PLANS?: boolean }).READ_PLANS === true,
+    syncFds: (Fuse as unknown as { SYNC_FDS?: boolean }).SYNC_FDS === true,
     extraStats: () => ({ pid: process.pid, image, mountpoint, uptimeSec: Math.round((Date.now() - started) / 1000), readonly: folio.readonly })
   }
   const ops = makeOps(ctx)

@@ -127,19 +127,31 @@ export class FileData {
    * allocatable. Before the first commit there is no WAL: a checkpoint.
    */
   async syncCommits (): Promise<void> {
-    flushBatch(this.db) // the metadata group commit (sqltx.ts) goes into the WAL first
     const mark = this.tree.commitMark
+    const fd = this.commitsToSync()
+    if (fd === null) return
+    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+    this.tree.markDurable(mark)
+  }
+
+  /**
+   * The descriptor whose fdatasync makes every commit so far durable
+   * (SQLite's WAL), or null once they are durable already (no WAL yet: a
+   * checkpoint did it). The caller syncs it; blocks freed by the commits
+   * stay unusable until a later syncCommits or checkpoint. Misuse: closing
+   * it (it stays open until closeWal); answering before the sync.
+   */
+  commitsToSync (): number | null {
+    flushBatch(this.db) // the metadata group commit (sqltx.ts) goes into the WAL first
     if (this.walFd === null) {
       try {
         this.walFd = fs.openSync(`${this.db.name}-wal`, 'r')
       } catch {
         this.checkpoint()
-        return
+        return null
       }
     }
-    const fd = this.walFd
-    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
-    this.tree.markDurable(mark)
+    return this.walFd
   }
 
   /** close the WAL descriptor syncCommits keeps (before the database closes), and stop the crc thread */

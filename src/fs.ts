@@ -638,11 +638,19 @@ export class FolioFs {
    * Make ino's data durable: journal a few dirty blocks, or write them all
    * back (ordered: data first); then one WAL sync.
    */
-  private async syncInode (ino: number): Promise<void> {
+  /** make ino durable; with handOff, a journaled fsync returns the WAL descriptor its caller must fdatasync (fsyncHandOff) */
+  private async syncInode (ino: number, handOff = false): Promise<number | null> {
     const promised = this.sizeOf(ino)
-    if (!await this.journalSync(ino)) await this.writeback.inode(ino)
+    const journaled = await this.journalSync(ino)
+    if (!journaled) await this.writeback.inode(ino)
     this.settleSize(ino, promised)
+    if (handOff && journaled) {
+      const fd = this.data.commitsToSync()
+      if (fd !== null) this.journal.stats.handedOff++
+      return fd
+    }
     await this.data.syncCommits()
+    return null
   }
 
   /**
@@ -1634,11 +1642,27 @@ export class FolioFs {
 
   /** fsync: write back ino's data (if given), then make every commit durable. */
   async fsync (ino?: number): Promise<void> {
+    const fd = await this.fsyncHandOff(ino, false)
+    if (fd !== null) throw new Error('fsyncHandOff(..., false) handed a sync off')
+  }
+
+  /**
+   * fsync, with the last step handed to the caller when `handOff` allows
+   * it: the descriptor of SQLite's WAL, which the caller must fdatasync
+   * before it tells anyone the fsync is done (the binding does it in the
+   * libfuse thread that answers; see the binding's fsync). Null: durable
+   * already. Only a journaled fsync hands off (it frees no blocks, so
+   * nothing waits to learn the sync happened); one that wrote back syncs
+   * here and marks its frees durable.
+   */
+  async fsyncHandOff (ino: number | undefined, handOff: boolean): Promise<number | null> {
     this.counters.fsyncs++
-    if (this.readonly) return
-    if (ino !== undefined) await this.syncInode(ino)
+    if (this.readonly) return null
+    let fd: number | null = null
+    if (ino !== undefined) fd = await this.syncInode(ino, handOff)
     else await this.data.syncCommits()
     this.checkBatchCommitted() // a failed group commit rolled back what may have been journaled or committed for this fsync
+    return fd
   }
 
   /**

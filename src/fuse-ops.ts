@@ -28,6 +28,8 @@ export interface OpsContext {
   coherence?: Coherence
   /** the binding's libfuse threads run read plans (readplan.ts), and the mount wants them */
   readPlans?: boolean
+  /** the binding's fsync takes a descriptor to fdatasync before it answers (Fuse.SYNC_FDS) */
+  syncFds?: boolean
 }
 
 /** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
@@ -241,7 +243,11 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     }),
     // no flush: foliofs has nothing to do at close(2), and without the op the
     // kernel stops sending FLUSH (one upcall less per close)
-    fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => { await fs.fsync(fileIno(path, fd)) }),
+    // a journaled fsync's last step, the WAL's fdatasync, is the binding's (fsyncHandOff)
+    fsync: (path: string | null, _datasync: number, fd: number, cb: Cb) => reply('fsync', cb, async () => {
+      const syncFd = await fs.fsyncHandOff(fileIno(path, fd), ctx.syncFds === true)
+      return syncFd === null ? undefined : [syncFd]
+    }),
     fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => reply('fsyncdir', cb, async () => { await fs.fsync() }),
     // again: a READ whose plan failed in the libfuse thread, read without
     // one (a binding without read plans passes the callback there)

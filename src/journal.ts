@@ -69,12 +69,14 @@ export interface JournalStats {
   blocks: number
   /** blocks brought back as dirty folios at mount */
   replayed: number
+  /** journaled fsyncs whose WAL sync the binding made, in the thread that answered (FolioFs.fsyncHandOff) */
+  handedOff: number
 }
 
 export interface JournalEntry { ino: number, blk: number, data: Buffer }
 
 export class DataJournal {
-  readonly stats: JournalStats = { commits: 0, blocks: 0, replayed: 0 }
+  readonly stats: JournalStats = { commits: 0, blocks: 0, replayed: 0, handedOff: 0 }
   /** ino -> its journaled blocks, kept with the table (null: read it again, after a rollback) */
   private byIno: Map<number, Set<number>> | null = null
   private readonly q: {
