@@ -8,6 +8,7 @@ import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
 import type { Coherence } from './coherence'
+import { Flocks } from './flocks'
 import type { PlanSink } from './readplan'
 import createDebug from 'debug'
 
@@ -15,7 +16,11 @@ const debug = createDebug('foliofs:ops')
 
 type Cb = (...args: any[]) => void
 
-export interface FuseLike { context?: { uid: number, gid: number, pid: number, umask: number } }
+export interface FuseLike {
+  context?: { uid: number, gid: number, pid: number, umask: number }
+  /** wakes the binding's blocked flock requests (flocks.ts) */
+  flockReleased?: () => void
+}
 
 export interface OpsContext {
   fs: FolioFs
@@ -30,6 +35,8 @@ export interface OpsContext {
   readPlans?: boolean
   /** the binding's fsync takes a descriptor to fdatasync before it answers (Fuse.SYNC_FDS) */
   syncFds?: boolean
+  /** flock(2) locks (set by makeOps) */
+  flocks?: Flocks
 }
 
 /** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
@@ -146,6 +153,7 @@ function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, 
 
 export function makeOps (ctx: OpsContext): Record<string, Cb> {
   const fs = ctx.fs
+  const flocks = ctx.flocks = new Flocks(() => ctx.fuse.flockReleased?.())
   const creds = (): { uid: number, gid: number, umask: number } => {
     const c = ctx.fuse.context
     return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0, umask: c?.umask ?? 0 }
@@ -239,8 +247,20 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     }),
     release: (_path: string, fd: number, cb: Cb) => reply('release', cb, () => {
       ctx.coherence?.released(fd)
+      flocks.released(fd)
       return fs.release(fd)
     }),
+    // flock(2): the daemon's, per inode, so that hard links share them (flocks.ts)
+    flock: (path: string | null, fd: number, op: number, cb: Cb) => {
+      let r: number
+      try {
+        r = flocks.apply(fileIno(path, fd), fd, op)
+      } catch (err) {
+        fail('flock', cb, err)
+        return
+      }
+      cb(r)
+    },
     // no flush: foliofs has nothing to do at close(2), and without the op the
     // kernel stops sending FLUSH (one upcall less per close)
     // a journaled fsync's last step, the WAL's fdatasync, is the binding's (fsyncHandOff)
@@ -435,6 +455,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     discard: { ...fs.data.discard.stats },
     requests: { ...ctx.requests },
     coherence: ctx.coherence ? { ...ctx.coherence.stats } : null,
+    flocks: ctx.flocks ? { ...ctx.flocks.stats } : null,
     ...ctx.extraStats()
   }
 }
