@@ -23,6 +23,7 @@ import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
 import { CSUM_SCHEMA } from './datacsum'
 import { JOURNAL_SCHEMA } from './journal'
 import { describeProblems, tableProblems, truncation } from './imagecheck'
+import { fileUsers } from './mounts'
 
 export { BLOCK_SIZE, EXIT, ImageError }
 
@@ -130,6 +131,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
     const st = fs.statSync(path)
     if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
     if (!opts.force) throw new ImageError(`${path}: already exists (use --force to overwrite)`, EXIT.USAGE)
+    refuseInUse(path)
     for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
     fs.rmSync(dataAreaPath(path), { force: true })
   }
@@ -168,6 +170,34 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
     // (fsck, stats, mount checks) then never create -wal/-shm files beside it
     db.pragma('journal_mode = DELETE')
     return sb
+  } finally {
+    db.close()
+  }
+}
+
+/**
+ * mkfs --force must not wipe an image in use: a mount would go on writing
+ * into files no longer there and lose everything, fsynced or not. A
+ * read-write mount (or fsck) holds SQLite's lock on it; a read-only mount
+ * holds none, but keeps the image and its data area open. Either is
+ * EXIT.BUSY. A file that is not an SQLite database, open by no one, is
+ * not in use.
+ */
+function refuseInUse (path: string): void {
+  const users = fileUsers([path, dataAreaPath(path)])
+  if (users.length > 0) throw new ImageError(`${path}: image is in use by ${users.slice(0, 3).join(', ')} (mounted?); unmount it first`, EXIT.BUSY)
+  let db: Database.Database
+  try {
+    db = new Database(path, { fileMustExist: true, timeout: 0 })
+  } catch {
+    return
+  }
+  try {
+    db.prepare('BEGIN EXCLUSIVE').run() // a mount's lock, read-only mounts' included, refuses this
+    db.prepare('ROLLBACK').run()
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? ''
+    if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') throw sqliteError(path, err)
   } finally {
     db.close()
   }

@@ -115,6 +115,34 @@ export function mountUsers (mp: string): string[] {
   return out
 }
 
+/**
+ * Processes that have one of these files open ("pid N (comm)"), found
+ * like fuser(1) by the file each /proc/PID/fd names. Best effort, as
+ * mountUsers; files that do not exist have no users.
+ */
+export function fileUsers (files: string[]): string[] {
+  const ids = new Set<string>()
+  for (const f of files) {
+    try { const st = fs.statSync(f); ids.add(`${st.dev}:${st.ino}`) } catch {}
+  }
+  const out: string[] = []
+  if (ids.size === 0) return out
+  let pids: string[] = []
+  try { pids = fs.readdirSync('/proc').filter(d => /^\d+$/.test(d) && Number(d) !== process.pid) } catch { return out }
+  for (const pid of pids) {
+    let fds: string[] = []
+    try { fds = fs.readdirSync(`/proc/${pid}/fd`) } catch {}
+    const uses = fds.some(fd => {
+      try { const st = fs.statSync(`/proc/${pid}/fd/${fd}`); return ids.has(`${st.dev}:${st.ino}`) } catch { return false }
+    })
+    if (!uses) continue
+    let comm = '?'
+    try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() } catch {}
+    out.push(`pid ${pid} (${comm})`)
+  }
+  return out
+}
+
 // ---- runtime state: one JSON file per mount --------------------------------
 
 /**
