@@ -45,7 +45,7 @@ export interface MountOptions {
 
 // mount(8) passes these; they are either mount flags libfuse understands or no-ops for us
 const PASS_THROUGH = new Set(['nosuid', 'suid', 'nodev', 'dev', 'noexec', 'exec', 'sync', 'async', 'dirsync'])
-const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail', 'rw',
+const IGNORED = new Set(['defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail',
   'nodiratime', 'diratime', 'default_permissions', 'loop',
   // libfuse 2's option, refused by libfuse 3 (which always allows big writes): accepted for old fstab lines
   'big_writes'])
@@ -60,7 +60,7 @@ export function parseMountOptions (opts: string[]): MountOptions {
       const key = eq < 0 ? opt : opt.slice(0, eq)
       const val = eq < 0 ? undefined : opt.slice(eq + 1)
       const flag = val === undefined
-      if (key === 'ro' && flag) o.readonly = true
+      if ((key === 'ro' || key === 'rw') && flag) o.readonly = key === 'ro' // the last wins, as with mount(8)
       else if (key === 'allow_other' && flag) o.allowOther = true
       else if (key === 'debug' && flag) o.debug = true
       else if ((key === 'noatime' || key === 'relatime' || key === 'strictatime') && flag) o.atime = key

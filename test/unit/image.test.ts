@@ -69,6 +69,8 @@ test('mount options: known ones parsed, unknown ones rejected', () => {
   assert.equal(o.atime, 'noatime')
   assert.equal(parseMountOptions(['noatime,strictatime']).atime, 'strictatime', 'the last atime option wins')
   assert.equal(parseMountOptions([]).atime, 'relatime')
+  assert.equal(parseMountOptions(['ro,rw']).readonly, false, 'the last of ro and rw wins, as with mount(8)')
+  assert.equal(parseMountOptions(['rw', 'ro']).readonly, true)
   assert.deepEqual(o.fuseOptions, ['nosuid', 'attr_timeout=1.5'])
   assert.throws(() => parseMountOptions(['bogus']), /unknown or malformed mount option 'bogus'/)
   assert.throws(() => parseMountOptions(['ro=1']))
