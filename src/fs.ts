@@ -1674,7 +1674,7 @@ export class FolioFs {
    */
   async fiemapIoctl (ino: number, buf: Buffer): Promise<void> {
     const req = decodeRequest(buf)
-    const bad = req.flags & ~FIEMAP_FLAGS_COMPAT
+    const bad = (req.flags & ~FIEMAP_FLAGS_COMPAT) >>> 0 // unsigned: bit 31 made it negative (and EIO)
     if (bad) { encodeBadFlags(buf, bad); return }
     if (req.extentCount > FIEMAP_MAX_PER_CALL) throw fsErr('EINVAL', `fm_extent_count ${req.extentCount} > ${FIEMAP_MAX_PER_CALL}`)
     if (req.length === 0) throw fsErr('EINVAL', 'fm_length 0')
