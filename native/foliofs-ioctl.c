@@ -52,7 +52,7 @@ static int cmd_fiemap(int argc, char **argv)
 	}
 	if (!path)
 		return usage();
-	fd = open(path, O_RDONLY);
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY); /* a FIFO: no wait for a writer */
 	if (fd < 0) {
 		fprintf(stderr, "foliofs-ioctl: %s: %s\n", path, strerror(errno));
 		return 1;
@@ -87,7 +87,7 @@ static int cmd_fiemap(int argc, char **argv)
 static int cmd_stats(const char *path)
 {
 	static char buf[FOLIOFS_IOC_BUFSIZE];
-	int fd = open(path, O_RDONLY);
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY); /* a FIFO: no wait for a writer */
 
 	if (fd < 0) {
 		fprintf(stderr, "foliofs-ioctl: %s: %s\n", path, strerror(errno));
@@ -114,7 +114,7 @@ static int cmd_remount(const char *path, const char *mode)
 
 	if (strcmp(mode, "ro") && strcmp(mode, "rw"))
 		return usage();
-	fd = open(path, O_RDONLY);
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY); /* a FIFO: no wait for a writer */
 	if (fd < 0) {
 		fprintf(stderr, "foliofs-ioctl: %s: %s\n", path, strerror(errno));
 		return 1;

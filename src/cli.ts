@@ -406,6 +406,9 @@ async function main (argv: string[]): Promise<number> {
       need('fiemap', p, 1, ['sync', 'json'])
       const file = p.pos[0]
       if (!fs.existsSync(file)) throw new ImageError(`${file}: no such file`, EXIT.NOT_FOUND)
+      // FIEMAP maps a file's data: a FIFO, socket or device node has none (and opening a FIFO waits for a writer)
+      const st = fs.statSync(file)
+      if (!st.isFile() && !st.isDirectory()) throw new ImageError(`${file}: not a regular file or directory (FIEMAP maps their data)`, EXIT.USAGE)
       if (p.flags.has('sync')) await fiemapSync(file)
       const extents = fiemapOf(file)
       console.log(p.flags.has('json') ? JSON.stringify({ file, size: fs.statSync(file).size, extents }, null, 2) : fiemapTable(file, extents).join('\n'))
