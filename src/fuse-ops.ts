@@ -423,6 +423,7 @@ function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, c
   if (cmd === FOLIOFS_IOC_REMOUNT) { // foliofs mount -o remount,ro|rw (root: the kernel's remount is root's)
     privateBuffer(cmd, data)
     if (creds().uid !== 0) throw fsErr('EPERM')
+    if (data[0] > 1) throw fsErr('EINVAL', `remount mode ${data[0]}`) // 0 rw, 1 ro (foliofs_ioctl.h)
     return ctx.fs.setReadonly(data[0] === 1).then(() => 0)
   }
   if (cmd === FOLIOFS_IOC_STATS) {
