@@ -96,7 +96,12 @@ export class DataArea {
   /** open (checked) for the image; synchronous, at mount */
   static open (image: string, uuid: string, readonly: boolean): DataArea {
     const p = checkDataArea(image, uuid)
-    return new DataArea(fs.openSync(p, readonly ? 'r' : 'r+'), p)
+    try {
+      return new DataArea(fs.openSync(p, readonly ? 'r' : 'r+'), p)
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? 'error'
+      throw new ImageError(`${p}: cannot open the data area for writing (${code}: permissions, an immutable file or a read-only filesystem); mount with -o ro`, EXIT.MOUNT_FAILED)
+    }
   }
 
   /** fill bufs (consecutive blocks, each one or more whole blocks) from physical block pblk */

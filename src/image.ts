@@ -15,6 +15,7 @@
 // read unverified; neither has a journal) and refuses 2.
 import Database from 'better-sqlite3'
 import * as fs from 'fs'
+import * as nodePath from 'path'
 import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 import { bucketsOf } from './btree/alloc'
@@ -127,6 +128,8 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
   if (!Number.isFinite(capacity) || capacity < 64 * BLOCK_SIZE) {
     throw new ImageError(`image size too small (minimum ${64 * BLOCK_SIZE} bytes)`, EXIT.USAGE)
   }
+  const dir = nodePath.dirname(nodePath.resolve(path))
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new ImageError(`${path}: no such directory: ${dir}`, EXIT.USAGE)
   if (fs.existsSync(path)) {
     const st = fs.statSync(path)
     if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
@@ -212,6 +215,9 @@ function sqliteError (path: string, err: unknown): ImageError {
   if (code === 'SQLITE_NOTADB') return new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
   if (code.startsWith('SQLITE_CORRUPT')) return new ImageError(`${path}: corrupt image (${e.message})`, EXIT.CORRUPT)
   if (code === 'SQLITE_CANTOPEN') return new ImageError(`${path}: cannot open image (${e.message})`, EXIT.NOT_FOUND)
+  if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM' || code === 'SQLITE_AUTH') {
+    return new ImageError(`${path}: cannot write the image (${code}: permissions, an immutable file or a read-only filesystem); mount with -o ro`, EXIT.MOUNT_FAILED)
+  }
   return new ImageError(`${path}: cannot read image (${code || 'error'}: ${e?.message ?? String(err)})`, EXIT.CORRUPT)
 }
 
