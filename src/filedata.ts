@@ -154,6 +154,22 @@ export class FileData {
     return this.walFd
   }
 
+  /**
+   * The data area is shorter than the data the extents map (cut short by
+   * a copy or a full disk): its size, and one past the last byte mapped
+   * data needs; null when it is whole, or when the tree cannot be read (a
+   * damaged tree is refused or reported on its own).
+   */
+  shortArea (): { size: number, needed: number } | null {
+    const size = this.area.size()
+    try {
+      const end = this.tree.writtenPast(Math.floor(size / BLOCK_SIZE))
+      return end === null ? null : { size, needed: end * BLOCK_SIZE }
+    } catch {
+      return null
+    }
+  }
+
   /** close the WAL descriptor syncCommits keeps (before the database closes), and stop the crc thread */
   closeWal (): void {
     this.crc.close()

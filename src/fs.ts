@@ -25,7 +25,8 @@ import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from '
 import { FileData, type TruncateStep } from './filedata'
 import { nameFromDb, nameToDb } from './names'
 import { batchStats, flushBatch, inBatch, inBatchMarked, onBatchFailure, onRollback, type WriteMark } from './sqltx'
-import { DataArea } from './dataarea'
+import { DataArea, dataAreaPath } from './dataarea'
+import { EXIT, ImageError } from './imageerror'
 import type { TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
@@ -306,6 +307,7 @@ export class FolioFs {
     this.nextIno = this.q.nextIno.get() as number
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
+    this.refuseShortArea(img.path)
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
     this.cache = new PageCache(cacheBytes)
     this.io = new BufferedIO(this.cache, this.data, ino => this.sizeOf(ino), opts.streamBytes ?? Math.min(cacheBytes / 4, 64 * 1024 * 1024))
@@ -1638,6 +1640,25 @@ export class FolioFs {
       if (last) this.journal.forget(ino, a, b)
     })
     if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
+  }
+
+  /**
+   * At mount: a data area cut short (files mapped past its end would read
+   * EIO, and writeback would write past it into what the image calls
+   * allocated) refuses a read-write mount before anything is written; a
+   * read-only one is served, reporting it, so what is left can be copied off.
+   */
+  private refuseShortArea (image: string): void {
+    const short = this.data.shortArea()
+    if (!short) return
+    const what = `data area ${dataAreaPath(image)} is cut short (${short.size} bytes; mapped data needs ${short.needed})`
+    if (this.readonly) {
+      process.stderr.write(`foliofs: ${image}: ${what}: serving read-only; what lies past its end reads as EIO; see foliofs fsck\n`)
+      return
+    }
+    this.data.closeWal()
+    this.data.area.close()
+    throw new ImageError(`${image}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
   }
 
   /** fsync: write back ino's data (if given), then make every commit durable. */

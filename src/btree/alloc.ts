@@ -194,6 +194,12 @@ export class Allocator {
   get durableFree (): number { return this.durable.total }
   /** free ranges (fragmentation) */
   get fragments (): number { return this.durable.size }
+  /** one past the last block committed extents map (firstBlock when none): the free range that ends the device starts there */
+  get highWater (): number {
+    const d = this.durable
+    const a = d.findLE(this.total - 1)
+    return a && d.end(a) >= this.total ? d.start(a) : this.total
+  }
 
   /**
    * Reserve up to `want` contiguous blocks, preferring `hint`. Returns a

@@ -22,7 +22,7 @@ import { Allocator, bucketsOf, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
-import { BtreeNode, cmpPos, interiorCapacity, leafCapacity, pageProblem, type Extent, type Pos } from './node'
+import { BtreeNode, cmpPos, EXT_UNWRITTEN, interiorCapacity, leafCapacity, pageProblem, type Extent, type Pos } from './node'
 
 export const BTREE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS btree_nodes (id INTEGER PRIMARY KEY, page BLOB NOT NULL);
@@ -374,6 +374,21 @@ export class ExtentTree {
   /** free ranges as of the last commit, ascending (offline tools only: a live mount reserves out of them) */
   freeRanges (): Generator<Range> {
     return this.alloc.durableRanges()
+  }
+
+  /**
+   * Whether committed extents with data map blocks at or past `blocks`
+   * (the data area's length in blocks): one past the last such block, or
+   * null. Unwritten extents have no data (preallocation does not grow the
+   * data area). Cheap when the free-space map says nothing at all is
+   * mapped that far; only otherwise are the leaves walked. Throws on a
+   * damaged node.
+   */
+  writtenPast (blocks: number): number | null {
+    if (this.alloc.highWater <= blocks) return null
+    let end = 0
+    for (const e of this.allExtents()) if (!(e.flags & EXT_UNWRITTEN)) end = Math.max(end, e.pblk + e.len)
+    return end > blocks ? end : null
   }
 
   /** blocks mapped by committed extents */
