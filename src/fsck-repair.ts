@@ -46,12 +46,19 @@ export interface RepairResult { report: FsckReport, repaired: string[], refused:
 const finding = (report: FsckReport, re: RegExp): string | null => report.findings.find(x => re.test(x.what))?.what ?? null
 /** SQLite damage: nothing may be written, not even a salvaged tree */
 const tableDamage = (report: FsckReport): string | null => finding(report, /^table '.*' is damaged|not checked/)
+/** SQLite damage beyond indexes out of step (those REINDEX rebuilds; what read through them may be "not checked" until then) */
+const rowDamage = (report: FsckReport): string | null => finding(report, /^table '.*' is damaged(?!.*: its index only$)/)
 /** extent tree nodes failing their checks (salvaged first; nothing else is written over them) */
 const treeDamage = (report: FsckReport): string | null => finding(report, /^extent tree: (?!space accounting|free space)|extents unreadable/)
 
 export function repairImage (image: string, opts: { verifyData?: boolean } = {}): RepairResult {
   let report = fsck(image, opts)
   const repaired: string[] = []
+  const reindex = report.findings.filter(f => f.fix?.kind === 'reindex')
+  if (reindex.length > 0 && rowDamage(report) === null) { // indexes first: the other checks read through them
+    repaired.push(...rebuildIndexes(image, reindex, report))
+    report = fsck(image, opts)
+  }
   const refuse = (why: string): RepairResult => ({ report, repaired, refused: `the image has damage repair cannot fix (${why})` })
   if (treeDamage(report) !== null) {
     const why = tableDamage(report)
@@ -68,6 +75,23 @@ export function repairImage (image: string, opts: { verifyData?: boolean } = {})
     report = fsck(image, opts)
   }
   return { report, repaired, refused: null }
+}
+
+/** REINDEX the tables whose indexes alone are out of step (their rows read fine): report lines */
+function rebuildIndexes (image: string, fixes: Finding[], report: FsckReport): string[] {
+  const img = openImage(image, { check: false }) // its tables fail the check: that is what this repairs
+  try {
+    const done: string[] = []
+    for (const f of fixes) {
+      if (f.fix?.kind !== 'reindex') continue
+      img.db.exec(`REINDEX "${f.fix.table.replace(/"/g, '""')}"`)
+      done.push(`${report.errors[report.findings.indexOf(f)]}: indexes rebuilt from the table`)
+    }
+    img.db.pragma('journal_mode = DELETE')
+    return done
+  } finally {
+    img.db.close()
+  }
 }
 
 /** rebuild the extent tree from its intact leaves (btree/salvage.ts); what was done, as report lines */
@@ -146,6 +170,8 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
           case 'journal':
             dropJournalRow(db, x.ino, x.blk)
             line(f, 'journal block dropped')
+            break
+          case 'reindex': // done before the rounds (rebuildIndexes)
             break
           case 'freespace':
             break // below, with the tree

@@ -31,6 +31,7 @@ export type Fix =
   | { kind: 'unreachable', ino: number, dir: boolean }
   | { kind: 'freespace' }
   | { kind: 'journal', ino: number, blk: number }
+  | { kind: 'reindex', table: string }
 
 export interface Finding {
   ino?: number
@@ -103,7 +104,10 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
     const damaged = new Set<string>()
     for (const p of tableProblems(db, false)) {
       damaged.add(p.table)
-      add(`table '${p.table}' is damaged: ${p.first}${p.count > 1 ? ` (and ${p.count - 1} more problems)` : ''}`)
+      const what = `table '${p.table}' is damaged: ${p.first}${p.count > 1 ? ` (and ${p.count - 1} more problems)` : ''}`
+      // only its index is out of step: rebuilt from the table, which read fine
+      if (p.indexOnly) add(`${what}: its index only`, undefined, { kind: 'reindex', table: p.table })
+      else add(what)
     }
     /** run a phase that reads tables; a damaged one ends the phase with a finding, not an exception */
     const phase = (what: string, fn: () => void): boolean => {
