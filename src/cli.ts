@@ -388,7 +388,13 @@ async function main (argv: string[]): Promise<number> {
       need('stats', p, 1, ['json'])
       const target = p.pos[0]
       let st: fs.Stats
-      try { st = fs.statSync(target) } catch { throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND) }
+      try {
+        st = fs.statSync(target)
+      } catch (err) {
+        // a mount whose daemon died answers ENOTCONN: say so, and how to clear it
+        if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') throw new ImageError(`${target}: stale mount (its daemon is gone); clear it with foliofs umount ${target}`, EXIT.NOT_FOUND)
+        throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND)
+      }
       let stats: Record<string, unknown>
       if (st.isDirectory()) {
         const m = findMount(target)
