@@ -638,9 +638,10 @@ export class FolioFs {
 
   /**
    * Make ino's data durable: journal a few dirty blocks, or write them all
-   * back (ordered: data first); then one WAL sync.
+   * back (ordered: data first); then one WAL sync. With handOff a
+   * journaled fsync makes no sync: it returns the WAL's descriptor, which
+   * its caller must fdatasync (fsyncHandOff); null otherwise.
    */
-  /** make ino durable; with handOff, a journaled fsync returns the WAL descriptor its caller must fdatasync (fsyncHandOff) */
   private async syncInode (ino: number, handOff = false): Promise<number | null> {
     const promised = this.sizeOf(ino)
     const journaled = await this.journalSync(ino)
