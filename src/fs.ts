@@ -1572,6 +1572,9 @@ export class FolioFs {
         const size = this.sizeOf(ino)
         if (!(mode & FALLOC_FL_KEEP_SIZE) && end > size) await this.extend(ino, size, end, t)
       }
+      // mtime and ctime move whatever the mode did, as on ext4 (even when no block was added)
+      this.tx(() => this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, ino))
+      if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
       this.counters.fallocates++
     })
   }
