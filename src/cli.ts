@@ -8,7 +8,7 @@ import { fsckOrCorrupt } from './fsck'
 import { compact } from './compact'
 import { repairImage } from './fsck-repair'
 import { bindSecondMount, isRemount, mountOfImage, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
-import { findMount, runDir } from './mounts'
+import { findMount, isStale, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
 import { FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_MERGED, FIEMAP_EXTENT_UNKNOWN, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_FLAG_SYNC, FIEMAP_MAX_PER_CALL } from './fiemap'
@@ -390,9 +390,8 @@ async function main (argv: string[]): Promise<number> {
       let st: fs.Stats
       try {
         st = fs.statSync(target)
-      } catch (err) {
-        // a mount whose daemon died answers ENOTCONN: say so, and how to clear it
-        if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') throw new ImageError(`${target}: stale mount (its daemon is gone); clear it with foliofs umount ${target}`, EXIT.NOT_FOUND)
+      } catch {
+        if (isStale(target)) throw new ImageError(`${target}: stale mount (its daemon is gone); clear it with foliofs umount ${target}`, EXIT.NOT_FOUND)
         throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND)
       }
       let stats: Record<string, unknown>
