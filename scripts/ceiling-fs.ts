@@ -6,9 +6,9 @@
 // Prints `ready` once mounted; stays in the foreground until SIGTERM or
 // SIGINT (or an external unmount), then unmounts and exits 0.
 //
-// Not a real filesystem: no persistence, no hard links, no symlinks, no
-// permission bookkeeping beyond mode/uid/gid (the kernel checks them:
-// default_permissions). It has xattrs, in memory, answered as foliofs
+// Not a real filesystem: no persistence, no permission bookkeeping beyond
+// mode/uid/gid (the kernel checks them: default_permissions). It has hard
+// links and symlinks, so bench-meta's mixed workload runs on it too. It has xattrs, in memory, answered as foliofs
 // answers them: getxattr of a name the kernel probes on its own (ACLs,
 // the SELinux label, for each entry of `ls -l`) that no inode has is
 // answered by the binding without a call (setAbsentXattrs), the others
@@ -30,6 +30,7 @@ interface Time { sec: number, nsec: number }
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
+const S_IFLNK = 0o120000
 const UTIME_NOW = (1 << 30) - 1
 const UTIME_OMIT = (1 << 30) - 2
 const BLOCK = 4096
@@ -52,6 +53,8 @@ interface Node {
   mtime: Time
   ctime: Time
   children: Map<string, Node> | null
+  /** a symlink's target */
+  target?: string
   xattrs: Map<string, Buffer> | null
 }
 
@@ -277,6 +280,29 @@ function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, pu
       dir.mtime = dir.ctime = now()
     }),
     mkdir: (p: string, mode: number, cb: Cb) => reply(cb, () => [stat(add(p, S_IFDIR | (mode & 0o7777)))]),
+    // like foliofs, link and symlink answer with the new name's attributes
+    symlink: (target: string, p: string, cb: Cb) => reply(cb, () => {
+      const n = add(p, S_IFLNK | 0o777)
+      n.target = target
+      n.size = Buffer.byteLength(target)
+      return [stat(n)]
+    }),
+    readlink: (p: string, cb: Cb) => reply(cb, () => {
+      const n = lookup(p)
+      if (n.target === undefined) throw err('EINVAL')
+      return [n.target]
+    }),
+    link: (src: string, dst: string, cb: Cb) => reply(cb, () => {
+      const n = lookup(src)
+      if (n.children) throw err('EPERM')
+      const { dir, name } = parentOf(dst)
+      if (dir.children!.has(name)) throw err('EEXIST')
+      dir.children!.set(name, n)
+      n.nlink++
+      const t = now()
+      dir.mtime = dir.ctime = n.ctime = t
+      return [stat(n)]
+    }),
     rmdir: (p: string, cb: Cb) => reply(cb, () => {
       const { dir, name } = parentOf(p)
       const n = dir.children!.get(name)
