@@ -5,6 +5,8 @@
                                    # create, stat, ls -l, rename, unlink (ops/s)
   bench-meta.py mixed DIR OPS SEED # an fsstress-like mix of OPS metadata and
                                    # small-data operations, one process (seconds)
+  bench-meta.py rmdata DIR N       # unlink of N files of 4 KiB in 100 directories,
+                                   # written back first (files/s)
 
 Between the phases of `tree` the script sleeps 1.1 s, so a FUSE mount's
 cached names and attributes (1 s) have expired: stat and ls -l ask the
@@ -54,6 +56,28 @@ def tree(top, n, ndirs):
         time.sleep(1.1)
         out[phase] = round(n / timed(fn), 1)
     return out
+
+
+def rmdata(top, n):
+    """unlink of files with data: their blocks are freed too (the tree
+    phases' files are empty). Written, then left 6 s for the writeback
+    (foliofs: dirty data older than 5 s), then unlinked."""
+    dirs = [os.path.join(top, "d%03d" % k) for k in range(100)]
+    for x in dirs:
+        os.makedirs(x, exist_ok=True)
+    names = [os.path.join(dirs[i % 100], "f%06d" % i) for i in range(n)]
+    block = b"d" * 4096
+    for p in names:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, block)
+        os.close(fd)
+    time.sleep(6)
+
+    def unlink():
+        for p in names:
+            os.unlink(p)
+
+    return {"rmdata": round(n / timed(unlink), 1)}
 
 
 def mixed(top, ops, seed):
@@ -130,6 +154,8 @@ def main():
     a = sys.argv[1:]
     if len(a) == 4 and a[0] == "tree":
         res = tree(a[1], int(a[2]), int(a[3]))
+    elif len(a) == 3 and a[0] == "rmdata":
+        res = rmdata(a[1], int(a[2]))
     elif len(a) == 4 and a[0] == "mixed":
         res = mixed(a[1], int(a[2]), int(a[3]))
     else:

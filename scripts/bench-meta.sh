@@ -2,7 +2,8 @@
 # Metadata speed (issue 11), the same work on three targets in the same run
 # (foliofs, the in-memory ceiling, the host directory: scripts/bench-lib.sh):
 # create, stat, ls -l, rename and unlink of BENCH_META_FILES empty files in
-# one directory and across 100 directories (ops/s), and a fixed fsstress-like
+# one directory and across 100 directories (ops/s), unlink of BENCH_META_FILES/4
+# files of 4 KiB written back first (their blocks are freed too), and a fixed fsstress-like
 # mix of metadata and small-data operations (scripts/bench-meta.py; seconds). Medians of
 # BENCH_REPEATS runs; a fresh foliofs image per run. Needs root and
 # /dev/fuse; prints numbers, asserts nothing. Environment (defaults):
@@ -28,6 +29,10 @@ run_target() { # one repeat on target $1
 		done
 		rm -rf "$dir/m"
 	done
+	mkdir "$dir/r"
+	json=$(python3 "$root/scripts/bench-meta.py" rmdata "$dir/r" $((N / 4)))
+	record rmdata "$t" "$(printf '%s' "$json" | python3 -c "import json,sys; print(json.load(sys.stdin)['rmdata'])")"
+	rm -rf "$dir/r"
 	mkdir "$dir/x"
 	json=$(python3 "$root/scripts/bench-meta.py" mixed "$dir/x" "$MIXED" 11)
 	record mixed "$t" "$(printf '%s' "$json" | python3 -c "import json,sys; print(json.load(sys.stdin)['mixed'])")"
@@ -48,6 +53,7 @@ for layout in 1 100; do
 	row "rename$layout" "rename $where (files/s)"
 	row "unlink$layout" "unlink $where (files/s)"
 done
+row rmdata "unlink of 4 KiB files written back (files/s)"
 f=$(median "${res[mixed:foliofs]}"); c=$(median "${res[mixed:ceiling]}"); h=$(median "${res[mixed:host]}")
 # seconds, so the ratios read the other way: foliofs takes f/ceil times the ceiling's time
 printf '%-46s %9s %9s %9s %9s %9s\n' "mixed workload, $MIXED ops (s; lower is better)" "$f" "$c" "$h" "$(ratio "$f" "$c")x" "$(ratio "$f" "$h")x"

@@ -462,11 +462,21 @@ export class FileData {
       this.onMapChange?.(ino)
     })
     const ms = performance.now() - t0
+    this.noteTruncateStep(count, ms)
+    return { done, ms }
+  }
+
+  private noteTruncateStep (extents: number, ms: number): void {
     const s = this.truncateStats
     s.truncateSteps++
-    s.truncateExtents += count
+    s.truncateExtents += extents
     if (ms > s.maxTruncateStepMs) s.maxTruncateStepMs = ms
-    return { done, ms }
+  }
+
+  /** the next step's batch: aim at TRUNCATE_STEP_MS given what this one took (at most doubling) */
+  private nextBatch (batch: number, ms: number): number {
+    const fit = batch * TRUNCATE_STEP_MS / Math.max(ms, 0.01)
+    return Math.round(Math.min(2 * batch, TRUNCATE_BATCH_MAX, Math.max(TRUNCATE_BATCH_MIN, fit)))
   }
 
   /**
@@ -476,6 +486,58 @@ export class FileData {
    */
   async truncate (ino: number, size: number, onStep: TruncateStep): Promise<void> {
     await this.unmap(ino, Math.ceil(size / BLOCK_SIZE), END, onStep)
+  }
+
+  /**
+   * Unmap every block of each of inos (freeing deleted files: reaper.ts),
+   * several files per step: a step takes files in order until it has
+   * counted `batch` extents, so a thousand small files cost one B-tree
+   * commit, not a thousand. A file bigger than what is left of a step is
+   * finished by the next ones. onStep(ino, freed, last) runs inside each
+   * commit for every file the step touched; last: none of its blocks is
+   * mapped any more. Bounded and adaptive like truncate's steps.
+   */
+  async unmapFiles (inos: number[], onStep: (ino: number, freed: number, last: boolean) => void): Promise<void> {
+    await this.guard(true, async () => {
+      const trans = transGet(this.tree)
+      let batch = TRUNCATE_BATCH
+      for (let rest = inos, first = true; rest.length > 0; first = false) {
+        if (!first) await yieldToLoop() // other FUSE requests run between steps
+        const b = batch
+        const r = await lockrestartDo(trans, t => this.unmapFilesStep(t, rest, b, onStep))
+        rest = r.rest
+        batch = this.nextBatch(batch, r.ms)
+      }
+    })
+  }
+
+  /** One unmapFiles step: returns the files it did not finish (the first may be partly unmapped) and how long it took. */
+  private unmapFilesStep (t: BtreeTrans, inos: number[], batch: number, onStep: (ino: number, freed: number, last: boolean) => void): { rest: number[], ms: number } {
+    const t0 = performance.now()
+    const touched: Array<{ ino: number, last: boolean }> = []
+    let budget = batch
+    let k = 0
+    while (k < inos.length && budget > 0) {
+      const ino = inos[k]
+      // budget > 0: the first extent always counts, so stop > 0 and
+      // deleteRange queues exactly one update per touched file (byOp below)
+      const { count, stop } = t.extentsAhead(ino, 0, END, budget)
+      t.deleteRange(ino, 0, stop)
+      budget -= count
+      const last = stop === END
+      touched.push({ ino, last })
+      if (last) k++
+      else break
+    }
+    t.commit((_freed, byOp) => {
+      touched.forEach((f, j) => {
+        onStep(f.ino, byOp[j].reduce((n, r) => n + r.len, 0), f.last)
+        this.onMapChange?.(f.ino)
+      })
+    })
+    const ms = performance.now() - t0
+    this.noteTruncateStep(batch - budget, ms)
+    return { rest: inos.slice(k), ms }
   }
 
   /** Unmap blocks [from, to) of ino (punch a hole), in bounded steps like truncate. */
@@ -491,8 +553,7 @@ export class FileData {
       const f = first
       const { done, ms } = await lockrestartDo(trans, t => this.truncateStep(t, ino, from, batch, f, onStep, to))
       if (done) return
-      const fit = batch * TRUNCATE_STEP_MS / Math.max(ms, 0.01)
-      batch = Math.round(Math.min(2 * batch, TRUNCATE_BATCH_MAX, Math.max(TRUNCATE_BATCH_MIN, fit)))
+      batch = this.nextBatch(batch, ms)
     }
   }
 

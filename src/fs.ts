@@ -23,6 +23,7 @@ import type Database from 'better-sqlite3'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
 import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
+import { Reaper } from './reaper'
 import { nameFromDb, nameToDb } from './names'
 import { batchStats, flushBatch, inBatch, inBatchMarked, onBatchFailure, onRollback, type WriteMark } from './sqltx'
 import { DataArea, dataAreaPath } from './dataarea'
@@ -267,6 +268,11 @@ export class FolioFs {
   private readonly syncWrites: boolean
   /** in-memory size and times of inodes with data not written back */
   private readonly attrs = new Map<number, MemAttrs>()
+  /** frees orphans in the background, many per commit (reaper.ts) */
+  readonly reaper = new Reaper(inos => this.freeOrphans(inos), (err, inos) => {
+    process.stderr.write(`foliofs: freeing ${inos.length} deleted file(s) failed; their space comes back at the next mount: ${String(err)}\n`)
+  })
+
   readonly counters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, fsyncs: 0, commits: 0, fallocates: 0, copies: 0 }
 
   private readonly q: ReturnType<FolioFs['prepare']>
@@ -1052,13 +1058,33 @@ export class FolioFs {
     }
   }
 
-  /** Free an orphan's data and then the inode itself, in bounded steps. */
-  private async reap (ino: number | null): Promise<void> {
+  /** Queue an unreachable orphan (dropLink, freeIfUnused) for the reaper: its data and then the inode itself go in the background. */
+  private reap (ino: number | null): void {
     if (ino === null || this.readonly) return
-    await this.io.dropFrom(ino, 0) // waits for writeback of its folios
-    this.attrs.delete(ino)
-    if (this.unmapped(ino)) { this.tx(() => this.deleteInodeRow(ino)); return }
-    await this.data.truncate(ino, 0, this.reapStep(ino))
+    this.reaper.add(ino)
+  }
+
+  /**
+   * The reaper's work: free orphans' data, then the inodes. Their folios
+   * go first (dropFrom waits for writeback in flight, so block counts are
+   * final); files with no block mapped lose their rows in one metadata
+   * transaction, the others through the extent tree, many per step
+   * (FileData.unmapFiles).
+   */
+  private async freeOrphans (inos: number[]): Promise<void> {
+    if (this.readonly) return // remount read-only settles the reaper first; these stay in `orphans`
+    await Promise.all(inos.map(async ino => await this.io.dropFrom(ino, 0)))
+    const live = inos.filter(ino => this.row(ino) !== undefined)
+    for (const ino of live) this.attrs.delete(ino)
+    const plain = new Set(live.filter(ino => this.unmapped(ino)))
+    if (plain.size > 0) this.tx(() => { for (const ino of plain) this.deleteInodeRow(ino) })
+    const mapped = live.filter(ino => !plain.has(ino))
+    if (mapped.length > 0) await this.data.unmapFiles(mapped, (ino, freed, last) => this.reapStep(ino)(freed, false, last))
+  }
+
+  /** resolves once every orphan queued so far is freed (statfs, ENOSPC, syncfs) */
+  async freesSettled (): Promise<void> {
+    await this.reaper.settled()
   }
 
   /**
@@ -1092,14 +1118,13 @@ export class FolioFs {
   }
 
   /**
-   * Remove a name. When its inode has data left to free, the promise of
-   * that (reap); nothing when the name is all there was to it (an empty
-   * file: the hot path of `rm`, no promise to settle). Errors are thrown.
+   * Remove a name. An inode left with no name and no handle is freed: at
+   * once when it has no data, else by the reaper, in the background
+   * (statfs and a writer short of space wait for it). Errors are thrown.
    * `answer`, if given, is called once every check has passed and before
-   * the writes, as createNode's, unless there is data to free (the answer
-   * then waits for that).
+   * the writes, as createNode's.
    */
-  unlink (path: string, answer?: () => void): Promise<void> | undefined {
+  unlink (path: string, answer?: () => void): void {
     const { parent, name } = splitPath(path)
     const orphan = this.txMarked(mark => {
       const pino = this.dirIno(parent)
@@ -1115,15 +1140,13 @@ export class FolioFs {
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR', path)
       this.checkNameRemoved(pino, ino)
-      const drop = this.afterDrop(i)
-      const early = answer !== undefined && !drop.reap
-      mark(early ? 'answered' : 'guarded')
-      if (early) answer()
+      mark(answer !== undefined ? 'answered' : 'guarded')
+      answer?.()
       this.removeName(pino, name)
       this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, pino)
-      return this.dropLink(ino, t, drop)
+      return this.dropLink(ino, t)
     })
-    return orphan === null ? undefined : this.reap(orphan)
+    this.reap(orphan)
   }
 
   rmdir (path: string): void {
@@ -1149,15 +1172,15 @@ export class FolioFs {
    * SQLite transaction whatever it replaces: a target that is open stays
    * as an orphan (nlink 0) until its last release, freed at the next mount
    * after a crash (dropLink). The binding refuses RENAME_WHITEOUT.
-   * `answer`: as unlink's, called once every check has passed, unless a
-   * replaced file has data to free first.
+   * `answer`: as unlink's, called once every check has passed; a
+   * replaced file's data is freed as unlink's.
    */
   async rename (src: string, dst: string, flags = 0, answer?: () => void): Promise<void> {
     const s = splitPath(src)
     const d = splitPath(dst)
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL', `rename flags ${flags}`)
     if (flags & RENAME_EXCHANGE) { this.exchange(s, d); return }
-    await this.reap(this.txMarked(mark => {
+    this.reap(this.txMarked(mark => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
       const ino = this.lookupName(sp, s.name)
@@ -1177,16 +1200,14 @@ export class FolioFs {
         if (isDir(ex.mode) && this.q.dirHasEntries.get(ex.ino) !== undefined) throw fsErr('ENOTEMPTY', dst)
         if (!isDir(ex.mode) && srcIsDir) throw fsErr('ENOTDIR', dst)
       }
-      const drop = ex && this.afterDrop(ex)
-      const early = answer !== undefined && !drop?.reap
-      mark(early ? 'answered' : 'guarded')
-      if (early) answer()
+      mark(answer !== undefined ? 'answered' : 'guarded')
+      answer?.()
       const t = nowTime()
       let gone: number | null = null
       if (ex) {
         if (isDir(ex.mode)) this.q.addNlink.run(-1, dp)
         this.removeName(dp, d.name)
-        gone = this.dropLink(ex.ino, t, drop)
+        gone = this.dropLink(ex.ino, t)
       }
       this.removeName(sp, s.name)
       this.addName(dp, d.name, ino)
@@ -1376,14 +1397,14 @@ export class FolioFs {
     return h
   }
 
-  /** the promise of freeing ino if nothing holds it any more (see unlink) */
-  private freeIfUnused (ino: number): Promise<void> | undefined {
+  /** free ino (the reaper) if nothing holds it any more (see unlink) */
+  private freeIfUnused (ino: number): void {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
-    if (this.storedNlink(ino) === 0) return this.reap(ino)
+    if (this.storedNlink(ino) === 0) this.reap(ino)
   }
 
-  /** Close fh. The promise of freeing its inode, if that was its last name and handle (see unlink). */
-  release (fh: number): Promise<void> | undefined {
+  /** Close fh; its inode is freed (the reaper) if that was its last name and handle (see unlink). */
+  release (fh: number): void {
     const h = this.handles.get(fh)
     if (!h) return
     this.handles.delete(fh)
@@ -1395,7 +1416,7 @@ export class FolioFs {
       return
     }
     this.openCount.delete(h.ino)
-    return this.freeIfUnused(h.ino)
+    this.freeIfUnused(h.ino)
   }
 
   openHandles (): number {
@@ -1466,6 +1487,7 @@ export class FolioFs {
     if (this.cache.dirtyFolios + most <= this.data.free) return // fits even if every folio is new
     const need = (): number => this.cache.dirtyFolios + this.io.newlyDirty(ino, pos, len)
     if (need() <= this.data.free) return
+    await this.reaper.settled() // deleted files not freed yet may hold the space
     await this.writeback.all().catch(() => {})
     this.data.checkpoint()
     if (need() > this.data.free) throw fsErr('ENOSPC')
@@ -1567,6 +1589,7 @@ export class FolioFs {
         const from = zero ? Math.ceil(offset / BLOCK_SIZE) : Math.floor(offset / BLOCK_SIZE)
         const to = zero ? Math.floor(end / BLOCK_SIZE) : Math.ceil(end / BLOCK_SIZE)
         if (from < to) {
+          await this.reaper.settled() // its ENOSPC check counts free blocks: deleted files' must be back
           await this.data.preallocate(ino, from, to, added => this.blocksChanged(ino, added, t))
         }
         const size = this.sizeOf(ino)
@@ -1714,6 +1737,7 @@ export class FolioFs {
   /** syncfs: write back everything and make it durable */
   async sync (): Promise<void> {
     if (this.readonly) return
+    await this.reaper.settled() // deleted files' space is free and that is durable too
     await this.writeback.all()
     this.data.checkpoint()
   }
@@ -1876,7 +1900,7 @@ export class FolioFs {
     }
     this.ro = false
     this.writeback.start()
-    for (const ino of this.q.allOrphans.all() as number[]) await this.freeIfUnused(ino)
+    for (const ino of this.q.allOrphans.all() as number[]) this.freeIfUnused(ino)
   }
 
   /** write back everything, then close the image (checkpointed, a plain database at rest) */

@@ -205,7 +205,8 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
 
   return counted({
     init: (cb: Cb) => cb(0),
-    statfs: (_path: string, cb: Cb) => reply('statfs', cb, () => [fs.statfs()]),
+    // deleted files' space counts as free once the reaper has freed it: `rm; df` sees it back
+    statfs: (_path: string, cb: Cb) => reply('statfs', cb, async () => { await fs.freesSettled(); return [fs.statfs()] }),
     // libfuse's LOOKUP is a getattr: of a name that does not exist before
     // every create, so "none" is answered without an exception
     getattr: (path: string, cb: Cb) => reply('getattr', cb, () => {
@@ -326,11 +327,11 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         ctx.coherence?.unlinked(path)
         return settled(undefined, [], [path], known)
       }
-      // the last name of an inode is answered before the writes (unless
-      // there is data to free first); another name of a shared one only
-      // once the others are invalidated
-      const freeing = fs.unlink(path, known.length === 0 ? () => early(undefined) : undefined)
-      return freeing ? freeing.then(done) : done()
+      // the last name of an inode is answered before the writes (its data
+      // is freed later: reaper.ts); another name of a shared one only once
+      // the others are invalidated
+      fs.unlink(path, known.length === 0 ? () => early(undefined) : undefined)
+      return done()
     }),
     rename: (src: string, dst: string, flags: number, cb: Cb) => replyEarly('rename', cb, async early => {
       if (flags & RENAME_EXCHANGE) { // both names stay, on each other's inode: both ctimes change
@@ -447,7 +448,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     usedBlocks: fs.used,
     inodes: st.files - st.ffree,
     openHandles: fs.openHandles(),
-    ops: { ...fs.counters, groupCommit: fs.groupCommitStats() },
+    ops: { ...fs.counters, groupCommit: fs.groupCommitStats(), reaper: fs.reaper.stats },
     btree: { ...fs.data.stats, ...fs.data.summary() },
     pagecache: pageCacheStats(fs),
     fiemap: { ...fs.fiemap.stats },

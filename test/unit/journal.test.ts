@@ -110,6 +110,7 @@ test('journaled blocks never come back over a durable change: truncate (and grow
   await fs.write(u, pattern(3, 2 * B), 0)
   await fs.fsync(u)
   await fs.unlink('/u')
+  await fs.freesSettled() // the reaper frees it, and forgets its rows
   // journaled v1, then v2 written back (not fsynced): v2 it is, not the stale row
   const w = fs.create('/w', 0o644, root)
   await fs.write(w, pattern(4, B), 0)
@@ -118,6 +119,14 @@ test('journaled blocks never come back over a durable change: truncate (and grow
   await fs.writeback.inode(w)
   await fs.fsync() // every commit durable
   assert.equal(fs.journal.rows, 3, 'left: block 0 of /t (journaled again with its zeroed tail), blocks 0 and 2 of /p')
+  // an unlinked file the crash catches before the reaper freed it: the
+  // next mount frees the orphan (and forgets its rows) before replaying
+  const v = fs.create('/v', 0o644, root)
+  await fs.write(v, pattern(6, B), 0)
+  await fs.fsync(v)
+  await fs.unlink('/v')
+  await fs.fsync()
+  assert.equal(fs.journal.rows, 4, 'the rows of /v stay until it is freed')
   crash(fs)
 
   const again = new FolioFs(openImage(img))
@@ -128,6 +137,8 @@ test('journaled blocks never come back over a durable change: truncate (and grow
   assert.ok(pp.subarray(B, 2 * B).equals(Buffer.alloc(B)), 'the punched block reads zeros')
   assert.ok(pp.subarray(0, B).equals(pattern(2, B)) && pp.subarray(2 * B).equals(pattern(2, 3 * B).subarray(2 * B)))
   assert.throws(() => again.resolve('/u'), /ENOENT/)
+  assert.throws(() => again.resolve('/v'), /ENOENT/)
+  assert.equal(again.journal.rows, 3, 'the orphan /v was freed, its row with it, before the replay')
   assert.ok((await readAll(again, again.resolve('/w'))).equals(pattern(5, B)), 'the written-back data, not the older journaled block')
   await again.close()
   assert.deepEqual(fsck(img).errors, [])
