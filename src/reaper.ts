@@ -14,7 +14,8 @@
 // FileData.unmapFiles), then looks again. Without the wait, a sequential
 // `rm` (one unlink after the other's answer) gave batches of one file.
 //
-// What waits for the reaper (settled(), which cuts the delay short): statfs, so that `rm; df` shows the
+// What waits for the reaper (settled(), which cuts the delay short, and
+// waits only for what was queued before it was called): statfs, so that `rm; df` shows the
 // space back, as on a local filesystem; a writer about to get ENOSPC (the
 // space it needs may be in the queue); syncfs, remount read-only and
 // unmount. A crash with orphans queued loses nothing: they are in
@@ -50,11 +51,14 @@ export interface ReaperStats {
 
 export class Reaper {
   private readonly queue = new Set<number>()
-  /** the batch being freed now */
-  private current = new Set<number>()
+  /** orphans being freed by the running batch */
+  private current = 0
   private running: Promise<void> | null = null
-  /** callers of settled() waiting: no delay while there are any */
-  private hurry = 0
+  /** add() calls so far, and how many of them are done with (freed, or their batch failed) */
+  private added = 0
+  private finished = 0
+  /** callers of settled(), each waiting until `finished` reaches its target; no delay while there are any */
+  private waiters: Array<{ target: number, resolve: () => void }> = []
   /** ends the current delay early */
   private wake: (() => void) | null = null
   private readonly counts = { reaped: 0, reapBatches: 0, maxReapBatch: 0, reapFailures: 0 }
@@ -68,31 +72,33 @@ export class Reaper {
   /** queue an unreachable orphan for freeing; returns at once */
   add (ino: number): void {
     this.queue.add(ino)
+    this.added++
     this.running ??= this.drain()
   }
 
-  /** whether ino is queued or being freed by the running batch */
-  has (ino: number): boolean { return this.queue.has(ino) || this.current.has(ino) }
-
-  /** resolves once nothing is queued and no batch runs (what was queued before the call is freed or failed) */
+  /**
+   * Resolves once every orphan queued before the call is freed (or its
+   * batch failed). Orphans queued after it are not waited for: `df`
+   * during a long `rm -rf` answers, it does not wait for the rm to end.
+   */
   async settled (): Promise<void> {
-    this.hurry++
-    this.wake?.()
-    try {
-      while (this.running) await this.running
-    } finally {
-      this.hurry--
-    }
+    const target = this.added
+    if (this.finished >= target) return
+    await new Promise<void>(resolve => {
+      this.waiters.push({ target, resolve })
+      this.wake?.()
+    })
   }
 
-  get stats (): ReaperStats { return { ...this.counts, reapQueued: this.queue.size + this.current.size } }
+  get stats (): ReaperStats { return { ...this.counts, reapQueued: this.queue.size + this.current } }
 
   private async drain (): Promise<void> {
     try {
       while (await this.delay(), this.queue.size > 0) {
         const inos = [...this.queue]
+        const upTo = this.added
         this.queue.clear()
-        this.current = new Set(inos)
+        this.current = inos.length
         const c = this.counts
         c.reapBatches++
         if (inos.length > c.maxReapBatch) c.maxReapBatch = inos.length
@@ -104,16 +110,28 @@ export class Reaper {
           debug('freeing %d orphans failed: %o', inos.length, err)
           this.onError(err, inos)
         }
-        this.current = new Set()
+        this.current = 0
+        this.finishedUpTo(upTo)
       }
     } finally {
       this.running = null
+      this.finishedUpTo(this.added - this.queue.size) // (nothing is queued here unless free threw past its catch)
     }
+  }
+
+  /** every add() up to the n-th is done with: wake those waiting for no more */
+  private finishedUpTo (n: number): void {
+    if (n <= this.finished) return
+    this.finished = n
+    const ready = this.waiters.filter(w => w.target <= n)
+    if (ready.length === 0) return
+    this.waiters = this.waiters.filter(w => w.target > n)
+    for (const w of ready) w.resolve()
   }
 
   /** let more orphans queue up: REAP_DELAY_MS, or less if someone waits for settled() */
   private async delay (): Promise<void> {
-    if (this.hurry > 0) return await new Promise<void>(resolve => setImmediate(resolve)) // the caller's operation finishes first
+    if (this.waiters.length > 0) return await new Promise<void>(resolve => setImmediate(resolve)) // the caller's operation finishes first
     await new Promise<void>(resolve => {
       const done = (): void => { clearTimeout(timer); this.wake = null; resolve() }
       const timer = setTimeout(done, REAP_DELAY_MS)

@@ -1,0 +1,59 @@
+// The reaper (src/reaper.ts) with a stand-in free function: batching,
+// what settled() waits for, failures.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { Reaper, REAP_DELAY_MS } from '../../src/reaper'
+
+const tick = async (ms = 0): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+test('orphans queued together are freed in one batch, after the delay', async () => {
+  const batches: number[][] = []
+  const r = new Reaper(async inos => { batches.push(inos) }, () => assert.fail('no failure expected'))
+  for (let i = 1; i <= 50; i++) r.add(i)
+  await tick()
+  assert.equal(batches.length, 0, 'nothing freed before the delay')
+  assert.equal(r.stats.reapQueued, 50)
+  await tick(REAP_DELAY_MS * 3)
+  assert.equal(batches.length, 1)
+  assert.equal(batches[0].length, 50)
+  assert.deepEqual(r.stats, { reaped: 50, reapBatches: 1, maxReapBatch: 50, reapFailures: 0, reapQueued: 0 })
+})
+
+test('settled() cuts the delay short and waits only for what was queued before it: a stream of deletes does not hold it', async () => {
+  const batches: number[][] = []
+  let next = 1000
+  let feeding = true
+  // while settled() waits, every batch sees another orphan queued (an rm -rf that goes on)
+  const r = new Reaper(async inos => {
+    batches.push(inos)
+    await tick(2)
+    if (feeding) r.add(next++)
+  }, () => assert.fail('no failure expected'))
+  r.add(1)
+  r.add(2)
+  const t0 = Date.now()
+  await r.settled()
+  assert.ok(Date.now() - t0 < REAP_DELAY_MS, 'no delay while someone waits')
+  assert.deepEqual(batches[0], [1, 2])
+  assert.ok(batches.length <= 2, `settled after ${batches.length} batches, not when the stream ended`)
+  feeding = false
+  await r.settled()
+  assert.equal(r.stats.reapQueued, 0)
+})
+
+test('a failed batch is reported, counted, and does not stop the reaper or settled()', async () => {
+  const failed: number[][] = []
+  const freed: number[] = []
+  const r = new Reaper(async inos => {
+    if (inos.includes(7)) throw new Error('disk gone')
+    freed.push(...inos)
+  }, (_err, inos) => failed.push(inos))
+  r.add(7)
+  await r.settled()
+  r.add(8)
+  await r.settled()
+  assert.deepEqual(failed, [[7]])
+  assert.deepEqual(freed, [8])
+  assert.equal(r.stats.reapFailures, 1)
+  assert.equal(r.stats.reaped, 1)
+})
