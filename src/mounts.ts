@@ -89,15 +89,10 @@ export function unmountPath (mountpoint: string, lazy = false): void {
 export function mountUsers (mp: string): string[] {
   const inside = (p: string): boolean => p === mp || p.startsWith(mp + '/')
   const link = (p: string): string => { try { return fs.readlinkSync(p) } catch { return '' } }
-  const out: string[] = []
-  let pids: string[] = []
-  try { pids = fs.readdirSync('/proc').filter(d => /^\d+$/.test(d) && Number(d) !== process.pid) } catch { return out }
-  for (const pid of pids) {
+  return eachProcess(pid => {
     const uses: string[] = []
     for (const what of ['cwd', 'root']) if (inside(link(`/proc/${pid}/${what}`))) uses.push(what)
-    let fds: string[] = []
-    try { fds = fs.readdirSync(`/proc/${pid}/fd`) } catch {}
-    for (const fd of fds) {
+    for (const fd of fdsOf(pid)) {
       const target = link(`/proc/${pid}/fd/${fd}`).replace(/ \(deleted\)$/, '')
       if (inside(target)) uses.push(`fd ${fd} ${target}`)
     }
@@ -107,12 +102,8 @@ export function mountUsers (mp: string): string[] {
         if (inside(file) && !uses.includes(`mapped ${file}`)) uses.push(`mapped ${file}`)
       }
     } catch {}
-    if (uses.length === 0) continue
-    let comm = '?'
-    try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() } catch {}
-    out.push(`pid ${pid} (${comm}: ${uses.slice(0, 3).join(', ')}${uses.length > 3 ? ', ...' : ''})`)
-  }
-  return out
+    return uses.length === 0 ? null : `${uses.slice(0, 3).join(', ')}${uses.length > 3 ? ', ...' : ''}`
+  })
 }
 
 /**
@@ -125,22 +116,35 @@ export function fileUsers (files: string[]): string[] {
   for (const f of files) {
     try { const st = fs.statSync(f); ids.add(`${st.dev}:${st.ino}`) } catch {}
   }
+  if (ids.size === 0) return []
+  return eachProcess(pid => fdsOf(pid).some(fd => {
+    try { const st = fs.statSync(`/proc/${pid}/fd/${fd}`); return ids.has(`${st.dev}:${st.ino}`) } catch { return false }
+  }) ? '' : null)
+}
+
+/**
+ * The walk of /proc both share: for each other process, use(pid) says
+ * how it uses what is looked for (null: not at all; '' : it does, with
+ * nothing more to say), listed as "pid N (comm[: how])". Processes that
+ * go away meanwhile, or that we may not look at, are skipped.
+ */
+function eachProcess (use: (pid: string) => string | null): string[] {
   const out: string[] = []
-  if (ids.size === 0) return out
   let pids: string[] = []
   try { pids = fs.readdirSync('/proc').filter(d => /^\d+$/.test(d) && Number(d) !== process.pid) } catch { return out }
   for (const pid of pids) {
-    let fds: string[] = []
-    try { fds = fs.readdirSync(`/proc/${pid}/fd`) } catch {}
-    const uses = fds.some(fd => {
-      try { const st = fs.statSync(`/proc/${pid}/fd/${fd}`); return ids.has(`${st.dev}:${st.ino}`) } catch { return false }
-    })
-    if (!uses) continue
+    const how = use(pid)
+    if (how === null) continue
     let comm = '?'
     try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() } catch {}
-    out.push(`pid ${pid} (${comm})`)
+    out.push(`pid ${pid} (${comm}${how ? ': ' + how : ''})`)
   }
   return out
+}
+
+/** a process's open descriptors ([] when it is gone or not ours to see) */
+function fdsOf (pid: string): string[] {
+  try { return fs.readdirSync(`/proc/${pid}/fd`) } catch { return [] }
 }
 
 // ---- runtime state: one JSON file per mount --------------------------------
