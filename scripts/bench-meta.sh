@@ -59,4 +59,4 @@ f=$(median "${res[mixed:foliofs]}"); c=$(median "${res[mixed:ceiling]}"); h=$(me
 printf '%-46s %9s %9s %9s %9s %9s\n' "mixed workload, $MIXED ops (s; lower is better)" "$f" "$c" "$h" "$(ratio "$f" "$c")x" "$(ratio "$f" "$h")x"
 echo "  (the ceiling itself takes $(ratio "$c" "$h")x the host's time: no FUSE filesystem here goes below that)"
 stats=$("$FOLIOFS" stats --json "$fmnt")
-printf '%s' "$stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);const r=j.requests;console.log("foliofs requests (last run): "+r.total+", longest synchronous handler "+r.maxSyncMs.toFixed(1)+" ms ("+r.maxSyncOp+")")})'
+printf '%s' "$stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);const r=j.requests;console.log("foliofs requests (last run): "+r.total+", longest synchronous handler "+r.maxSyncMs.toFixed(1)+" ms ("+r.maxSyncOp+")");console.log("  daemon time by operation (ms, top 6): "+Object.entries(r.msByOp).sort((a,b)=>b[1]-a[1]).slice(0,6).map(([k,v])=>k+" "+Math.round(v)).join(", "))})'

@@ -125,12 +125,14 @@ export interface RequestStats {
   maxInFlight: number
   /** requests by operation */
   byOp: Record<string, number>
+  /** ms from each request's start to its answer, summed by operation (where the latency a caller sees is spent in the daemon) */
+  msByOp: Record<string, number>
   /** the longest synchronous stretch of one handler (ms), and its operation */
   maxSyncMs: number
   maxSyncOp: string
 }
 
-export const newRequestStats = (): RequestStats => ({ total: 0, inFlight: 0, maxInFlight: 0, byOp: {}, maxSyncMs: 0, maxSyncOp: '' })
+export const newRequestStats = (): RequestStats => ({ total: 0, inFlight: 0, maxInFlight: 0, byOp: {}, msByOp: {}, maxSyncMs: 0, maxSyncOp: '' })
 
 /** wrap every handler so that its request is counted until it calls back */
 function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, Cb> {
@@ -141,8 +143,12 @@ function counted (ops: Record<string, Cb>, stats: RequestStats): Record<string, 
       stats.byOp[name] = (stats.byOp[name] ?? 0) + 1
       stats.inFlight++
       if (stats.inFlight > stats.maxInFlight) stats.maxInFlight = stats.inFlight
-      args[args.length - 1] = (...res: any[]) => { stats.inFlight--; cb(...res) }
       const t0 = performance.now()
+      args[args.length - 1] = (...res: any[]) => {
+        stats.inFlight--
+        stats.msByOp[name] = (stats.msByOp[name] ?? 0) + (performance.now() - t0)
+        cb(...res)
+      }
       fn(...args)
       const ms = performance.now() - t0
       if (ms > stats.maxSyncMs) { stats.maxSyncMs = ms; stats.maxSyncOp = name }
@@ -455,12 +461,14 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     checksums: { ...fs.data.csums.stats },
     journal: { ...fs.journal.stats, rows: fs.journal.rows },
     discard: { ...fs.data.discard.stats },
-    requests: { ...ctx.requests },
+    requests: { ...ctx.requests, msByOp: roundedMs(ctx.requests.msByOp) },
     coherence: ctx.coherence ? { ...ctx.coherence.stats } : null,
     flocks: ctx.flocks ? { ...ctx.flocks.stats } : null,
     ...ctx.extraStats()
   }
 }
+
+const roundedMs = (m: Record<string, number>): Record<string, number> => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round(v * 10) / 10]))
 
 /** page cache and writeback counters (foliofs stats) */
 export function pageCacheStats (fs: FolioFs): Record<string, number> {
