@@ -779,7 +779,7 @@ export class FolioFs {
       throw fsErr('ENOENT', `inode ${ino}`)
     }
     const i = this.withMemAttrs(row)
-    if (this.attrs.has(ino)) i.blocks += this.delallocBlocks(ino, row.size)
+    if (this.attrs.has(ino)) i.blocks += this.delallocBlocks(ino, row.size, row.blocks)
     return this.toStat(i)
   }
 
@@ -787,10 +787,13 @@ export class FolioFs {
    * Blocks ino's dirty data will add at writeback (counted now, like
    * ext4's delalloc): its dirty folios that no extent maps. When the tree
    * cannot be looked at synchronously, those past the on-disk size (exact
-   * for a file written sequentially; misses holes filled below it).
+   * for a file written sequentially; misses holes filled below it). A
+   * file with no block mapped (storedBlocks 0: a new file not written back
+   * yet, the common case) needs no tree lookup (see unmapped()).
    */
-  private delallocBlocks (ino: number, storedSize: number): number {
+  private delallocBlocks (ino: number, storedSize: number, storedBlocks: number): number {
     const dirty = this.cache.dirtyOf(ino).map(f => f.index)
+    if (storedBlocks === 0) return dirty.length
     const exact = this.data.unmappedAmong(ino, dirty)
     if (exact !== null) return exact
     const from = Math.ceil(storedSize / BLOCK_SIZE)
