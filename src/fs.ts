@@ -1074,8 +1074,8 @@ export class FolioFs {
    * transaction, the others through the extent tree, many per step
    * (FileData.unmapFiles).
    */
-  private async freeOrphans (inos: number[]): Promise<void> {
-    if (this.readonly) return // remount read-only settles the reaper first; these stay in `orphans`
+  private async freeOrphans (inos: number[]): Promise<number> {
+    if (this.readonly) return 0 // remount read-only settles the reaper first; these stay in `orphans`
     await Promise.all(inos.map(async ino => await this.io.dropFrom(ino, 0)))
     const live = inos.filter(ino => this.row(ino) !== undefined)
     for (const ino of live) this.attrs.delete(ino)
@@ -1083,6 +1083,7 @@ export class FolioFs {
     if (plain.size > 0) this.tx(() => { for (const ino of plain) this.deleteInodeRow(ino) })
     const mapped = live.filter(ino => !plain.has(ino))
     if (mapped.length > 0) await this.data.unmapFiles(mapped, (ino, freed, last) => this.reapStep(ino)(freed, false, last))
+    return live.length
   }
 
   /** resolves once every orphan queued so far is freed (statfs, ENOSPC, syncfs) */

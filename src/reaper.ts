@@ -64,10 +64,12 @@ export class Reaper {
   private readonly counts = { reaped: 0, reapBatches: 0, maxReapBatch: 0, reapFailures: 0 }
 
   /**
-   * free(inos) frees the given orphans (all of them, or throws); onError
-   * hears of a batch that failed (the reaper goes on with the next one).
+   * free(inos) frees the given orphans and says how many it freed (all of
+   * them, or none when the filesystem went read-only: they stay in
+   * `orphans`), or throws; onError hears of a batch that failed (the
+   * reaper goes on with the next one).
    */
-  constructor (private readonly free: (inos: number[]) => Promise<void>, private readonly onError: (err: unknown, inos: number[]) => void) {}
+  constructor (private readonly free: (inos: number[]) => Promise<number>, private readonly onError: (err: unknown, inos: number[]) => void) {}
 
   /** queue an unreachable orphan for freeing; returns at once */
   add (ino: number): void {
@@ -103,8 +105,7 @@ export class Reaper {
         c.reapBatches++
         if (inos.length > c.maxReapBatch) c.maxReapBatch = inos.length
         try {
-          await this.free(inos)
-          c.reaped += inos.length
+          c.reaped += await this.free(inos)
         } catch (err) {
           c.reapFailures++
           debug('freeing %d orphans failed: %o', inos.length, err)
