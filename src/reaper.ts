@@ -15,10 +15,10 @@
 // `rm` (one unlink after the other's answer) gave batches of one file.
 //
 // What waits for the reaper (settled(), which cuts the delay short, and
-// waits only for what was queued before it was called): statfs, so that `rm; df` shows the
-// space back, as on a local filesystem; a writer about to get ENOSPC (the
-// space it needs may be in the queue); syncfs, remount read-only and
-// unmount. A crash with orphans queued loses nothing: they are in
+// waits only for what was queued before it was called): statfs, so that
+// `rm; df` shows the space back, as on a local filesystem; a writer about
+// to get ENOSPC (the space it needs may be in the queue); fallocate;
+// syncfs, remount read-only and unmount. A crash with orphans queued loses nothing: they are in
 // `orphans`, and the next mount frees them before anything else.
 //
 // Misuse: adding an inode that something can still reach (a name, an open
@@ -31,8 +31,9 @@ const debug = createDebug('foliofs:reaper')
 
 /**
  * how long the reaper lets orphans queue up before it frees them: `rm -rf`
- * of 3000 written 4 KiB files took 2.19 s with no delay (batches of 1-2
- * files, a B-tree commit each), XXX with 20 ms
+ * of 3000 written-back 4 KiB files took 2.19 and 1.81 s with no delay
+ * (batches of 1-2 files, a B-tree commit each), 0.95 and 0.71 s with 20 ms
+ * (70 batches of up to 140 files); the ceiling 0.46-0.58 s
  */
 export const REAP_DELAY_MS = 20
 
