@@ -2,11 +2,12 @@
 # Metadata speed (issue 11), the same work on three targets in the same run
 # (foliofs, the in-memory ceiling, the host directory: scripts/bench-lib.sh):
 # create, stat, ls -l, rename and unlink of BENCH_META_FILES empty files in
-# one directory and across 100 directories (ops/s), unlink of BENCH_META_FILES/4
-# files of 4 KiB written back first (their blocks are freed too), and a fixed fsstress-like
-# mix of metadata and small-data operations (scripts/bench-meta.py; seconds). Medians of
-# BENCH_REPEATS runs; a fresh foliofs image per run. Needs root and
-# /dev/fuse; prints numbers, asserts nothing. Environment (defaults):
+# one directory and across 100 directories (ops/s), unlink of
+# BENCH_META_FILES/4 files of 4 KiB written back first (their blocks are
+# freed too), and a fixed fsstress-like mix of metadata and small-data
+# operations (scripts/bench-meta.py; seconds). Medians of BENCH_REPEATS
+# runs; a fresh foliofs image per run. Needs root and /dev/fuse; prints
+# numbers, asserts nothing. Environment (defaults):
 #   BENCH_META_FILES=20000   files per layout (the issue's 100000 takes ~15 min)
 #   BENCH_META_MIXED=20000   operations of the mixed workload
 #   BENCH_REPEATS=3
