@@ -26,11 +26,16 @@ def timed(fn):
     return time.perf_counter() - t0
 
 
-def tree(top, n, ndirs):
+def spread(top, n, ndirs):
+    """n file names spread over ndirs directories of top (made here; top itself when ndirs is 1)"""
     dirs = [os.path.join(top, "d%03d" % k) if ndirs > 1 else top for k in range(ndirs)]
     for x in dirs:
         os.makedirs(x, exist_ok=True)
-    names = [os.path.join(dirs[i % ndirs], "f%06d" % i) for i in range(n)]
+    return dirs, [os.path.join(dirs[i % ndirs], "f%06d" % i) for i in range(n)]
+
+
+def tree(top, n, ndirs):
+    dirs, names = spread(top, n, ndirs)
 
     def create():
         for p in names:
@@ -62,10 +67,7 @@ def rmdata(top, n):
     """unlink of files with data: their blocks are freed too (the tree
     phases' files are empty). Written, then left 6 s for the writeback
     (foliofs: dirty data older than 5 s), then unlinked."""
-    dirs = [os.path.join(top, "d%03d" % k) for k in range(100)]
-    for x in dirs:
-        os.makedirs(x, exist_ok=True)
-    names = [os.path.join(dirs[i % 100], "f%06d" % i) for i in range(n)]
+    _, names = spread(top, n, 100)
     block = b"d" * 4096
     for p in names:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -8,8 +8,8 @@
 //
 // Not a real filesystem: no persistence, no permission bookkeeping beyond
 // mode/uid/gid (the kernel checks them: default_permissions). It has hard
-// links and symlinks, so bench-meta's mixed workload runs on it too. It has xattrs, in memory, answered as foliofs
-// answers them: getxattr of a name the kernel probes on its own (ACLs,
+// links and symlinks, so bench-meta's mixed workload runs on it too. It
+// has xattrs, in memory, answered as foliofs answers them: getxattr of a name the kernel probes on its own (ACLs,
 // the SELinux label, for each entry of `ls -l`) that no inode has is
 // answered by the binding without a call (setAbsentXattrs), the others
 // here. Without xattrs (ENOSYS) the kernel would stop asking altogether,
@@ -179,16 +179,20 @@ function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, pu
     const c = ctx()?.context
     return { uid: c?.uid ?? 0, gid: c?.gid ?? 0 }
   }
-  const add = (p: string, mode: number): Node => {
+  /** give the node make() returns (new, or an existing file: link) the name p */
+  const place = (p: string, make: () => Node): Node => {
     const { dir, name } = parentOf(p)
     if (dir.children!.has(name)) throw err('EEXIST')
-    const c = creds()
-    const n = newNode(mode, c.uid, c.gid)
+    const n = make()
     dir.children!.set(name, n)
     if (n.children) dir.nlink++
     dir.mtime = dir.ctime = now()
     return n
   }
+  const add = (p: string, mode: number): Node => place(p, () => {
+    const c = creds()
+    return newNode(mode, c.uid, c.gid)
+  })
   const listings = new Map<number, Array<[string, Node]>>()
   const open = (n: Node): number => {
     const fh = nextFh++
@@ -295,12 +299,9 @@ function makeOps (ctx: () => Binding | undefined): { ops: Record<string, Cb>, pu
     link: (src: string, dst: string, cb: Cb) => reply(cb, () => {
       const n = lookup(src)
       if (n.children) throw err('EPERM')
-      const { dir, name } = parentOf(dst)
-      if (dir.children!.has(name)) throw err('EEXIST')
-      dir.children!.set(name, n)
+      place(dst, () => n)
       n.nlink++
-      const t = now()
-      dir.mtime = dir.ctime = n.ctime = t
+      n.ctime = now()
       return [stat(n)]
     }),
     rmdir: (p: string, cb: Cb) => reply(cb, () => {

@@ -1086,11 +1086,6 @@ export class FolioFs {
     return live.length
   }
 
-  /** resolves once every orphan queued so far is freed (statfs, ENOSPC, syncfs) */
-  async freesSettled (): Promise<void> {
-    await this.reaper.settled()
-  }
-
   /**
    * No extent maps any block of ino (its data never reached writeback, or
    * it had none): a truncate or a reap has nothing to unmap, and does its

@@ -212,7 +212,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
   return counted({
     init: (cb: Cb) => cb(0),
     // deleted files' space counts as free once the reaper has freed it: `rm; df` sees it back
-    statfs: (_path: string, cb: Cb) => reply('statfs', cb, async () => { await fs.freesSettled(); return [fs.statfs()] }),
+    statfs: (_path: string, cb: Cb) => reply('statfs', cb, async () => { await fs.reaper.settled(); return [fs.statfs()] }),
     // libfuse's LOOKUP is a getattr: of a name that does not exist before
     // every create, so "none" is answered without an exception
     getattr: (path: string, cb: Cb) => reply('getattr', cb, () => {

@@ -18,8 +18,9 @@
 // waits only for what was queued before it was called): statfs, so that
 // `rm; df` shows the space back, as on a local filesystem; a writer about
 // to get ENOSPC (the space it needs may be in the queue); fallocate;
-// syncfs, remount read-only and unmount. A crash with orphans queued loses nothing: they are in
-// `orphans`, and the next mount frees them before anything else.
+// syncfs, remount read-only and unmount. A crash with orphans queued loses
+// nothing: they are in `orphans`, and the next mount frees them before
+// anything else.
 //
 // Misuse: adding an inode that something can still reach (a name, an open
 // handle): it would be freed under its user. Callers add only what
@@ -117,7 +118,9 @@ export class Reaper {
       }
     } finally {
       this.running = null
-      this.finishedUpTo(this.added - this.queue.size) // (nothing is queued here unless free threw past its catch)
+      // the loop ends with nothing queued, so this wakes no one, unless
+      // onError threw: then the waiters for the failed batch still wake
+      this.finishedUpTo(this.added - this.queue.size)
     }
   }
 

@@ -131,7 +131,7 @@ test('unlink answers early the last name of an inode, and its data is freed afte
   const used = await withData(fs, '/big')
   assert.deepEqual(await atAnswer(ops, 'unlink', ['/big'], () => [stored(fs, 'big'), fs.used]), [1, used], 'answered before the writes and the freeing')
   assert.equal(stored(fs, 'big'), 0)
-  await fs.freesSettled()
+  await fs.reaper.settled()
   assert.equal(fs.used, used - 256, 'freed by the reaper')
   assert.deepEqual(await call(ops, 'unlink', '/big'), [[-2]])
   await fs.close()
@@ -151,7 +151,7 @@ test('rename answers early unless a name is shared; refusals keep their errno', 
   // over a file with data: early too; the reaper frees its blocks after
   const used = await withData(fs, '/big')
   assert.equal(await atAnswer(ops, 'rename', ['/c', '/big', 0], () => fs.used), used)
-  await fs.freesSettled()
+  await fs.reaper.settled()
   assert.equal(fs.used, used - 256)
   // a hard-linked file moved: its other name is invalidated before the answer
   fs.create('/h1', 0o644, root)

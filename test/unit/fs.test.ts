@@ -84,7 +84,7 @@ test('an inode unlinked while open lives until release, or until the next mount'
   const b = Buffer.alloc(10)
   assert.equal(await fs.read(ino, b, 10, 0), 10)
   await fs.release(fh)
-  await fs.freesSettled() // the reaper frees it after the release
+  await fs.reaper.settled() // the reaper frees it after the release
   assert.equal(code(() => fs.stat(ino)), 'ENOENT')
   assert.equal(fs.used, 0)
   // crash while an unlinked file is open: the orphan is reaped at next open
@@ -130,7 +130,7 @@ test('deleted files are freed after their unlink is answered, many per extent-tr
   for (let k = n / 2; k < n; k++) fs.unlink(`/f${k}`)
   assert.equal(fs.used, 3000 + n * 2, 'nothing freed yet: the unlinks only queued their files')
   assert.equal(fs.reaper.stats.reapQueued, n + 1)
-  await fs.freesSettled()
+  await fs.reaper.settled()
   assert.equal(fs.used, 0)
   assert.equal(fs.reaper.stats.reaped, n + 1)
   assert.equal(fs.reaper.stats.reapBatches, 1, 'queued together, freed together')
@@ -167,7 +167,7 @@ test('a truncate or unlink interrupted by a crash between its steps is finished 
   assert.equal((await again.data.extents(a)).length, 100)
   // the same for an unlink: the reaper's first step commits, the rest is left to recovery
   again.unlink('/b')
-  const u = again.freesSettled()
+  const u = again.reaper.settled()
   setImmediate(() => again.db.close())
   await u // the reaper's failure is logged; the orphan stays in the table
   assert.equal(again.reaper.stats.reapFailures, 1)
@@ -229,7 +229,7 @@ test('the inode row cache agrees with the rows SQLite holds after every kind of 
   for (let i = 3; i < 10; i++) await fs.unlink(`/d/f${i}`)
   await fs.unlink('/sub2/f2')
   fs.rmdir('/sub2')
-  await fs.freesSettled()
+  await fs.reaper.settled()
   check('unlinks and rmdir')
   fs.chmod(d, 0o711)
   fs.chown(d, 12, 34)
@@ -255,7 +255,7 @@ test('the inode row cache agrees with the rows SQLite holds after every kind of 
   check('orphan')
   assert.deepEqual(fs.db.prepare('SELECT ino FROM orphans').pluck().all(), [g])
   await fs.release(fh)
-  await fs.freesSettled() // the reaper frees it after the release
+  await fs.reaper.settled() // the reaper frees it after the release
   assert.deepEqual(fs.db.prepare('SELECT ino FROM orphans').pluck().all(), [])
   check('orphan freed')
   await fs.close()

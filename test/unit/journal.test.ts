@@ -110,7 +110,7 @@ test('journaled blocks never come back over a durable change: truncate (and grow
   await fs.write(u, pattern(3, 2 * B), 0)
   await fs.fsync(u)
   await fs.unlink('/u')
-  await fs.freesSettled() // the reaper frees it, and forgets its rows
+  await fs.reaper.settled() // the reaper frees it, and forgets its rows
   // journaled v1, then v2 written back (not fsynced): v2 it is, not the stale row
   const w = fs.create('/w', 0o644, root)
   await fs.write(w, pattern(4, B), 0)

@@ -259,7 +259,7 @@ test('a file whose data never reached writeback is truncated and unlinked withou
   await fs.truncate(a, 5000)
   assert.equal(fs.stat(a).size, 5000)
   await fs.unlink('/b')
-  await fs.freesSettled()
+  await fs.reaper.settled()
   assert.equal(commits(), before, 'no extent-tree commit for either')
   assert.equal(fs.cache.dirtyBytes, 2 * 4096, 'only the two blocks of /a are dirty')
   // with data written back, the extent tree does the work
