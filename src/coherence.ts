@@ -46,6 +46,17 @@ export interface KernelNotifier {
   invalidatePaths: (paths: string[], cb: (err: number) => void) => void
   /** getxattr of these names is ENODATA (EOPNOTSUPP for those in unsupported) without a call to the daemon */
   setAbsentXattrs: (names: string[], unsupported: string[]) => void
+  /** the threads that write invalidations (the binding keeps a few idle ones for the next) */
+  invalidationWorkers?: () => InvalidationWorkers
+}
+
+export interface InvalidationWorkers {
+  /** threads made since the mount (fewer than invalidations: idle ones take the next) */
+  made: number
+  /** alive now */
+  alive: number
+  /** of those, waiting for an invalidation */
+  idle: number
 }
 
 /**
@@ -137,6 +148,10 @@ export class Coherence {
   }
 
   // ---- invalidation ----------------------------------------------------------
+
+  workers (): InvalidationWorkers {
+    return this.notifier.invalidationWorkers?.() ?? { made: 0, alive: 0, idle: 0 }
+  }
 
   /** whether a change to ino may leave another kernel inode stale (it has several names) */
   shared (ino: number): boolean {

@@ -462,7 +462,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
     journal: { ...fs.journal.stats, rows: fs.journal.rows },
     discard: { ...fs.data.discard.stats },
     requests: { ...ctx.requests, msByOp: roundedMs(ctx.requests.msByOp) },
-    coherence: ctx.coherence ? { ...ctx.coherence.stats } : null,
+    coherence: ctx.coherence ? { ...ctx.coherence.stats, workers: ctx.coherence.workers() } : null,
     flocks: ctx.flocks ? { ...ctx.flocks.stats } : null,
     ...ctx.extraStats()
   }
