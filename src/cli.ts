@@ -72,7 +72,7 @@ keeps the FUSE worker running in the background (log: /run/foliofs/, or
 unmounted or gets SIGINT/SIGTERM.
 -o remount,ro / -o remount,rw (root; IMAGE may be left out): switch a live
 mount: to read-only after writing everything back (refused while files are
-open for writing), back to read-write if it was mounted read-write. Other
+open for writing or deleted files still open), back to read-write if it was mounted read-write. Other
 options cannot change on a remount and are ignored, as mount(8) passes the
 mount's current ones along.
 ${MOUNT_OPTIONS}`

@@ -127,7 +127,7 @@ export async function remount (mountpoint: string, readonly: boolean): Promise<v
     } catch (err) {
       const msg = String((err as { stderr?: Buffer }).stderr ?? err).trim().replace(/^mount: /, '')
       const busy = /busy/i.test(msg)
-      throw new ImageError(`${mp}: remount,${to} refused: ${busy ? 'files are open for writing' : msg}`, busy ? EXIT.BUSY : EXIT.MOUNT_FAILED)
+      throw new ImageError(`${mp}: remount,${to} refused: ${busy ? 'files are open for writing, or deleted files are still open' : msg}`, busy ? EXIT.BUSY : EXIT.MOUNT_FAILED)
     }
   }
   const daemon = (to: string): void => {

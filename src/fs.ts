@@ -1902,8 +1902,16 @@ export class FolioFs {
     for (const ino of this.q.allOrphans.all() as number[]) this.freeIfUnused(ino)
   }
 
-  /** write back everything, then close the image (checkpointed, a plain database at rest) */
+  /**
+   * Write back everything, then close the image (checkpointed, a plain
+   * database at rest). Call once the session is over: the handles still
+   * open are released first, and the files deleted while open go with
+   * them. The kernel does not always send their RELEASE: the close that
+   * ends a lazy unmount (the last use of the mount) comes without one, and
+   * the image would keep such a file's blocks until the next mount.
+   */
   async close (): Promise<void> {
+    for (const fh of [...this.handles.keys()]) this.release(fh)
     this.writeback.stop()
     if (!this.imageReadonly) {
       try {
