@@ -4,7 +4,8 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { spawn } from 'child_process'
 import createDebug from 'debug'
-import { EXIT, ImageError, openImage, parseSize } from './image'
+import type Database from 'better-sqlite3'
+import { EXIT, ImageError, openImage, parseSize, type Superblock } from './image'
 import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext } from './fuse-ops'
 import { Coherence } from './coherence'
@@ -235,17 +236,16 @@ export async function setReadahead (mountpoint: string, kb: number): Promise<voi
  * files can be copied off (those mapped by the damaged node read as EIO).
  * One line for the user, the details in the log (our stderr).
  */
-function refuseDamagedTree (img: ReturnType<typeof openImage>, readonly: boolean): void {
-  const errs = ExtentTree.checkPages(img.db)
+function refuseDamagedTree (db: Database.Database, sb: Superblock, image: string, readonly: boolean): void {
+  const errs = ExtentTree.checkPages(db, undefined, undefined, sb.capacityBlocks)
   if (errs.length === 0) return
-  for (const e of errs) process.stderr.write(`foliofs: ${img.path}: extent tree: ${e}\n`)
+  for (const e of errs) process.stderr.write(`foliofs: ${image}: extent tree: ${e}\n`)
   const what = `extent tree damaged (${errs[0]}${errs.length > 1 ? `, and ${errs.length - 1} more` : ''})`
   if (readonly) {
-    process.stderr.write(`foliofs: ${img.path}: ${what}: serving read-only; files it maps read as EIO; see foliofs fsck\n`)
+    process.stderr.write(`foliofs: ${image}: ${what}: serving read-only; files it maps read as EIO; see foliofs fsck\n`)
     return
   }
-  img.db.close()
-  throw new ImageError(`${img.path}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
+  throw new ImageError(`${image}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
 }
 
 type Notify = (msg: { ready?: true, error?: string, exitCode?: number, phase?: string }) => void
@@ -259,10 +259,17 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   // each phase is told to `foliofs mount`, which shows it once the mount takes over a second
   const t0 = performance.now()
   notify({ phase: 'checking the image' })
-  const img = openImage(image, { readonly: opts.readonly })
-  const t1 = performance.now()
-  notify({ phase: 'checking the extent tree' })
-  refuseDamagedTree(img, opts.readonly)
+  let t1 = 0
+  // the tree's check runs on openImage's read-only connection: a refused
+  // read-write mount has not touched the file
+  const img = openImage(image, {
+    readonly: opts.readonly,
+    validate: (db, sb) => {
+      t1 = performance.now()
+      notify({ phase: 'checking the extent tree' })
+      refuseDamagedTree(db, sb, image, opts.readonly)
+    }
+  })
   const t2 = performance.now()
   notify({ phase: 'opening, finishing interrupted truncates and frees' })
   const folio = new FolioFs(img, {

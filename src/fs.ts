@@ -28,7 +28,7 @@ import { nameFromDb, nameToDb } from './names'
 import { batchStats, flushBatch, inBatch, inBatchMarked, onBatchFailure, onRollback, type WriteMark } from './sqltx'
 import { DataArea, dataAreaPath } from './dataarea'
 import { EXIT, ImageError } from './imageerror'
-import type { TreeOptions } from './btree'
+import { BtreeError, type TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
 import { Writeback } from './pagecache/writeback'
@@ -312,7 +312,13 @@ export class FolioFs {
     this.xattrNames = new Set(this.q.xattrNames.all() as string[]) // the one scan of the xattrs table
     this.nextIno = this.q.nextIno.get() as number
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
-    this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
+    try {
+      this.data = new FileData(this.db, area, { ...opts, totalBlocks: img.sb.capacityBlocks })
+    } catch (e) {
+      area.close()
+      if (!(e instanceof BtreeError)) throw e
+      throw new ImageError(`${img.path}: corrupt image (extent tree: ${e.message}); see foliofs fsck`, EXIT.CORRUPT)
+    }
     this.refuseShortArea(img.path)
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
     this.cache = new PageCache(cacheBytes)

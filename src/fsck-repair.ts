@@ -180,7 +180,7 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
     })()
     const space = fixes.filter(f => f.fix?.kind === 'freespace')
     if (space.length) {
-      const tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      const tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks, tolerateFreeSpace: true })
       const live = new Set(db.prepare('SELECT ino FROM inodes').pluck().all() as number[])
       const dead = new Set<number>()
       for (const e of tree.allExtents()) if (!live.has(e.ino)) dead.add(e.ino)
@@ -188,7 +188,7 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
         lockrestartDoSync(transGet(tree), tr => { tr.deleteRange(ino, 0, Number.MAX_SAFE_INTEGER); tr.commit() })
         done.push(`extents of missing inode ${ino}: unmapped`)
       }
-      const t2 = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      const t2 = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks, tolerateFreeSpace: true })
       const r = t2.rebuildFreeSpace()
       for (const f of space) line(f, 'free-space map rebuilt')
       done.push(`free-space map rebuilt: ${r.before} free blocks recorded, ${r.after} really free`)

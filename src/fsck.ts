@@ -20,7 +20,7 @@ import { crcsHere } from './crcthread'
 import { tableProblems } from './imagecheck'
 import { journalRows } from './journal'
 import { nameFromDb } from './names'
-import { ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet, type Extent } from './btree'
+import { BtreeError, ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet, type Extent } from './btree'
 
 /** what repair may do about a finding (fsck-repair.ts) */
 export type Fix =
@@ -160,7 +160,14 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
     let tree: ExtentTree | null = null
     let treeOk = false
     phase('extent tree', () => {
-      const t = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
+      let t: ExtentTree
+      try {
+        t = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks, tolerateFreeSpace: true })
+      } catch (e) {
+        if (!(e instanceof BtreeError)) throw e
+        add(`extent tree: ${e.message}`) // its meta: damage the salvage rebuilds, like a damaged node
+        return
+      }
       const errs = t.verify()
       tree = t // a tree whose tables cannot even be walked is not looked into inode by inode
       const space = (e: string): boolean => /space accounting|free space/.test(e)

@@ -298,6 +298,8 @@ export interface OpenOptions {
   upgradable?: boolean
   /** the image will be written (a read-write mount checked read-only first): refuse what this build can only read (default: when not readonly) */
   writable?: boolean
+  /** more checks on the read-only connection, before a read-write one touches the file (throw to refuse) */
+  validate?: (db: Database.Database, sb: Superblock) => void
 }
 
 export interface OpenImage {
@@ -371,6 +373,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
         throw new ImageError(`${path}: corrupt image (${describeProblems(problems.slice(0, 1))}${problems.length > 1 ? `; ${problems.length - 1} more damaged table(s)` : ''}); run foliofs fsck`, EXIT.CORRUPT)
       }
     }
+    opts.validate?.(ro, sb)
     if (opts.readonly) return { db: ro, sb, path, readonly: true }
     ro.close()
     ro = null

@@ -166,7 +166,12 @@ export class Allocator {
     this.total = total
   }
 
-  static load (db: Database.Database, total: number, initialized: boolean, firstBlock = 0): Allocator {
+  /**
+   * The allocator of a tree, from free_buckets. A damaged row throws
+   * (node_corrupt), unless `tolerant` (a read-only tree, which allocates
+   * nothing: it only reports free space), where the map stops at it.
+   */
+  static load (db: Database.Database, total: number, initialized: boolean, firstBlock = 0, tolerant = false): Allocator {
     const a = new Allocator(total)
     if (!initialized) {
       a.durable.insert(firstBlock, total - firstBlock)
@@ -174,13 +179,17 @@ export class Allocator {
       return a
     }
     let end = -1
-    for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').iterate() as Iterable<{ bucket: number, ranges: Buffer }>) {
-      decodeBucket(r.bucket, r.ranges, total, (start, len) => {
-        if (start <= end) throw new BtreeError('node_corrupt', `free_buckets row ${r.bucket}: range at ${start} overlaps or touches the previous one`)
-        end = start + len
-        a.durable.insert(start, len)
-        a.avail.insert(start, len)
-      })
+    try {
+      for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').iterate() as Iterable<{ bucket: number, ranges: Buffer }>) {
+        decodeBucket(r.bucket, r.ranges, total, (start, len) => {
+          if (start <= end) throw new BtreeError('node_corrupt', `free_buckets row ${r.bucket}: range at ${start} overlaps or touches the previous one`)
+          end = start + len
+          a.durable.insert(start, len)
+          a.avail.insert(start, len)
+        })
+      }
+    } catch (e) {
+      if (!tolerant || !(e instanceof BtreeError)) throw e
     }
     a.durable.changed?.clear()
     return a

@@ -125,7 +125,7 @@ export function salvageExtentTree (db: Database.Database, opts: Required<Pick<Tr
     const root = level[0]
     for (const n of built) put.run(n.id, serializeNode(n, pageSize))
     storeMeta(db.prepare(PUT_META_SQL), { rootId: root.id, height, nextId }, { pageSize, totalBlocks, firstBlock })
-    const tree = ExtentTree.open(db, { pageSize, totalBlocks })
+    const tree = ExtentTree.open(db, { pageSize, totalBlocks, tolerateFreeSpace: true })
     const r = tree.rebuildFreeSpace()
     freeBefore = r.before
     freeAfter = r.after

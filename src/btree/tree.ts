@@ -18,7 +18,7 @@
 // Transactions live in trans.ts (which imports this file, never the other
 // way round).
 import type Database from 'better-sqlite3'
-import { Allocator, bucketsOf, type Range } from './alloc'
+import { Allocator, bucketsOf, decodeBucket, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
@@ -39,6 +39,12 @@ export interface TreeOptions {
   firstBlock?: number
   /** upper bound of cached nodes (dirty and locked nodes are never evicted) */
   cacheNodes?: number
+  /**
+   * a damaged free-space map (free_buckets) reads as far as it decodes
+   * instead of throwing: for the offline tools that check it or rebuild it
+   * (fsck), and always on a read-only database (nothing is allocated)
+   */
+  tolerateFreeSpace?: boolean
   /** debug checks: catch awaits while holding node locks */
   debugChecks?: boolean
   /** probability of an injected restart at each injection point */
@@ -111,7 +117,7 @@ export class ExtentTree {
   readonly pageSize: number
   readonly cache: NodeCache
   readonly alloc: Allocator
-  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock' | 'onReusable'>> & { random: () => number }
+  readonly opts: Required<Omit<TreeOptions, 'random' | 'commitsDurable' | 'firstBlock' | 'onReusable' | 'tolerateFreeSpace'>> & { random: () => number }
   /** blocks below it are never allocated */
   readonly firstBlock: number
   meta: Meta
@@ -151,9 +157,15 @@ export class ExtentTree {
       serializedTransactions: 0, nodeReads: 0, nodeWrites: 0, cachedNodes: 0
     }
     const m = this.readMeta()
+    if (m === null) {
+      // a new tree (mkfs) has no node yet; one with nodes lost its meta:
+      // making a fresh root would overwrite node 1 and map nothing
+      const nodes = db.prepare('SELECT count(*) FROM btree_nodes').pluck().get() as number
+      if (nodes > 0) throw new BtreeError('node_corrupt', `btree_meta is missing, and the tree has ${nodes} nodes`)
+    }
     const initialized = m !== null
     this.firstBlock = m ? m.firstBlock : opts.firstBlock ?? 0
-    this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized, this.firstBlock)
+    this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized, this.firstBlock, db.readonly || opts.tolerateFreeSpace === true)
     this.alloc.onReusable = opts.onReusable ?? null
     if (m) {
       this.meta = m
@@ -300,15 +312,35 @@ export class ExtentTree {
   /**
    * Mount's check: every stored node page passes its page checks (type,
    * size, crc32, cell count), reading each row once, without building nodes
-   * and without the structural walk of verify(); what is wrong, at most
-   * `limit` lines. Cost: one row read and one crc per node.
+   * and without the structural walk of verify(); the meta names a root
+   * that exists; every free_buckets row decodes. What is wrong, at most
+   * `limit` lines. Cost: one row read and one crc per node, one decode per
+   * free-space row.
    */
-  static checkPages (db: Database.Database, pageSize = 4096, limit = 20): string[] {
+  static checkPages (db: Database.Database, pageSize = 4096, limit = 20, totalBlocks = Number.MAX_SAFE_INTEGER): string[] {
     const errors: string[] = []
+    const ids = new Set<number>()
     for (const r of db.prepare('SELECT id, page FROM btree_nodes').iterate() as Iterable<{ id: number, page: Buffer }>) {
+      ids.add(r.id)
       const problem = Buffer.isBuffer(r.page) ? pageProblem(r.page, pageSize) : 'page is not a blob'
       if (problem) errors.push(`node_corrupt: node ${r.id}: ${problem}`)
+      if (errors.length >= limit) return errors
+    }
+    const m = metaRows(db)
+    if (Object.keys(m).length === 0) {
+      if (ids.size > 0) errors.push(`node_corrupt: btree_meta is missing, and the tree has ${ids.size} nodes`)
+    } else if (typeof m.root !== 'number' || typeof m.height !== 'number' || typeof m.next_id !== 'number') {
+      errors.push('node_corrupt: btree_meta incomplete')
+    } else if (!ids.has(m.root)) {
+      errors.push(`node_corrupt: root node ${m.root} is missing`)
+    }
+    for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').iterate() as Iterable<{ bucket: number, ranges: Buffer }>) {
       if (errors.length >= limit) break
+      try {
+        decodeBucket(r.bucket, r.ranges, totalBlocks, () => {})
+      } catch (e) {
+        errors.push(e instanceof BtreeError ? e.message : `node_corrupt: free_buckets row ${r.bucket}: ${String(e)}`)
+      }
     }
     return errors
   }
