@@ -1610,9 +1610,10 @@ export class FolioFs {
   /**
    * copy_file_range, in the daemon (no data round trip through the
    * kernel): copies the data of [offIn, offIn+len) of inoIn, clamped to
-   * its size, to offOut of inoOut through the page cache, skipping holes
-   * (the copy stays sparse) and growing the target to the copied end.
-   * Returns the bytes copied (0 at or past the source's end).
+   * its size, to offOut of inoOut through the page cache, and grows the
+   * target to the copied end. A hole of the source is not read: where the
+   * target has bytes it is punched there (the copy reads zeros, and stays
+   * sparse). Returns the bytes copied (0 at or past the source's end).
    */
   async copyFileRange (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
     if (this.readonly) throw fsErr('EROFS')
@@ -1623,8 +1624,21 @@ export class FolioFs {
     if (offOut + n > MAX_FILE_SIZE) throw fsErr('EFBIG')
     if (inoIn === inoOut && offIn < offOut + n && offOut < offIn + n) throw fsErr('EINVAL', 'overlapping copy')
     const buf = Buffer.allocUnsafe(Math.min(n, COPY_CHUNK))
+    // [from, to) of the source is a hole: zeros where the target has bytes
+    const zeroTarget = async (from: number, to: number): Promise<void> => {
+      await this.withInode(inoOut, async () => {
+        const a = offOut + (from - offIn)
+        const b = Math.min(offOut + (to - offIn), this.sizeOf(inoOut))
+        if (a >= b) return
+        const t = nowTime()
+        await this.punch(inoOut, a, b, t)
+        this.tx(() => this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, inoOut))
+        if (this.attrs.has(inoOut)) this.touchMem(inoOut, this.sizeOf(inoOut), t)
+      })
+    }
     for (let at = offIn; at < offIn + n;) {
       const data = await this.fiemap.seekData(inoIn, offIn + n, at) // data of the source within the range
+      await zeroTarget(at, data ?? offIn + n)
       if (data === null) break
       const hole = (await this.fiemap.seekHole(inoIn, offIn + n, data)) ?? offIn + n
       for (let p = data; p < hole;) {
