@@ -1450,8 +1450,14 @@ export class FolioFs {
   }
 
   /** relatime: update atime only when it is older than mtime/ctime or a day old. */
+  /**
+   * A read's atime, by the mount's rule. Best effort: where metadata can
+   * no longer be written (a damaged extent tree, a failed group commit)
+   * the read is served and its atime left as it is.
+   */
   private touchAtime (i: Inode): void {
     if (this.readonly || this.atime === 'noatime' || (this.iflags(i.ino) & FS_NOATIME_FL)) return
+    if (this.data.damaged || this.batchFailure) return
     const t = nowTime()
     const older = i.atime_s < i.mtime_s || (i.atime_s === i.mtime_s && i.atime_ns <= i.mtime_ns) ||
       i.atime_s < i.ctime_s || t.sec - i.atime_s >= RELATIME_SEC
