@@ -1896,8 +1896,12 @@ export class FolioFs {
     const free = Math.max(0, this.data.free - this.cache.dirtyFolios) // dirty data will need blocks
     const files = (this.q.countInodes.get() as number)
     const maxFiles = 1 << 30
+    // the binding carries 32-bit counts: an image of 16 TiB or more counts
+    // in larger fragments (f_frsize), as df multiplies them back
+    let per = 1
+    while (total / per > 0xffffffff) per *= 2
     return {
-      bsize: BLOCK_SIZE, frsize: BLOCK_SIZE, blocks: total, bfree: free, bavail: free,
+      bsize: BLOCK_SIZE, frsize: BLOCK_SIZE * per, blocks: Math.floor(total / per), bfree: Math.floor(free / per), bavail: Math.floor(free / per),
       files: maxFiles, ffree: maxFiles - files, favail: maxFiles - files,
       fsid: parseInt(this.sb.uuid.slice(0, 8), 16) >>> 0, flag: 0, namemax: NAME_MAX
     }

@@ -36,6 +36,11 @@ const UPGRADABLE_VERSION = 2
 const READABLE_OLD_VERSIONS = [3, 4]
 export const ROOT_INO = 1
 export const DEFAULT_CAPACITY = 8 * 1024 * 1024 * 1024 // bytes
+/**
+ * the most blocks an image may have (4 PiB): block numbers stay exact in
+ * doubles, and in the free-space map's varints, with room to spare
+ */
+export const MAX_CAPACITY_BLOCKS = 2 ** 40
 /** WAL pages after which a commit checkpoints (see openImage) */
 export const WAL_AUTOCHECKPOINT = 512
 
@@ -128,6 +133,7 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
   if (!Number.isFinite(capacity) || capacity < 64 * BLOCK_SIZE) {
     throw new ImageError(`image size too small (minimum ${64 * BLOCK_SIZE} bytes)`, EXIT.USAGE)
   }
+  if (capacity > MAX_CAPACITY_BLOCKS * BLOCK_SIZE) throw new ImageError(`image size too large (maximum ${MAX_CAPACITY_BLOCKS * BLOCK_SIZE / 1024 ** 5}P)`, EXIT.USAGE)
   const dir = nodePath.dirname(nodePath.resolve(path))
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new ImageError(`${path}: no such directory: ${dir}`, EXIT.USAGE)
   if (fs.existsSync(path)) {
@@ -235,7 +241,9 @@ export function readSuperblock (db: Database.Database, path: string, upgradable 
     throw new ImageError(`${path}: unsupported foliofs format version ${String(row.version)} (this build reads ${FORMAT_VERSION})`, EXIT.NOT_FOLIOFS)
   }
   if (row.block_size !== BLOCK_SIZE) throw new ImageError(`${path}: corrupt superblock (block size ${String(row.block_size)})`, EXIT.CORRUPT)
-  if (typeof row.capacity_blocks !== 'number' || row.capacity_blocks <= 0) throw new ImageError(`${path}: corrupt superblock (capacity)`, EXIT.CORRUPT)
+  if (typeof row.capacity_blocks !== 'number' || !Number.isInteger(row.capacity_blocks) || row.capacity_blocks <= 0 || row.capacity_blocks > MAX_CAPACITY_BLOCKS) {
+    throw new ImageError(`${path}: corrupt superblock (capacity ${String(row.capacity_blocks)} blocks)`, EXIT.CORRUPT)
+  }
   for (const t of REQUIRED_TABLES) {
     if (!tables.has(t)) throw new ImageError(`${path}: corrupt image (table '${t}' missing)`, EXIT.CORRUPT)
   }
