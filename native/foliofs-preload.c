@@ -26,16 +26,25 @@
  * Errors: the daemon reports EBADR (unsupported fm_flags) through
  * fm_reserved, since a failing FUSE ioctl copies nothing back; here it
  * becomes -1/EBADR with the unsupported bits in fm_flags, as on ext4.
+ * The daemon checks the caller's own fm_start and fm_length (EINVAL,
+ * EFBIG); a caller's struct that cannot be read, or extents or a header
+ * that cannot be stored, give -1/EFAULT as from the kernel, not SIGSEGV
+ * (user_copy).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 #include <linux/fs.h>
 #include <linux/fiemap.h>
 #include "foliofs_ioctl.h"
@@ -100,19 +109,122 @@ static uint32_t take_left(const struct stat *st, uint64_t *start, uint64_t end, 
 	return k;
 }
 
-/* 1: answered (ret/errno set); 0: not foliofs, use the real ioctl */
+/* Reading and writing the caller's memory (its struct fiemap and extents).
+ * The kernel copies with copy_from_user/copy_to_user: an address that is
+ * not mapped, or (for writes) not writable, gives EFAULT, and so must this
+ * library, where a plain load or store would kill the caller with SIGSEGV.
+ * process_vm_readv/process_vm_writev on our own pid make the kernel do the
+ * copy with those same checks (a read-only page is not written: no
+ * FOLL_FORCE): one syscall per copy, no file descriptor, no signal handler,
+ * nothing shared between threads, and no ptrace permission needed on one's
+ * own process. A seccomp filter may refuse them (ENOSYS or EPERM, some
+ * container sandboxes): then the copy goes through a pipe of its own, in
+ * PIPE_BUF pieces that an empty nonblocking pipe always takes whole:
+ * write() from the source checks that it is readable, read() into the
+ * destination that it is writable; anything short is EFAULT. Without even
+ * a pipe (out of descriptors), a plain memcpy, as before. */
+static int vm_refused; /* process_vm_* refused once: do not ask again */
+
+static int pipe_copy(void *to, const void *from, size_t n)
+{
+	int p[2], ok = 1;
+
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+		memcpy(to, from, n);
+		return 0;
+	}
+	while (ok && n) {
+		size_t k = n < PIPE_BUF ? n : PIPE_BUF;
+
+		ok = write(p[1], from, k) == (ssize_t)k && read(p[0], to, k) == (ssize_t)k;
+		to = (char *)to + k;
+		from = (const char *)from + k;
+		n -= k;
+	}
+	close(p[0]);
+	close(p[1]);
+	if (!ok) {
+		errno = EFAULT;
+		return -1;
+	}
+	return 0;
+}
+
+/* copy n bytes from the caller's memory (out: 0) or to it (out: 1); -1/EFAULT if it cannot be done */
+static int user_copy(void *ours, void *theirs, size_t n, int out)
+{
+	struct iovec local = { ours, n }, remote = { theirs, n };
+	ssize_t r;
+
+	if (n == 0)
+		return 0;
+	if (!__atomic_load_n(&vm_refused, __ATOMIC_RELAXED)) {
+		r = out ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
+			: process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		if (r == (ssize_t)n)
+			return 0;
+		if (r >= 0 || errno == EFAULT) {
+			errno = EFAULT;
+			return -1;
+		}
+		if (errno == ENOSYS || errno == EPERM)
+			__atomic_store_n(&vm_refused, 1, __ATOMIC_RELAXED);
+	}
+	return out ? pipe_copy(theirs, ours, n) : pipe_copy(ours, theirs, n);
+}
+
+/* hand extents ext[0..n) to the caller's array at *at: 0, or -1/EFAULT
+ * with *at past those that did get there (the kernel counts them mapped) */
+static int put_extents(char *uext, uint32_t *at, struct fiemap_extent *ext, uint32_t n)
+{
+	const size_t sz = sizeof(struct fiemap_extent);
+	uint32_t k;
+
+	if (user_copy(ext, uext + (size_t)*at * sz, (size_t)n * sz, 1) == 0) {
+		*at += n;
+		return 0;
+	}
+	for (k = 0; k < n && user_copy(&ext[k], uext + (size_t)*at * sz, sz, 1) == 0; k++)
+		++*at;
+	errno = EFAULT;
+	return -1;
+}
+
+/* the kernel's limit on fm_extent_count (include/linux/fiemap.h; not in the uapi headers) */
+#define FIEMAP_MAX_EXTENTS (UINT32_MAX / sizeof(struct fiemap_extent))
+
+static __thread union {
+	struct fiemap fm;
+	char raw[FOLIOFS_IOC_BUFSIZE];
+} buf;
+
+/* Does the daemon behind fd serve the private FIEMAP ioctl? Asked only when
+ * the caller's request fails before any of it reaches the daemon (which
+ * otherwise answers that with its first reply): a one-block count. */
+static int daemon_serves_fiemap(int fd)
+{
+	memset(&buf.fm, 0, sizeof(buf.fm));
+	buf.fm.fm_length = 1;
+	if (real_ioctl(fd, FOLIOFS_IOC_FIEMAP, &buf) == 0)
+		return 1;
+	return !(errno == ENOTTY || errno == ENOSYS || errno == EOPNOTSUPP);
+}
+
+/* 1: answered (ret/errno set); 0: not foliofs, use the real ioctl.
+ * As the kernel's ioctl_fiemap: read the caller's struct fiemap (EFAULT),
+ * check fm_extent_count (EINVAL, nothing written back), ask the daemon
+ * (which checks fm_length, fm_start and fm_flags on the caller's own
+ * values), store the extents as they come, and write the struct back with
+ * fm_flags and fm_mapped_extents, after an error too; a failed store is
+ * EFAULT, whatever else happened. */
 static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 {
-	static __thread union {
-		struct fiemap fm;
-		char raw[FOLIOFS_IOC_BUFSIZE];
-	} buf;
 	struct fiemap *req = &buf.fm;
-	uint64_t start = user->fm_start;
-	uint64_t end = user->fm_length > UINT64_MAX - start ? UINT64_MAX : start + user->fm_length;
-	uint32_t want = user->fm_extent_count;
-	uint32_t got = 0;
-	int first = 1, done = 0;
+	char *uext = (char *)user + offsetof(struct fiemap, fm_extents);
+	struct fiemap hdr;
+	uint64_t start, end;
+	uint32_t want, got = 0;
+	int first = 1, done = 0, err = 0;
 	struct stat st;
 
 	if (fstat(fd, &st) < 0) {
@@ -121,13 +233,34 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 	}
 	if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
 		return 0; /* FIFO, socket, device: not the daemon's */
+	if (user_copy(&hdr, user, sizeof(hdr), 0) < 0)
+		err = EFAULT;
+	else if (hdr.fm_extent_count > FIEMAP_MAX_EXTENTS)
+		err = EINVAL;
+	if (err) {
+		left.valid = 0;
+		if (!daemon_serves_fiemap(fd))
+			return 0; /* some other FUSE filesystem: the kernel's EOPNOTSUPP comes first */
+		errno = err;
+		*ret = -1;
+		return 1;
+	}
+	start = hdr.fm_start;
+	end = hdr.fm_length > UINT64_MAX - start ? UINT64_MAX : start + hdr.fm_length;
+	want = hdr.fm_extent_count;
 	if (want) {
-		got = take_left(&st, &start, end, user->fm_flags, user->fm_extents, want, &done);
-		if (got) first = 0; /* answered by the daemon already: no fallback question */
-		if (done || got >= want || start >= end) {
-			user->fm_mapped_extents = got;
-			*ret = 0;
-			return 1;
+		uint32_t room = want < FOLIOFS_FIEMAP_MAX ? want : FOLIOFS_FIEMAP_MAX;
+		uint32_t k = take_left(&st, &start, end, hdr.fm_flags, req->fm_extents, room, &done);
+
+		if (k) {
+			first = 0; /* answered by the daemon already: no fallback question */
+			if (put_extents(uext, &got, req->fm_extents, k) < 0) {
+				left.valid = 0;
+				err = EFAULT;
+				goto out;
+			}
+			if (done || got >= want || start >= end)
+				goto out;
 		}
 	} else {
 		left.valid = 0;
@@ -136,46 +269,47 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 		uint32_t ask = want == 0 ? 0 : FOLIOFS_FIEMAP_MAX;
 		uint32_t n, give;
 
+		/* the first request carries the caller's own range, which the daemon checks (fm_length 0: EINVAL, fm_start too far: EFBIG) */
 		memset(req, 0, sizeof(*req));
 		req->fm_start = start;
-		req->fm_length = end - start;
-		req->fm_flags = first ? user->fm_flags : (user->fm_flags & ~FIEMAP_FLAG_SYNC);
+		req->fm_length = first ? hdr.fm_length : end - start;
+		req->fm_flags = first ? hdr.fm_flags : (hdr.fm_flags & ~FIEMAP_FLAG_SYNC);
 		left.valid = 0;
 		req->fm_extent_count = ask;
 		if (real_ioctl(fd, FOLIOFS_IOC_FIEMAP, &buf) < 0) {
 			if (first && (errno == ENOTTY || errno == ENOSYS || errno == EOPNOTSUPP))
 				return 0; /* some other FUSE filesystem */
-			*ret = -1;
-			return 1;
+			err = errno;
+			goto out;
 		}
 		if (req->fm_reserved) { /* an error that carries data (EBADR) */
-			user->fm_flags = req->fm_flags;
-			user->fm_mapped_extents = 0;
-			errno = (int)req->fm_reserved;
-			*ret = -1;
-			return 1;
+			hdr.fm_flags = req->fm_flags;
+			err = (int)req->fm_reserved;
+			goto out;
 		}
 		first = 0;
 		n = req->fm_mapped_extents;
 		if (want == 0) { /* count only: the daemon counted the whole range */
-			user->fm_mapped_extents = n;
+			got = n;
 			break;
 		}
 		if (n > ask)
 			n = ask;
 		done = n < ask || n == 0 || (req->fm_extents[n - 1].fe_flags & FIEMAP_EXTENT_LAST);
 		give = n < want - got ? n : want - got;
-		memcpy(&user->fm_extents[got], req->fm_extents, (size_t)give * sizeof(struct fiemap_extent));
-		got += give;
 		if (give)
-			start = user->fm_extents[got - 1].fe_logical + user->fm_extents[got - 1].fe_length;
+			start = req->fm_extents[give - 1].fe_logical + req->fm_extents[give - 1].fe_length;
+		if (put_extents(uext, &got, req->fm_extents, give) < 0) {
+			err = EFAULT;
+			goto out;
+		}
 		if (give < n) { /* keep the rest for the caller's next call */
 			left.valid = 1;
 			left.dev = st.st_dev;
 			left.ino = st.st_ino;
 			left.start = start;
 			left.end = end;
-			left.flags = user->fm_flags & ~FIEMAP_FLAG_SYNC;
+			left.flags = hdr.fm_flags & ~FIEMAP_FLAG_SYNC;
 			memcpy(left.ext, &req->fm_extents[give], (size_t)(n - give) * sizeof(struct fiemap_extent));
 			left.pos = 0;
 			left.n = n - give;
@@ -185,9 +319,18 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 		if (done || got >= want || start >= end)
 			break;
 	}
-	if (want != 0)
-		user->fm_mapped_extents = got;
-	*ret = 0;
+out:
+	hdr.fm_mapped_extents = got;
+	if (user_copy(&hdr, user, sizeof(hdr), 1) < 0) {
+		left.valid = 0;
+		err = EFAULT;
+	}
+	if (err) {
+		errno = err;
+		*ret = -1;
+	} else {
+		*ret = 0;
+	}
 	return 1;
 }
 
@@ -200,7 +343,7 @@ int ioctl(int fd, unsigned long req, ...)
 	va_start(ap, req);
 	arg = va_arg(ap, void *);
 	va_end(ap);
-	if (req == FS_IOC_FIEMAP && arg && on_fuse(fd)) {
+	if (req == FS_IOC_FIEMAP && on_fuse(fd)) { /* a NULL arg too: EFAULT on foliofs, as on ext4 */
 		int saved = errno;
 
 		if (foliofs_fiemap(fd, (struct fiemap *)arg, &ret))
