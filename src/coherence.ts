@@ -168,11 +168,34 @@ export class Coherence {
    * anyway after a write).
    */
   modeChanged (ino: number): void {
-    const paths = this.fs.pathsOf(ino)
+    this.invalidateLater(this.fs.pathsOf(ino))
+  }
+
+  /** invalidate paths, not waiting for the kernel to be done */
+  private invalidateLater (paths: string[]): void {
     if (paths.length === 0) return
     this.stats.invalidations++
     this.stats.paths += paths.length
     this.notifier.invalidatePaths(paths, err => { if (err !== 0) this.stats.errors++ })
+  }
+
+  /** every name of inos except those of `via` */
+  private otherPaths (inos: number[], via: Array<string | null>): string[] {
+    const skip = new Set(via.filter((p): p is string => p !== null))
+    const paths: string[] = []
+    for (const ino of inos) {
+      for (const p of this.fs.pathsOf(ino)) if (!skip.has(p)) paths.push(p)
+    }
+    return paths
+  }
+
+  /**
+   * others() without the wait: for a change nobody may rely on seeing at
+   * once through another name (a read's atime). Never use it for what the
+   * caller of the request expects the other names to show.
+   */
+  othersLater (inos: number[], via: Array<string | null>): void {
+    this.invalidateLater(this.otherPaths(inos, via))
   }
 
   /**
@@ -182,11 +205,7 @@ export class Coherence {
    * after the change; never throws.
    */
   async others (inos: number[], via: Array<string | null>): Promise<void> {
-    const skip = new Set(via.filter((p): p is string => p !== null))
-    const paths: string[] = []
-    for (const ino of inos) {
-      for (const p of this.fs.pathsOf(ino)) if (!skip.has(p)) paths.push(p)
-    }
+    const paths = this.otherPaths(inos, via)
     if (paths.length === 0) return
     this.stats.invalidations++
     this.stats.paths += paths.length

@@ -289,13 +289,19 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         cb(res, 0, t.plan)
       }, () => {
         const i = fileIno(path, fd)
-        // a read may move atime: only worth a look when another name caches it
-        const before = ctx.coherence?.shared(i) ? fs.inode(i) : null
+        // a read may move atime: only worth a look when another name caches
+        // it. Those names are invalidated without waiting: the kernel may
+        // hold their pages locked for a partial write through another name
+        // until that write is answered, and that answer may wait for this
+        // read's pages (a cycle that only the timeout broke, seconds each)
+        const coh = ctx.coherence
+        const before = coh?.shared(i) ? fs.inode(i) : null
         const r = fs.read(i, buf, len, pos, sink)
-        if (!before) return r
+        if (!before || !coh) return r
         return r.then(n => {
           const after = fs.inode(i)
-          return after.atime_s === before.atime_s && after.atime_ns === before.atime_ns ? n : settled(n, [i], [via(path, fd)])
+          if (after.atime_s !== before.atime_s || after.atime_ns !== before.atime_ns) coh.othersLater([i], [via(path, fd)])
+          return n
         })
       })
     },
