@@ -190,15 +190,6 @@ export class Coherence {
   }
 
   /**
-   * others() without the wait: for a change nobody may rely on seeing at
-   * once through another name (a read's atime). Never use it for what the
-   * caller of the request expects the other names to show.
-   */
-  othersLater (inos: number[], via: Array<string | null>): void {
-    this.invalidateLater(this.otherPaths(inos, via))
-  }
-
-  /**
    * After inos changed through the kernel inodes of `via`: invalidate every
    * other name of them. Resolves when the kernel has dropped what it cached
    * (or after timeoutMs). Call only with inos that were shared() before or

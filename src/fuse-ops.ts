@@ -288,21 +288,15 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         if (res < 0) fs.data.plans.end(t) // an error answers without the plan: it does not run
         cb(res, 0, t.plan)
       }, () => {
-        const i = fileIno(path, fd)
-        // a read may move atime: only worth a look when another name caches
-        // it. Those names are invalidated without waiting: the kernel may
-        // hold their pages locked for a partial write through another name
-        // until that write is answered, and that answer may wait for this
-        // read's pages (a cycle that only the timeout broke, seconds each)
-        const coh = ctx.coherence
-        const before = coh?.shared(i) ? fs.inode(i) : null
-        const r = fs.read(i, buf, len, pos, sink)
-        if (!before || !coh) return r
-        return r.then(n => {
-          const after = fs.inode(i)
-          if (after.atime_s !== before.atime_s || after.atime_ns !== before.atime_ns) coh.othersLater([i], [via(path, fd)])
-          return n
-        })
+        // A read that moves atime does not invalidate the file's other
+        // names: their cached atime may lag by attr_timeout. Waiting for it
+        // deadlocked against partial writes through another name (the
+        // kernel keeps such a write's folio locked until its answer, which
+        // waited for this read's pages: seconds each, until the timeout);
+        // not waiting, each reader's invalidation raced the other readers'
+        // GETATTRs, whose answers the kernel then drops, and a read through
+        // an open descriptor could use the old size (generic/080).
+        return fs.read(fileIno(path, fd), buf, len, pos, sink)
       })
     },
     // write and truncate carry the caller (setuid/setgid: FolioFs.killPriv)
