@@ -15,6 +15,9 @@
 //     bytes are that write's. They are kept, not zeroed (zeroing only the
 //     old last block's tail would keep the rest of such a write and cut
 //     its middle; nothing is lost either way, and fsck named the file);
+//   * an inode row with a field no inode may have: a negative or
+//     non-integer link count, block count or size is set as above (a size
+//     to what the inode holds);
 //   * free-space accounting: extents of inodes that do not exist are
 //     unmapped, and the free-space map is rebuilt as exactly the blocks no
 //     extent maps.

@@ -61,11 +61,20 @@ export interface FsckOptions {
   progress?: (phase: string, done?: number, total?: number) => void
 }
 
-type InodeRow = { ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number }
+/** tlen: the symlink target's length in bytes, null without one */
+type InodeRow = { ino: number, mode: number, nlink: number, size: number, blocks: number, parent: number, tlen: number | null }
+/** fields of an inode row that can hold a value no inode may have */
+type Field = 'mode' | 'nlink' | 'size' | 'blocks'
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
+const S_IFLNK = 0o120000
+/** the file types of stat(2): fifo, character device, directory, block device, regular, symlink, socket */
+const FILE_TYPES = new Set([0o010000, 0o020000, S_IFDIR, 0o060000, S_IFREG, S_IFLNK, 0o140000])
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
+const validMode = (m: unknown): boolean => Number.isInteger(m) && (m as number) >= 0 && (m as number) <= 0o177777 && FILE_TYPES.has((m as number) & S_IFMT)
+const validCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0
+const octal = (m: unknown): string => Number.isInteger(m) && (m as number) > 0 ? '0' + (m as number).toString(8) : String(m)
 const msg = (e: unknown): string => (e as Error)?.message ?? String(e)
 
 /** paths of inodes from the entries that name them (the first name found; null when unreachable) */
@@ -116,13 +125,22 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
 
     progress?.('inodes and entries')
     const inodes = new Map<number, InodeRow>()
+    // A row with a field no inode may have is kept all the same (ino is the
+    // rowid, always an integer): its entries, extents and attributes are its
+    // own, and it must not count as missing. Each such field is reported by
+    // the check that knows its right value, with that value as the fix
+    // (nlink: from the entries; blocks and size: from the extents); what
+    // no check could settle is reported at the end.
+    const malformed = new Map<number, Set<Field>>()
+    const settled = (ino: number, f: Field): boolean => malformed.get(ino)?.delete(f) ?? false
     const inodesOk = phase('inodes', () => {
-      for (const r of db.prepare('SELECT ino, mode, nlink, size, blocks, parent FROM inodes').iterate() as Iterable<InodeRow>) {
-        if (typeof r.ino !== 'number' || typeof r.mode !== 'number' || typeof r.nlink !== 'number' || typeof r.size !== 'number' ||
-            typeof r.blocks !== 'number' || r.size < 0 || r.nlink < 0) {
-          add(`malformed inode row (mode ${String(r.mode)}, nlink ${String(r.nlink)}, size ${String(r.size)})`, Number(r.ino))
-          continue
-        }
+      for (const r of db.prepare('SELECT ino, mode, nlink, size, blocks, parent, length(CAST(target AS BLOB)) AS tlen FROM inodes').iterate() as Iterable<InodeRow>) {
+        const bad = new Set<Field>()
+        if (!validMode(r.mode)) bad.add('mode')
+        if (!validCount(r.nlink)) bad.add('nlink')
+        if (!validCount(r.size)) bad.add('size')
+        if (!validCount(r.blocks)) bad.add('blocks')
+        if (bad.size) malformed.set(r.ino, bad)
         inodes.set(r.ino, r)
       }
     })
@@ -234,7 +252,10 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         const expect = dir ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
         const reachable = seen.has(ino) || orphans.has(ino)
         if (!reachable) add(`${dir ? 'directory' : 'inode'} is not reachable from the root`, ino, { kind: 'unreachable', ino, dir })
-        else if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) add(`nlink ${i.nlink}, expected ${expect}`, ino, { kind: 'nlink', ino, nlink: expect })
+        else if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) {
+          add(`nlink ${String(i.nlink)}, expected ${expect}`, ino, { kind: 'nlink', ino, nlink: expect })
+          settled(ino, 'nlink')
+        }
         if (dir && ino !== ROOT_INO && reachable && (links.get(ino) ?? 0) !== 1 && !orphans.has(ino)) add(`directory has ${links.get(ino) ?? 0} names`, ino)
       }
     }
@@ -242,23 +263,50 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
       for (const [ino, i] of inodes) {
         if (unreadable.has(ino)) continue
         const m = mapped.get(ino)
-        if ((m?.blocks ?? 0) !== i.blocks) add(`block count ${i.blocks}, extents map ${m?.blocks ?? 0}`, ino, { kind: 'blocks', ino, blocks: m?.blocks ?? 0 })
+        if ((m?.blocks ?? 0) !== i.blocks) {
+          add(`block count ${String(i.blocks)}, extents map ${m?.blocks ?? 0}`, ino, { kind: 'blocks', ino, blocks: m?.blocks ?? 0 })
+          settled(ino, 'blocks')
+        }
+        if (malformed.get(ino)?.has('size')) continue // below, with the journal
         if (m && m.end > Math.ceil(i.size / BLOCK_SIZE) && !orphans.has(ino)) add(`extent beyond size ${i.size}`, ino, { kind: 'size', ino, size: m.end * BLOCK_SIZE })
       }
     }
 
+    /** per inode, past the last block the data journal holds for it */
+    const journalEnd = new Map<number, number>()
+    let journalOk = false
     if (inodesOk) {
-      phase('data journal', () => {
+      journalOk = phase('data journal', () => {
         for (const r of journalRows(db)) {
           report.journaled++
           const i = inodes.get(r.ino)
+          const badSize = malformed.get(r.ino)?.has('size') ?? false // set to cover the journal's blocks (below)
           const bad = !i ? `of missing inode ${r.ino}`
             : (i.mode & S_IFMT) !== S_IFREG ? 'of an inode that is not a regular file'
-              : r.blk * BLOCK_SIZE >= i.size ? `past the size ${i.size}`
+              : !badSize && r.blk * BLOCK_SIZE >= i.size ? `past the size ${i.size}`
                 : r.len !== BLOCK_SIZE ? `of ${r.len} bytes` : null
           if (bad) add(`data journal: block ${r.blk} ${bad}`, i ? r.ino : undefined, { kind: 'journal', ino: r.ino, blk: r.blk })
+          else journalEnd.set(r.ino, Math.max(journalEnd.get(r.ino) ?? 0, r.blk + 1))
         }
       })
+      // a size that is no size: what the inode holds. A regular file's
+      // written extents and journaled blocks (whole blocks: its last bytes
+      // are kept, as with a size too small above), a symlink's target; 0
+      // for the others
+      for (const [ino, bad] of malformed) {
+        const i = inodes.get(ino)
+        if (!i || !bad.has('size') || !tree || unreadable.has(ino) || !journalOk) continue
+        const type = i.mode & S_IFMT
+        const size = type === S_IFREG ? Math.max(mapped.get(ino)?.end ?? 0, journalEnd.get(ino) ?? 0) * BLOCK_SIZE
+          : type === S_IFLNK ? i.tlen ?? 0 : 0
+        add(`size ${String(i.size)} is no size`, ino, { kind: 'size', ino, size })
+        settled(ino, 'size')
+      }
+    }
+    // fields no check above could give a right value (its phase did not run)
+    for (const [ino, bad] of malformed) {
+      const i = inodes.get(ino)
+      for (const f of bad) add(`malformed inode row: ${f} ${f === 'mode' ? octal(i?.mode) : String(i?.[f])}`, ino)
     }
 
     if (o.verifyData) verifyData(image, db, written, areaBlocks, report, add, progress)
