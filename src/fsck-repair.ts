@@ -17,7 +17,9 @@
 //     its middle; nothing is lost either way, and fsck named the file);
 //   * an inode row with a field no inode may have: a negative or
 //     non-integer link count, block count or size is set as above (a size
-//     to what the inode holds);
+//     to what the inode holds); a mode without a valid file type becomes a
+//     directory when entries are in it, a symlink when it has a target,
+//     else a regular file, owner-only (0700, 0777, 0600);
 //   * free-space accounting: extents of inodes that do not exist are
 //     unmapped, and the free-space map is rebuilt as exactly the blocks no
 //     extent maps.
@@ -42,6 +44,7 @@ import { dropJournalRow } from './journal'
 
 const MAX_ROUNDS = 3
 const LOST_FOUND = 'lost+found'
+const TYPE_NAMES: Record<number, string> = { 0o040000: 'directory', 0o100000: 'regular file', 0o120000: 'symlink' }
 
 export interface RepairResult { report: FsckReport, repaired: string[], refused: string | null }
 
@@ -170,6 +173,10 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
             line(f, `linked as /${LOST_FOUND}/#${x.ino}`)
             break
           }
+          case 'mode':
+            db.prepare('UPDATE inodes SET mode = ? WHERE ino = ?').run(x.mode, x.ino)
+            line(f, `mode set to 0${x.mode.toString(8)} (${TYPE_NAMES[x.mode & 0o170000] ?? 'file'})`)
+            break
           case 'journal':
             dropJournalRow(db, x.ino, x.blk)
             line(f, 'journal block dropped')

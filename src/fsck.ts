@@ -32,6 +32,7 @@ export type Fix =
   | { kind: 'freespace' }
   | { kind: 'journal', ino: number, blk: number }
   | { kind: 'reindex', table: string }
+  | { kind: 'mode', ino: number, mode: number }
 
 export interface Finding {
   ino?: number
@@ -129,8 +130,8 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
     // rowid, always an integer): its entries, extents and attributes are its
     // own, and it must not count as missing. Each such field is reported by
     // the check that knows its right value, with that value as the fix
-    // (nlink: from the entries; blocks and size: from the extents); what
-    // no check could settle is reported at the end.
+    // (mode: below; nlink: from the entries; blocks and size: from the
+    // extents); what no check could settle is reported at the end.
     const malformed = new Map<number, Set<Field>>()
     const settled = (ino: number, f: Field): boolean => malformed.get(ino)?.delete(f) ?? false
     const inodesOk = phase('inodes', () => {
@@ -152,6 +153,20 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
     const children = new Map<number, number[]>()
     const direntsOk = inodesOk && phase('directory entries', () => {
       const rows = db.prepare('SELECT parent, name, ino FROM dirents').all() as Array<{ parent: number, name: string | Buffer, ino: number }>
+      // A mode without a valid file type: the inode is what the rest of the
+      // image says it is, and checked as that from here on. A directory when
+      // entries name it as theirs (or it is the root), a symlink when it has
+      // a target, else a regular file (which keeps any data it has); the
+      // permissions of such a mode are no better than its type: owner-only.
+      const hasEntries = new Set(rows.map(d => d.parent))
+      for (const [ino, bad] of malformed) {
+        const i = inodes.get(ino)
+        if (!i || !bad.has('mode')) continue
+        const mode = ino === ROOT_INO || hasEntries.has(ino) ? S_IFDIR | 0o700 : i.tlen !== null ? S_IFLNK | 0o777 : S_IFREG | 0o600
+        add(`mode ${octal(i.mode)} is no file type`, ino, { kind: 'mode', ino, mode })
+        settled(ino, 'mode')
+        i.mode = mode
+      }
       for (const d of rows) if (inodes.has(d.ino)) paths.add(d.parent, nameFromDb(d.name), d.ino)
       for (const d of rows) {
         report.dirents++
