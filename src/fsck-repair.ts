@@ -20,6 +20,11 @@
 //     to what the inode holds); a mode without a valid file type becomes a
 //     directory when entries are in it, a symlink when it has a target,
 //     else a regular file, owner-only (0700, 0777, 0600);
+//   * an entry with a name the kernel can neither create nor look up ('.',
+//     '..', empty, with '/' or NUL, over 255 bytes): renamed to "#INO" in
+//     its directory ("#INO.1" ... when taken), so the file stays
+//     reachable; only an extra name of a directory (one naming the root,
+//     or a directory that has a good name) is removed instead;
 //   * free-space accounting: extents of inodes that do not exist are
 //     unmapped, and the free-space map is rebuilt as exactly the blocks no
 //     extent maps.
@@ -140,6 +145,14 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
         return lostFound
       }
       const named = db.prepare('SELECT 1 FROM dirents WHERE ino = ? LIMIT 1').pluck()
+      const taken = db.prepare('SELECT 1 FROM dirents WHERE parent = ? AND name = ?').pluck()
+      /** a name for inode ino in directory dir that no entry there has: "#INO", else "#INO.1", ... */
+      const freeName = (dir: number, ino: number): string => {
+        for (let k = 0; ; k++) {
+          const name = k === 0 ? `#${ino}` : `#${ino}.${k}`
+          if (taken.get(dir, name) === undefined) return name
+        }
+      }
       for (const f of fixes) {
         const x = f.fix
         if (!x) continue
@@ -163,19 +176,30 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
           case 'unreachable': {
             if (named.get(x.ino) !== undefined) break // inside an unreachable directory: reachable once its top is linked
             const dir = lf()
-            db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)').run(dir, `#${x.ino}`, x.ino)
+            const name = freeName(dir, x.ino)
+            db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)').run(dir, name, x.ino)
             if (x.dir) {
               db.prepare('UPDATE inodes SET parent = ? WHERE ino = ?').run(dir, x.ino)
               db.prepare('UPDATE inodes SET nlink = nlink + 1 WHERE ino = ?').run(dir)
             } else {
               db.prepare('UPDATE inodes SET nlink = 1 WHERE ino = ?').run(x.ino)
             }
-            line(f, `linked as /${LOST_FOUND}/#${x.ino}`)
+            line(f, `linked as /${LOST_FOUND}/${name}`)
             break
           }
           case 'mode':
             db.prepare('UPDATE inodes SET mode = ? WHERE ino = ?').run(x.mode, x.ino)
             line(f, `mode set to 0${x.mode.toString(8)} (${TYPE_NAMES[x.mode & 0o170000] ?? 'file'})`)
+            break
+          case 'badname':
+            if (x.drop) {
+              db.prepare('DELETE FROM dirents WHERE parent = ? AND name = ?').run(x.parent, x.name)
+              line(f, 'entry removed (an extra name of a directory)')
+            } else {
+              const name = freeName(x.parent, x.ino)
+              db.prepare('UPDATE dirents SET name = ? WHERE parent = ? AND name = ?').run(name, x.parent, x.name)
+              line(f, `renamed to '${name}'`)
+            }
             break
           case 'journal':
             dropJournalRow(db, x.ino, x.blk)

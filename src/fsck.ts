@@ -20,6 +20,7 @@ import { crcsHere } from './crcthread'
 import { tableProblems } from './imagecheck'
 import { journalRows } from './journal'
 import { nameFromDb } from './names'
+import { NAME_MAX } from './errno'
 import { BtreeError, ExtentTree, EXT_UNWRITTEN, lockrestartDoSync, transGet, type Extent } from './btree'
 
 /** what repair may do about a finding (fsck-repair.ts) */
@@ -33,6 +34,8 @@ export type Fix =
   | { kind: 'journal', ino: number, blk: number }
   | { kind: 'reindex', table: string }
   | { kind: 'mode', ino: number, mode: number }
+  /** a name no entry may have: renamed to a free '#INO' in its directory; drop: an extra name of a directory, removed */
+  | { kind: 'badname', parent: number, name: string | Buffer, ino: number, drop: boolean }
 
 export interface Finding {
   ino?: number
@@ -77,6 +80,16 @@ const validMode = (m: unknown): boolean => Number.isInteger(m) && (m as number) 
 const validCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0
 const octal = (m: unknown): string => Number.isInteger(m) && (m as number) > 0 ? '0' + (m as number).toString(8) : String(m)
 const msg = (e: unknown): string => (e as Error)?.message ?? String(e)
+
+/** why no directory entry may have this name (a byte string), or null: the kernel never creates such a name, and cannot look it up */
+function badName (name: string): string | null {
+  if (name === '') return 'empty'
+  if (name === '.' || name === '..') return 'reserved'
+  if (name.includes('/')) return "contains '/'"
+  if (name.includes('\0')) return 'contains NUL'
+  if (name.length > NAME_MAX) return `longer than ${NAME_MAX} bytes`
+  return null
+}
 
 /** paths of inodes from the entries that name them (the first name found; null when unreachable) */
 class Paths {
@@ -167,17 +180,35 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         settled(ino, 'mode')
         i.mode = mode
       }
-      for (const d of rows) if (inodes.has(d.ino)) paths.add(d.parent, nameFromDb(d.name), d.ino)
+      /** entries with a good name in an existing directory, by inode */
+      const goodNames = new Map<number, number>()
+      for (const d of rows) {
+        const name = nameFromDb(d.name)
+        if (!inodes.has(d.ino) || badName(name) !== null) continue
+        paths.add(d.parent, name, d.ino)
+        if (inodes.has(d.parent)) goodNames.set(d.ino, (goodNames.get(d.ino) ?? 0) + 1)
+      }
+      /** directories whose only name, a bad one, repair renames */
+      const renamedDirs = new Set<number>()
       for (const d of rows) {
         report.dirents++
         const name = nameFromDb(d.name)
-        const where = `entry '${name}' in ${paths.of(d.parent) ?? `directory ${d.parent}`}`
+        const bad = badName(name)
+        const where = `entry ${bad === null ? `'${name}'` : JSON.stringify(name)} in ${paths.of(d.parent) ?? `directory ${d.parent}`}`
         const p = inodes.get(d.parent)
         const c = inodes.get(d.ino)
         if (!p) { add(`${where}: its directory ${d.parent} is missing`, d.ino, { kind: 'dangling', parent: d.parent, name: d.name }); continue }
         if (!isDir(p.mode)) add(`${where}: ${d.parent} is not a directory`, d.ino)
         if (!c) { add(`${where} points to missing inode ${d.ino}`, undefined, { kind: 'dangling', parent: d.parent, name: d.name }); continue }
-        if (name === '' || name.includes('/') || Buffer.byteLength(name, 'latin1') > 255) add(`bad name in ${d.parent}: ${JSON.stringify(name)}`, d.ino)
+        if (bad !== null) {
+          // renamed, so the file stays reachable; but a directory has one
+          // name: a bad one besides its good one (a '..' naming the parent,
+          // say), or one naming the root, is removed, and not counted here
+          const drop = isDir(c.mode) && (d.ino === ROOT_INO || (goodNames.get(d.ino) ?? 0) > 0 || renamedDirs.has(d.ino))
+          add(`${where}: bad name (${bad})`, d.ino, { kind: 'badname', parent: d.parent, name: d.name, ino: d.ino, drop })
+          if (drop) continue
+          if (isDir(c.mode)) renamedDirs.add(d.ino)
+        }
         links.set(d.ino, (links.get(d.ino) ?? 0) + 1)
         if (isDir(c.mode)) {
           subdirs.set(d.parent, (subdirs.get(d.parent) ?? 0) + 1)
