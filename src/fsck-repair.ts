@@ -25,6 +25,7 @@
 //     its directory ("#INO.1" ... when taken), so the file stays
 //     reachable; only an extra name of a directory (one naming the root,
 //     or a directory that has a good name) is removed instead;
+//   * extended attributes of an inode that does not exist: removed;
 //   * free-space accounting: extents of inodes that do not exist are
 //     unmapped, and the free-space map is rebuilt as exactly the blocks no
 //     extent maps.
@@ -200,6 +201,10 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
               db.prepare('UPDATE dirents SET name = ? WHERE parent = ? AND name = ?').run(name, x.parent, x.name)
               line(f, `renamed to '${name}'`)
             }
+            break
+          case 'xattrs':
+            db.prepare('DELETE FROM xattrs WHERE ino = ?').run(x.ino)
+            line(f, 'removed')
             break
           case 'journal':
             dropJournalRow(db, x.ino, x.blk)

@@ -36,6 +36,7 @@ export type Fix =
   | { kind: 'mode', ino: number, mode: number }
   /** a name no entry may have: renamed to a free '#INO' in its directory; drop: an extra name of a directory, removed */
   | { kind: 'badname', parent: number, name: string | Buffer, ino: number, drop: boolean }
+  | { kind: 'xattrs', ino: number }
 
 export interface Finding {
   ino?: number
@@ -348,6 +349,11 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         add(`size ${String(i.size)} is no size`, ino, { kind: 'size', ino, size })
         settled(ino, 'size')
       }
+      phase('extended attributes', () => {
+        for (const r of db.prepare('SELECT ino, count(*) AS n FROM xattrs GROUP BY ino').iterate() as Iterable<{ ino: number, n: number }>) {
+          if (!inodes.has(r.ino)) add(`${r.n} extended attribute${r.n > 1 ? 's' : ''} of missing inode ${r.ino}`, undefined, { kind: 'xattrs', ino: r.ino })
+        }
+      })
     }
     // fields no check above could give a right value (its phase did not run)
     for (const [ino, bad] of malformed) {
