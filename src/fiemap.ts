@@ -25,9 +25,15 @@
 //
 // SEEK_DATA and SEEK_HOLE (lseek) walk with the same steps (cf. bcachefs
 // bch2_seek_data/bch2_seek_hole): written extents and delalloc runs are
-// data; an unwritten (preallocated) extent is a hole except where dirty
-// folios cover it, which is checked after the step, with no B-tree locks
-// held, so that check may wait for folio locks.
+// data; an unwritten (preallocated) extent is a hole except where dirty or
+// writeback folios cover it. For them a step also scans the page cache over
+// unwritten extents (FIEMAP does not: there the tree takes precedence and
+// the extent is unwritten), in the step and the same way as in holes:
+// trylocks, then nonblockingOrDrop. Never after the step, on its copied-out
+// extent: writeback holds a run's folio locks until its commit has mapped
+// them, so a scan that waited for them finds them clean, and only the tree
+// read again says that they are now written (relock fails: the step runs
+// again).
 //
 // Units: the ioctl speaks bytes; the tree and the cache speak 4 KiB blocks.
 import createDebug from 'debug'
@@ -127,19 +133,35 @@ export class Fiemap {
   /** the same scan, waiting for folio locks (locks dropped: never inside a step holding B-tree locks) */
   private async scanBlocking (ino: number, a: number, b: number): Promise<{ run: [number, number] | null }> {
     this.stats.slowpath++
-    const run = await this.dirtyIn(ino, a, b)
-    debug('ino %d: slowpath scan of blocks %d..%d found %o', ino, a, b, run)
-    return { run }
+    const rf = new RunFinder()
+    for (const f of this.cache.foliosInOrder(ino, a, b)) {
+      if (!rf.wants(f)) break
+      await f.lock()
+      const d = isDelalloc(f)
+      f.unlock()
+      if (!rf.add(f, d)) break
+    }
+    debug('ino %d: slowpath scan of blocks %d..%d found %o', ino, a, b, rf.run)
+    return { run: rf.run }
   }
 
-  /** one step from block pos, not past end */
-  private async step (trans: BtreeTrans, ino: number, pos: number, end: number): Promise<StepResult> {
+  /**
+   * Inside a step: the first run of dirty or writeback folios in [a, b),
+   * trylocks first, else waiting with locks dropped (the step restarts when
+   * the tree changed meanwhile; otherwise its iterator is still valid).
+   */
+  private async scan (t: BtreeTrans, ino: number, a: number, b: number): Promise<[number, number] | null> {
+    return (await nonblockingOrDrop(t, () => this.scanTry(ino, a, b), async () => await this.scanBlocking(ino, a, b))).run
+  }
+
+  /** one step from block pos, not past end (seek: also delalloc runs over unwritten extents) */
+  private async step (trans: BtreeTrans, ino: number, pos: number, end: number, seek = false): Promise<StepResult> {
     this.stats.steps++
     const before = trans.totalRestarts
     try {
       return await lockrestartDo(trans, async t => {
         try {
-          return await this.stepBody(t, ino, pos, end)
+          return await this.stepBody(t, ino, pos, end, seek)
         } catch (err) {
           if (isRestart(err)) {
             this.stats.restartReasons[err.reason]++
@@ -153,27 +175,38 @@ export class Fiemap {
     }
   }
 
-  /** the body of one step (runs again on a restart) */
-  private async stepBody (t: BtreeTrans, ino: number, pos: number, end: number): Promise<StepResult> {
+  /**
+   * The body of one step (runs again on a restart). With seek, the folios
+   * over an unwritten extent are scanned too: its dirty or writeback runs
+   * come as delalloc items between unwritten ones (a step may then report
+   * one item more than STEP_ITEMS).
+   */
+  private async stepBody (t: BtreeTrans, ino: number, pos: number, end: number, seek: boolean): Promise<StepResult> {
     const items: Item[] = []
+    const delalloc = (s: number, r: number): void => { items.push({ off: s, len: r - s, pblk: 0, flags: FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN }) }
     let at = pos
     const it = t.iter(ino, at)
     let e = it.peekMax(end)
     while (at < end && items.length < STEP_ITEMS) {
       if (e && e.off <= at) { // mapped: the tree takes precedence
         const to = Math.min(e.off + e.len, end)
-        items.push({ off: at, len: to - at, pblk: e.pblk + (at - e.off), flags: e.flags & EXT_UNWRITTEN ? FIEMAP_EXTENT_UNWRITTEN : 0 })
-        at = to
+        const unwritten = (e.flags & EXT_UNWRITTEN) !== 0
+        // (after a scan that dropped locks, e is still current: relock succeeded)
+        const run = seek && unwritten ? await this.scan(t, ino, at, to) : null
+        const upTo = run ? run[0] : to
+        if (upTo > at) items.push({ off: at, len: upTo - at, pblk: e.pblk + (at - e.off), flags: unwritten ? FIEMAP_EXTENT_UNWRITTEN : 0 })
+        if (run) delalloc(run[0], run[1])
+        at = run ? run[1] : to
+        if (at < to) continue // more of this extent to scan
         e = it.next()
         if (e && e.off >= end) e = null
         continue
       }
       const holeEnd = e ? e.off : end
-      const found = await nonblockingOrDrop(t, () => this.scanTry(ino, at, holeEnd), async () => await this.scanBlocking(ino, at, holeEnd))
-      if (!found.run) { at = holeEnd; continue }
-      const [s, r] = found.run
-      items.push({ off: s, len: r - s, pblk: 0, flags: FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN })
-      at = r // still before e: the iterator stays valid (relock succeeded, or no slowpath ran)
+      const run = await this.scan(t, ino, at, holeEnd)
+      if (!run) { at = holeEnd; continue }
+      delalloc(run[0], run[1])
+      at = run[1] // still before e: the iterator stays valid (relock succeeded, or no slowpath ran)
     }
     return { items, next: at }
   }
@@ -227,45 +260,23 @@ export class Fiemap {
     return { extents: out, count }
   }
 
-  /** the items of blocks [pos, end) of ino, a step at a time */
-  private async * items (ino: number, pos: number, end: number): AsyncGenerator<Item> {
+  /** SEEK's items of blocks [pos, end) of ino, a step at a time: unwritten items are holes, the others data */
+  private async * seekItems (ino: number, pos: number, end: number): AsyncGenerator<Item> {
     const trans = transGet(this.data.tree)
     while (pos < end) {
-      const r = await this.step(trans, ino, pos, end)
+      const r = await this.step(trans, ino, pos, end, true)
       yield * r.items
       if (r.items.length === 0) return
       pos = r.next
     }
   }
 
-  /**
-   * The first run of dirty or writeback folios in [a, b), waiting for each
-   * folio's lock: only ever with no B-tree locks held (the slowpath under
-   * dropLocksDo, or SEEK's look into an unwritten extent after its step).
-   */
-  private async dirtyIn (ino: number, a: number, b: number): Promise<[number, number] | null> {
-    const rf = new RunFinder()
-    for (const f of this.cache.foliosInOrder(ino, a, b)) {
-      if (!rf.wants(f)) break
-      await f.lock()
-      const d = isDelalloc(f)
-      f.unlock()
-      if (!rf.add(f, d)) break
-    }
-    return rf.run
-  }
-
   /** SEEK_DATA: the first byte of data at or after offset, null past the last (ENXIO) */
   async seekData (ino: number, size: number, offset: number): Promise<number | null> {
     if (offset >= size) return null
-    for await (const x of this.items(ino, Math.floor(offset / BLOCK_SIZE), Math.ceil(size / BLOCK_SIZE))) {
-      let at = x.off
-      if (x.flags & FIEMAP_EXTENT_UNWRITTEN) {
-        const run = await this.dirtyIn(ino, x.off, x.off + x.len)
-        if (!run) continue
-        at = run[0]
-      }
-      return Math.max(offset, at * BLOCK_SIZE)
+    for await (const x of this.seekItems(ino, Math.floor(offset / BLOCK_SIZE), Math.ceil(size / BLOCK_SIZE))) {
+      if (x.flags & FIEMAP_EXTENT_UNWRITTEN) continue
+      return Math.max(offset, x.off * BLOCK_SIZE)
     }
     return null
   }
@@ -275,17 +286,9 @@ export class Fiemap {
     if (offset >= size) return null
     let data = Math.floor(offset / BLOCK_SIZE) // data runs without a gap up to here
     const hole = (): number => Math.min(size, Math.max(offset, data * BLOCK_SIZE))
-    for await (const x of this.items(ino, data, Math.ceil(size / BLOCK_SIZE))) {
-      if (x.off > data) return hole()
-      const xend = x.off + x.len
-      if (x.flags & FIEMAP_EXTENT_UNWRITTEN) {
-        const run = await this.dirtyIn(ino, data, xend)
-        if (!run || run[0] > data) return hole()
-        data = run[1]
-        if (data < xend) return hole()
-      } else {
-        data = xend
-      }
+    for await (const x of this.seekItems(ino, data, Math.ceil(size / BLOCK_SIZE))) {
+      if (x.off > data || x.flags & FIEMAP_EXTENT_UNWRITTEN) return hole()
+      data = x.off + x.len
     }
     return hole()
   }

@@ -7,7 +7,7 @@ import { mkfs, openImage } from '../../src/image'
 import { FolioFs, type FsOptions } from '../../src/fs'
 import { PageCache } from '../../src/pagecache/cache'
 import type { Folio } from '../../src/pagecache/folio'
-import { FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNKNOWN } from '../../src/fiemap'
+import { FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNKNOWN, FIEMAP_EXTENT_UNWRITTEN } from '../../src/fiemap'
 import { RESTART_REASONS } from '../../src/btree'
 import { rng, tmpdir } from './helpers'
 
@@ -136,5 +136,100 @@ test('FIEMAP counts its restarts by reason; they add up to the total and bound e
   assert.equal(RESTART_REASONS.reduce((n, k) => n + s.restartReasons[k], 0), s.restarts)
   assert.ok(s.maxRestartsOneCall > 0 && s.maxRestartsOneCall <= s.restarts)
   assert.equal(s.completed, s.calls)
+  await fs.close()
+})
+
+// Writeback holds a run's folio locks from before its I/O until its commit is
+// done (writebackDelayMs holds them, before the commit, for as long as it
+// says): a walk that meets those locks must wait for them and then read the
+// tree again; the folios it then finds clean are mapped by the commit.
+
+/**
+ * Start writing back blocks [0, n) of ino; returns once its folios are all
+ * locked under writeback (the commit not done), with the pass to await (in
+ * an object: an async function returning a promise would wait for it).
+ */
+async function heldByWriteback (fs: FolioFs, ino: number, n: number): Promise<{ wb: Promise<void> }> {
+  const wb = fs.writeback.inode(ino)
+  await until(() => {
+    for (let i = 0; i < n; i++) {
+      const f = fs.cache.peek(ino, i)
+      if (!f || !f.writeback || !f.isLocked) return false
+    }
+    return true
+  })
+  return { wb }
+}
+
+test('SEEK_DATA/SEEK_HOLE while writeback turns a preallocated range into written extents: the dirty data stays data', async () => {
+  const fs = fresh({ writebackDelayMs: 50 })
+  const ino = fs.create('/f', 0o644, root)
+  const n = 16
+  await fs.fallocate(ino, 0, 0, n * B) // n unwritten blocks
+  await fs.write(ino, blocks(n), 0) // all of them overwritten: dirty folios over the unwritten extent
+  const size = fs.stat(ino).size
+  assert.equal(size, n * B)
+  assert.equal(await fs.fiemap.seekData(ino, size, 0), 0, 'dirty: data')
+  assert.equal(await fs.fiemap.seekHole(ino, size, 0), size)
+  const before = fs.fiemap.stats.restarts
+  const { wb } = await heldByWriteback(fs, ino, n)
+  // each lseek meets the locked folios, waits for them; by then the commit mapped them
+  const seeks = Promise.all([fs.fiemap.seekData(ino, size, 0), fs.fiemap.seekHole(ino, size, 0), fs.fiemap.seekData(ino, size, 5 * B + 7), fs.fiemap.seekHole(ino, size, 5 * B + 7)])
+  await wb
+  assert.deepEqual(await seeks, [0, size, 5 * B + 7, size], 'SEEK_DATA finds the data, SEEK_HOLE only the end of the file')
+  assert.ok(fs.fiemap.stats.restarts > before, 'the steps restarted after waiting (relock found the commit)')
+  // and afterwards, with the folios clean and the extent written
+  assert.deepEqual([await fs.fiemap.seekData(ino, size, 0), await fs.fiemap.seekHole(ino, size, 0)], [0, size])
+  await fs.close()
+})
+
+test('SEEK over a preallocated range partly dirty: the dirty runs are data, the rest holes, also while writeback runs', async () => {
+  const fs = fresh({ writebackDelayMs: 30 })
+  const ino = fs.create('/f', 0o644, root)
+  await fs.fallocate(ino, 0, 0, 32 * B)
+  await fs.write(ino, blocks(4), 8 * B) // 8..11 dirty, 0..7 and 12..31 unwritten and clean
+  const size = fs.stat(ino).size
+  const check = async (): Promise<Array<number | null>> => await Promise.all([
+    fs.fiemap.seekData(ino, size, 0), fs.fiemap.seekHole(ino, size, 0), fs.fiemap.seekHole(ino, size, 8 * B),
+    fs.fiemap.seekData(ino, size, 12 * B).then(x => x ?? -1)])
+  assert.deepEqual(await check(), [8 * B, 0, 12 * B, -1])
+  const wb = fs.writeback.inode(ino)
+  await until(() => fs.cache.peek(ino, 8)?.isLocked === true && fs.cache.peek(ino, 8)?.writeback === true)
+  const during = check()
+  await wb
+  assert.deepEqual(await during, [8 * B, 0, 12 * B, -1])
+  assert.deepEqual(await check(), [8 * B, 0, 12 * B, -1], 'written back: a written extent between unwritten ones')
+  await fs.close()
+})
+
+test('FIEMAP while writeback maps dirty folios in a hole: every block is an extent or delalloc, never missing', async () => {
+  const fs = fresh({ writebackDelayMs: 50 })
+  const ino = fs.create('/f', 0o644, root)
+  const n = 16
+  await fs.write(ino, blocks(n), 0) // dirty, nothing mapped
+  const size = fs.stat(ino).size
+  assert.deepEqual(brief((await fs.fiemap.map(ino, size, 0, size, 100)).extents), [[0, n, DELALLOC | FIEMAP_EXTENT_LAST]])
+  const { wb } = await heldByWriteback(fs, ino, n)
+  const during = fs.fiemap.map(ino, size, 0, size, 100)
+  await wb
+  assert.deepEqual(brief((await during).extents), [[0, n, FIEMAP_EXTENT_LAST]], 'waited, then read the committed extent')
+  await fs.close()
+})
+
+test('FIEMAP while writeback converts a preallocated range: unwritten, then written, never a gap', async () => {
+  const fs = fresh({ writebackDelayMs: 50 })
+  const ino = fs.create('/f', 0o644, root)
+  const n = 16
+  await fs.fallocate(ino, 0, 0, n * B)
+  await fs.write(ino, blocks(n), 0)
+  const size = fs.stat(ino).size
+  const flags = async (): Promise<number[]> => brief((await fs.fiemap.map(ino, size, 0, size, 100)).extents).map(([o, l, f]) => { assert.deepEqual([o, l], [0, n]); return f })
+  assert.deepEqual(await flags(), [FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST], 'the tree takes precedence over the dirty folios')
+  const { wb } = await heldByWriteback(fs, ino, n)
+  const during = flags()
+  await wb
+  const d = await during
+  assert.ok(d.length === 1 && (d[0] === (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST) || d[0] === FIEMAP_EXTENT_LAST), JSON.stringify(d))
+  assert.deepEqual(await flags(), [FIEMAP_EXTENT_LAST])
   await fs.close()
 })
