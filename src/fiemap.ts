@@ -55,6 +55,9 @@ export const FIEMAP_EXTENT_DELALLOC = 0x4
 export const FIEMAP_EXTENT_UNWRITTEN = 0x800
 export const FIEMAP_EXTENT_MERGED = 0x1000
 
+/** past any block of any file (the ioctl cuts requests at the largest file size) */
+const MAX_BLOCK = Math.ceil(Number.MAX_SAFE_INTEGER / BLOCK_SIZE)
+
 /** items one step reports at most */
 const STEP_ITEMS = 64
 
@@ -212,15 +215,15 @@ export class Fiemap {
   }
 
   /**
-   * The map of [start, start+length) bytes of ino (size: the file's size
-   * now). maxExtents 0 counts only. Returns the extents (merged, at most
+   * The map of [start, start+length) bytes of ino, also past the end of the
+   * file (as on Linux: extents preallocated with FALLOC_FL_KEEP_SIZE lie
+   * there). maxExtents 0 counts only. Returns the extents (merged, at most
    * maxExtents unless counting), and how many there are.
    */
-  async map (ino: number, size: number, start: number, length: number, maxExtents: number): Promise<{ extents: FiemapExtent[], count: number }> {
+  async map (ino: number, start: number, length: number, maxExtents: number): Promise<{ extents: FiemapExtent[], count: number }> {
     this.stats.calls++
-    const eof = Math.ceil(size / BLOCK_SIZE)
     const first = Math.floor(start / BLOCK_SIZE)
-    const end = Math.min(eof, Math.ceil(Math.min(start + length, Number.MAX_SAFE_INTEGER) / BLOCK_SIZE))
+    const end = Math.ceil(Math.min(start + length, Number.MAX_SAFE_INTEGER) / BLOCK_SIZE)
     const out: FiemapExtent[] = []
     let count = 0
     let pending: FiemapExtent | null = null
@@ -249,10 +252,11 @@ export class Fiemap {
       if (maxExtents > 0) out.push(pending)
     }
     // the file's last extent carries LAST: nothing mapped or dirty after it
+    // (a walk of the hole after it costs a tree lookup and the folios there)
     const last = out[out.length - 1]
     if (last && !full) {
       const after = Math.ceil((last.logical + last.length) / BLOCK_SIZE)
-      if (after >= eof || (await this.step(trans, ino, after, eof)).items.length === 0) last.flags |= FIEMAP_EXTENT_LAST
+      if (after >= MAX_BLOCK || (await this.step(trans, ino, after, MAX_BLOCK)).items.length === 0) last.flags |= FIEMAP_EXTENT_LAST
     }
     const restarts = trans.totalRestarts - restartsBefore
     if (restarts > this.stats.maxRestartsOneCall) this.stats.maxRestartsOneCall = restarts

@@ -1754,8 +1754,7 @@ export class FolioFs {
     if (req.start >= MAX_FILE_SIZE) throw fsErr('EFBIG')
     const regular = (this.inode(ino).mode & S_IFMT) === S_IFREG
     if ((req.flags & FIEMAP_FLAG_SYNC) && regular && !this.readonly) await this.writeback.inode(ino)
-    const size = regular ? this.sizeOf(ino) : 0
-    const r = await this.fiemap.map(ino, size, req.start, Math.min(req.length, MAX_FILE_SIZE - req.start), req.extentCount)
+    const r = await this.fiemap.map(ino, req.start, Math.min(req.length, MAX_FILE_SIZE - req.start), req.extentCount)
     encodeReply(buf, req.extentCount === 0 ? r.count : r.extents.length, r.extents)
   }
 

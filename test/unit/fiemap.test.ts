@@ -77,14 +77,14 @@ test('FIEMAP of many separate dirty runs in one big hole: each run is its own de
   const runs = 3000
   for (let k = 0; k < runs; k++) await fs.write(ino, blocks(1 + (k % 2)), (100 + 4 * k) * B) // 1 or 2 blocks, then a hole
   const size = fs.stat(ino).size
-  const r = await fs.fiemap.map(ino, size, 0, size, 100_000)
+  const r = await fs.fiemap.map(ino, 0, size, 100_000)
   assert.equal(r.extents.length, runs + 1)
   assert.equal(r.count, runs + 1)
   const want: Array<[number, number, number]> = [[0, 4, 0]]
   for (let k = 0; k < runs; k++) want.push([100 + 4 * k, 1 + (k % 2), DELALLOC | (k === runs - 1 ? FIEMAP_EXTENT_LAST : 0)])
   assert.deepEqual(brief(r.extents), want)
   // a range starting inside the hole and ending inside a run
-  const mid = await fs.fiemap.map(ino, size, 50 * B, (100 + 4 * 10 + 1) * B - 50 * B, 100)
+  const mid = await fs.fiemap.map(ino, 50 * B, (100 + 4 * 10 + 1) * B - 50 * B, 100)
   assert.deepEqual(brief(mid.extents), want.slice(1, 12).map(([o, n, f], i) => [o, i === 10 ? 1 : n, f & ~FIEMAP_EXTENT_LAST]))
   await fs.close()
 })
@@ -99,7 +99,7 @@ test('slowpath kept: a folio in a hole locked by a writer sends the scan to the 
   const writer = fs.cache.peek(ino, 12) as Folio
   assert.ok(writer.trylock(), 'the writer holds folio 12 (not writeback: nothing will commit meanwhile)')
   const before = { ...fs.fiemap.stats, restartReasons: { ...fs.fiemap.stats.restartReasons } }
-  const walk = fs.fiemap.map(ino, size, 0, size, 100)
+  const walk = fs.fiemap.map(ino, 0, size, 100)
   await until(() => fs.fiemap.stats.slowpath > before.slowpath) // the trylock scan met the lock; the blocking scan waits for it
   assert.equal(fs.fiemap.stats.trylockFailures, before.trylockFailures + 1)
   assert.equal(fs.fiemap.stats.completed, before.completed, 'the walk is waiting for the folio')
@@ -128,7 +128,7 @@ test('FIEMAP counts its restarts by reason; they add up to the total and bound e
   for (let b = 0; b < 800; b++) if (b % 2 === 0 || b < 400) want.push([b, 1, b % 2 ? DELALLOC : 0])
   want[want.length - 1][2] |= FIEMAP_EXTENT_LAST
   for (let i = 0; i < 5; i++) {
-    const r = await fs.fiemap.map(ino, size, 0, size, 1000)
+    const r = await fs.fiemap.map(ino, 0, size, 1000)
     assert.deepEqual(brief(r.extents), want)
   }
   const s = fs.fiemap.stats
@@ -208,9 +208,9 @@ test('FIEMAP while writeback maps dirty folios in a hole: every block is an exte
   const n = 16
   await fs.write(ino, blocks(n), 0) // dirty, nothing mapped
   const size = fs.stat(ino).size
-  assert.deepEqual(brief((await fs.fiemap.map(ino, size, 0, size, 100)).extents), [[0, n, DELALLOC | FIEMAP_EXTENT_LAST]])
+  assert.deepEqual(brief((await fs.fiemap.map(ino, 0, size, 100)).extents), [[0, n, DELALLOC | FIEMAP_EXTENT_LAST]])
   const { wb } = await heldByWriteback(fs, ino, n)
-  const during = fs.fiemap.map(ino, size, 0, size, 100)
+  const during = fs.fiemap.map(ino, 0, size, 100)
   await wb
   assert.deepEqual(brief((await during).extents), [[0, n, FIEMAP_EXTENT_LAST]], 'waited, then read the committed extent')
   await fs.close()
@@ -223,7 +223,7 @@ test('FIEMAP while writeback converts a preallocated range: unwritten, then writ
   await fs.fallocate(ino, 0, 0, n * B)
   await fs.write(ino, blocks(n), 0)
   const size = fs.stat(ino).size
-  const flags = async (): Promise<number[]> => brief((await fs.fiemap.map(ino, size, 0, size, 100)).extents).map(([o, l, f]) => { assert.deepEqual([o, l], [0, n]); return f })
+  const flags = async (): Promise<number[]> => brief((await fs.fiemap.map(ino, 0, size, 100)).extents).map(([o, l, f]) => { assert.deepEqual([o, l], [0, n]); return f })
   assert.deepEqual(await flags(), [FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST], 'the tree takes precedence over the dirty folios')
   const { wb } = await heldByWriteback(fs, ino, n)
   const during = flags()
@@ -231,5 +231,27 @@ test('FIEMAP while writeback converts a preallocated range: unwritten, then writ
   const d = await during
   assert.ok(d.length === 1 && (d[0] === (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST) || d[0] === FIEMAP_EXTENT_LAST), JSON.stringify(d))
   assert.deepEqual(await flags(), [FIEMAP_EXTENT_LAST])
+  await fs.close()
+})
+
+test('FIEMAP reports extents preallocated past the end of the file (FALLOC_FL_KEEP_SIZE), as Linux does', async () => {
+  const fs = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  const KEEP_SIZE = 1
+  await fs.fallocate(ino, KEEP_SIZE, 0, 16 * B) // size stays 0
+  assert.equal(fs.stat(ino).size, 0)
+  const all = async (start = 0, length = 2 ** 52): Promise<Array<[number, number, number]>> => brief((await fs.fiemap.map(ino, start, length, 100)).extents)
+  assert.deepEqual(await all(), [[0, 16, FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST]])
+  await fs.write(ino, blocks(2), 0)
+  await fs.writeback.inode(ino)
+  await fs.fallocate(ino, KEEP_SIZE, 64 * B, 8 * B)
+  assert.equal(fs.stat(ino).size, 2 * B)
+  assert.deepEqual(await all(), [[0, 2, 0], [2, 14, FIEMAP_EXTENT_UNWRITTEN], [64, 8, FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST]])
+  assert.deepEqual(await all(0, 2 * B), [[0, 2, 0]], 'a range up to EOF: more extents follow, so not LAST')
+  assert.deepEqual(await all(20 * B, 100 * B), [[64, 8, FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST]], 'a range wholly past EOF')
+  assert.equal((await fs.fiemap.map(ino, 0, 2 ** 52, 0)).count, 3)
+  // SEEK stays within the size
+  assert.equal(await fs.fiemap.seekHole(ino, 2 * B, 0), 2 * B)
+  assert.equal(await fs.fiemap.seekData(ino, 2 * B, 2 * B), null)
   await fs.close()
 })
