@@ -287,7 +287,7 @@ function statsOfImage (image: string): Record<string, unknown> {
       label: img.sb.label,
       version: img.sb.version,
       blockSize: img.sb.blockSize,
-      capacityBlocks: st.blocks,
+      capacityBlocks: img.sb.capacityBlocks,
       usedBlocks: folio.used,
       inodes: st.files - st.ffree,
       btree: folio.data.summary()

@@ -330,11 +330,12 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
 
   return await new Promise<number>(resolve => {
     let closing = false
-    const finish = (code: number): void => {
+    // over: the session has ended (no request can come any more)
+    const finish = (code: number, over: boolean): void => {
       if (closing) return
       closing = true
       // writes back everything still dirty, then closes the image
-      folio.close()
+      folio.close(over)
         .catch(err => { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) })
         .finally(() => {
           for (const r of recordsOfWorker(process.pid)) removeRecord(r.mountpoint, process.pid)
@@ -347,10 +348,11 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       unmountOthers(dev, mountpoint) // bind mounts of this mount (second mount points) go too
       // committed data is already in the image; unmount, then close it
       fuse.unmount((err: Error | null) => {
+        let detached = false
         if (err && findMount(mountpoint)) {
-          try { unmountPath(mountpoint, true) } catch (e) { process.stderr.write(`foliofs: ${String(e)}\n`) }
+          try { unmountPath(mountpoint, true); detached = true } catch (e) { process.stderr.write(`foliofs: ${String(e)}\n`) }
         }
-        finish(0)
+        finish(0, !detached) // a lazy detach leaves the files open through it in use
       })
     }
     process.on('SIGINT', () => shutdown('SIGINT'))
@@ -358,7 +360,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     process.on('SIGHUP', () => shutdown('SIGHUP'))
     sessionEnded = () => {
       debug('session of %s ended; closing image', mountpoint)
-      finish(0)
+      finish(0, true)
     }
     // ready once the mount is as it will stay (signals are handled from here on)
     const ra = opts.readaheadKb > 0 ? setReadahead(mountpoint, opts.readaheadKb) : Promise.resolve()

@@ -1933,14 +1933,16 @@ export class FolioFs {
 
   /**
    * Write back everything, then close the image (checkpointed, a plain
-   * database at rest). Call once the session is over: the handles still
-   * open are released first, and the files deleted while open go with
-   * them. The kernel does not always send their RELEASE: the close that
-   * ends a lazy unmount (the last use of the mount) comes without one, and
-   * the image would keep such a file's blocks until the next mount.
+   * database at rest). `sessionOver`: no request can come any more, so the
+   * handles still open are released first, and the files deleted while
+   * open go with them. The kernel does not always send their RELEASE: the
+   * close that ends a lazy unmount (the last use of the mount) comes
+   * without one, and the image would keep such a file's blocks until the
+   * next mount. Misuse: sessionOver while requests may still come (a
+   * write to a file the reaper is freeing).
    */
-  async close (): Promise<void> {
-    for (const fh of [...this.handles.keys()]) this.release(fh)
+  async close (sessionOver = false): Promise<void> {
+    if (sessionOver) for (const fh of [...this.handles.keys()]) this.release(fh)
     this.writeback.stop()
     if (!this.imageReadonly) {
       try {

@@ -450,7 +450,7 @@ export function statsOf (ctx: OpsContext): Record<string, unknown> {
   return {
     uuid: fs.sb.uuid,
     blockSize: st.bsize,
-    capacityBlocks: st.blocks,
+    capacityBlocks: fs.sb.capacityBlocks,
     usedBlocks: fs.used,
     inodes: st.files - st.ffree,
     openHandles: fs.openHandles(),
