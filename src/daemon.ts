@@ -348,11 +348,12 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       unmountOthers(dev, mountpoint) // bind mounts of this mount (second mount points) go too
       // committed data is already in the image; unmount, then close it
       fuse.unmount((err: Error | null) => {
-        let detached = false
         if (err && findMount(mountpoint)) {
-          try { unmountPath(mountpoint, true); detached = true } catch (e) { process.stderr.write(`foliofs: ${String(e)}\n`) }
+          try { unmountPath(mountpoint, true) } catch (e) { process.stderr.write(`foliofs: ${String(e)}\n`) }
         }
-        finish(0, !detached) // a lazy detach leaves the files open through it in use
+        // the unmount is lazy: files open through the mount may still send
+        // requests until the daemon is gone, so the session is not over
+        finish(0, false)
       })
     }
     process.on('SIGINT', () => shutdown('SIGINT'))
