@@ -113,6 +113,23 @@ export function bucketsOf (ranges: Iterable<{ start: number, len: number }>): Ma
   return out
 }
 
+/**
+ * Every free range of the map (free_buckets), in order, checked: each row
+ * against the format and the device size (decodeBucket), and each range
+ * against the one before it, across rows (they never overlap or touch).
+ * The first damage throws (node_corrupt) after the ranges before it.
+ */
+export function decodeFreeMap (db: Database.Database, total: number, put: (start: number, len: number) => void): void {
+  let end = -1
+  for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').iterate() as Iterable<{ bucket: number, ranges: Buffer }>) {
+    decodeBucket(r.bucket, r.ranges, total, (start, len) => {
+      if (start <= end) throw new BtreeError('node_corrupt', `free_buckets row ${r.bucket}: range at ${start} overlaps or touches the previous one`)
+      end = start + len
+      put(start, len)
+    })
+  }
+}
+
 /** decode row b of free_buckets, checking it against the format and the device size */
 export function decodeBucket (b: number, blob: Buffer, total: number, put: (start: number, len: number) => void): void {
   const bad = (why: string): never => { throw new BtreeError('node_corrupt', `free_buckets row ${b}: ${why}`) }
@@ -162,14 +179,18 @@ export class Allocator {
    */
   onReusable: ((starts: readonly number[], lens: readonly number[], release: () => void) => void) | null = null
 
+  /** the damage a tolerant load stopped at (null: the whole map read) */
+  loadError: string | null = null
+
   private constructor (total: number) {
     this.total = total
   }
 
   /**
-   * The allocator of a tree, from free_buckets. A damaged row throws
+   * The allocator of a tree, from free_buckets. A damaged map throws
    * (node_corrupt), unless `tolerant` (a read-only tree, which allocates
-   * nothing: it only reports free space), where the map stops at it.
+   * nothing: it only reports free space; fsck), where the map stops at the
+   * damage and `loadError` says what it was.
    */
   static load (db: Database.Database, total: number, initialized: boolean, firstBlock = 0, tolerant = false): Allocator {
     const a = new Allocator(total)
@@ -178,18 +199,14 @@ export class Allocator {
       a.avail.insert(firstBlock, total - firstBlock)
       return a
     }
-    let end = -1
     try {
-      for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').iterate() as Iterable<{ bucket: number, ranges: Buffer }>) {
-        decodeBucket(r.bucket, r.ranges, total, (start, len) => {
-          if (start <= end) throw new BtreeError('node_corrupt', `free_buckets row ${r.bucket}: range at ${start} overlaps or touches the previous one`)
-          end = start + len
-          a.durable.insert(start, len)
-          a.avail.insert(start, len)
-        })
-      }
+      decodeFreeMap(db, total, (start, len) => {
+        a.durable.insert(start, len)
+        a.avail.insert(start, len)
+      })
     } catch (e) {
       if (!tolerant || !(e instanceof BtreeError)) throw e
+      a.loadError = e.message
     }
     a.durable.changed?.clear()
     return a

@@ -18,7 +18,7 @@
 // Transactions live in trans.ts (which imports this file, never the other
 // way round).
 import type Database from 'better-sqlite3'
-import { Allocator, bucketsOf, decodeBucket, type Range } from './alloc'
+import { Allocator, bucketsOf, decodeFreeMap, type Range } from './alloc'
 import { NodeCache } from './cache'
 import { BtreeError, RESTART_REASONS, type RestartReason } from './errors'
 import type { LockOwner } from './locks'
@@ -304,6 +304,7 @@ export class ExtentTree {
     for (const id of rows) if (!seen.has(id)) errors.push(`node ${id} stored but unreachable`)
     const free = this.alloc.durableFree
     if (this.firstBlock + mapped + free !== this.alloc.total) errors.push(`space accounting: ${this.firstBlock} reserved + ${mapped} mapped + ${free} free != ${this.alloc.total}`)
+    if (this.alloc.loadError !== null) errors.push(`free space: map damaged: ${this.alloc.loadError}`)
     for (const e of this.alloc.check()) errors.push(`free space: ${e}`)
     this.cache.trim()
     return errors
@@ -334,13 +335,11 @@ export class ExtentTree {
     } else if (!ids.has(m.root)) {
       errors.push(`node_corrupt: root node ${m.root} is missing`)
     }
-    for (const r of db.prepare('SELECT bucket, ranges FROM free_buckets ORDER BY bucket').iterate() as Iterable<{ bucket: number, ranges: Buffer }>) {
-      if (errors.length >= limit) break
-      try {
-        decodeBucket(r.bucket, r.ranges, totalBlocks, () => {})
-      } catch (e) {
-        errors.push(e instanceof BtreeError ? e.message : `node_corrupt: free_buckets row ${r.bucket}: ${String(e)}`)
-      }
+    try {
+      decodeFreeMap(db, totalBlocks, () => {})
+    } catch (e) {
+      if (!(e instanceof BtreeError)) throw e
+      errors.push(e.message)
     }
     return errors
   }
