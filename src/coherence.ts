@@ -11,7 +11,9 @@
 // cached size, times, nlink and pages. That is the one case this module
 // handles: after a request changed inode X, every other name of X is
 // invalidated (NOTIFY_INVAL_INODE: attributes and pages) before the request
-// is answered. Inodes with one name (nearly all) cost one nlink read.
+// is answered. Inodes with one name (nearly all) cost one nlink read. A
+// read's atime is left out: seen through another name it may lag by
+// attr_timeout (see fuse-ops.ts's read for why).
 //
 // "Other" means every current path of X except the one the request came
 // through, and this is not an optimization: the requesting kernel inode may
@@ -168,25 +170,18 @@ export class Coherence {
    * anyway after a write).
    */
   modeChanged (ino: number): void {
-    this.invalidateLater(this.fs.pathsOf(ino))
+    const paths = this.fs.pathsOf(ino)
+    if (paths.length > 0) this.invalidate(paths)
   }
 
-  /** invalidate paths, not waiting for the kernel to be done */
-  private invalidateLater (paths: string[]): void {
-    if (paths.length === 0) return
+  /** invalidate paths (counted); done, if given, once the kernel is done or refused (errors counted) */
+  private invalidate (paths: string[], done?: () => void): void {
     this.stats.invalidations++
     this.stats.paths += paths.length
-    this.notifier.invalidatePaths(paths, err => { if (err !== 0) this.stats.errors++ })
-  }
-
-  /** every name of inos except those of `via` */
-  private otherPaths (inos: number[], via: Array<string | null>): string[] {
-    const skip = new Set(via.filter((p): p is string => p !== null))
-    const paths: string[] = []
-    for (const ino of inos) {
-      for (const p of this.fs.pathsOf(ino)) if (!skip.has(p)) paths.push(p)
-    }
-    return paths
+    this.notifier.invalidatePaths(paths, err => {
+      if (err !== 0) this.stats.errors++
+      done?.()
+    })
   }
 
   /**
@@ -196,17 +191,15 @@ export class Coherence {
    * after the change; never throws.
    */
   async others (inos: number[], via: Array<string | null>): Promise<void> {
-    const paths = this.otherPaths(inos, via)
+    const skip = new Set(via.filter((p): p is string => p !== null))
+    const paths: string[] = []
+    for (const ino of inos) {
+      for (const p of this.fs.pathsOf(ino)) if (!skip.has(p)) paths.push(p)
+    }
     if (paths.length === 0) return
-    this.stats.invalidations++
-    this.stats.paths += paths.length
     await new Promise<void>(resolve => {
       const timer = setTimeout(() => { this.stats.timeouts++; resolve() }, this.timeoutMs)
-      this.notifier.invalidatePaths(paths, err => {
-        clearTimeout(timer)
-        if (err !== 0) this.stats.errors++
-        resolve()
-      })
+      this.invalidate(paths, () => { clearTimeout(timer); resolve() })
     })
   }
 }

@@ -1449,11 +1449,11 @@ export class FolioFs {
     return n
   }
 
-  /** relatime: update atime only when it is older than mtime/ctime or a day old. */
   /**
-   * A read's atime, by the mount's rule. Best effort: where metadata can
-   * no longer be written (a damaged extent tree, a failed group commit)
-   * the read is served and its atime left as it is.
+   * A read's atime, by the mount's rule (relatime: only when atime is older
+   * than mtime/ctime or a day old). Best effort: where metadata can no
+   * longer be written (a damaged extent tree, a failed group commit) the
+   * read is served and its atime left as it is.
    */
   private touchAtime (i: Inode): void {
     if (this.readonly || this.atime === 'noatime' || (this.iflags(i.ino) & FS_NOATIME_FL)) return
@@ -1607,8 +1607,7 @@ export class FolioFs {
         if (!(mode & FALLOC_FL_KEEP_SIZE) && end > size) await this.extend(ino, size, end, t)
       }
       // mtime and ctime move whatever the mode did, as on ext4 (even when no block was added)
-      this.tx(() => this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, ino))
-      if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
+      this.touchChanged(ino, t)
       this.counters.fallocates++
     })
   }
@@ -1636,10 +1635,10 @@ export class FolioFs {
         const a = offOut + (from - offIn)
         const b = Math.min(offOut + (to - offIn), this.sizeOf(inoOut))
         if (a >= b) return
+        if (this.iflags(inoOut) & (FS_IMMUTABLE_FL | FS_APPEND_FL)) throw fsErr('EPERM') // its bytes would change: as write()
         const t = nowTime()
         await this.punch(inoOut, a, b, t)
-        this.tx(() => this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, inoOut))
-        if (this.attrs.has(inoOut)) this.touchMem(inoOut, this.sizeOf(inoOut), t)
+        this.touchChanged(inoOut, t)
       })
     }
     for (let at = offIn; at < offIn + n;) {
@@ -1661,6 +1660,12 @@ export class FolioFs {
     })
     this.counters.copies++
     return n
+  }
+
+  /** ino's mtime and ctime become t, stored and in memory (its size stays) */
+  private touchChanged (ino: number, t: Time): void {
+    this.tx(() => this.q.touchMC.run(t.sec, t.nsec, t.sec, t.nsec, ino))
+    if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
   }
 
   /** inside a fallocate or punch step's commit: ino's block count moves by delta, its times to t (the stored size stays) */

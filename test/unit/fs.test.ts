@@ -6,6 +6,7 @@ import { FolioFs } from '../../src/fs'
 import { fsck } from '../../src/fsck'
 import { FsError } from '../../src/errno'
 import { rng, tmpdir } from './helpers'
+import { FS_APPEND_FL, FS_IMMUTABLE_FL } from '../../src/iflags'
 
 const root = { uid: 0, gid: 0 }
 
@@ -338,4 +339,22 @@ test('a directory listing is read a chunk at a time, in order, each name once, w
   assert.equal(total, 2 + 1500 + rounds, 'every name there is now: the 1500 and one a-new per round')
   await fs.close()
   assert.deepEqual(fsck(img).errors, [])
+})
+
+test('copy_file_range does not punch an immutable or append-only target where the source has a hole', async () => {
+  const { fs } = fresh()
+  const src = fs.create('/src', 0o644, root)
+  await fs.write(src, Buffer.alloc(4096, 0x53), 32768)
+  await fs.truncate(src, 65536) // a hole, 4 KiB of data, a hole: the first hole is met before any write
+  for (const flag of [FS_IMMUTABLE_FL, FS_APPEND_FL]) {
+    const dst = fs.create(`/dst${flag}`, 0o644, root)
+    await fs.write(dst, Buffer.alloc(65536, 0x44), 0)
+    fs.setIflags(dst, flag, root)
+    assert.equal(await acode(async () => await fs.copyFileRange(src, 0, dst, 0, 65536)), 'EPERM')
+    const got = Buffer.alloc(65536)
+    await fs.read(dst, got, 65536, 0)
+    assert.ok(got.equals(Buffer.alloc(65536, 0x44)), `flag ${flag}: the target's bytes are as they were`)
+    fs.setIflags(dst, 0, root)
+  }
+  await fs.close()
 })
