@@ -204,8 +204,10 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         if (bad !== null) {
           // renamed, so the file stays reachable; but a directory has one
           // name: a bad one besides its good one (a '..' naming the parent,
-          // say), or one naming the root, is removed, and not counted here
-          const drop = isDir(c.mode) && (d.ino === ROOT_INO || (goodNames.get(d.ino) ?? 0) > 0 || renamedDirs.has(d.ino))
+          // say), one naming the root, or one inside the directory itself
+          // (a '.': renamed, it would be a loop; lost+found takes the
+          // directory if nothing else names it) is removed, not counted here
+          const drop = isDir(c.mode) && (d.ino === ROOT_INO || d.ino === d.parent || (goodNames.get(d.ino) ?? 0) > 0 || renamedDirs.has(d.ino))
           add(`${where}: bad name (${bad})`, d.ino, { kind: 'badname', parent: d.parent, name: d.name, ino: d.ino, drop })
           if (drop) continue
           if (isDir(c.mode)) renamedDirs.add(d.ino)
