@@ -206,6 +206,10 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
             db.prepare('DELETE FROM xattrs WHERE ino = ?').run(x.ino)
             line(f, 'removed')
             break
+          case 'orphan':
+            db.prepare('DELETE FROM orphans WHERE ino = ?').run(x.ino)
+            line(f, 'removed from the list')
+            break
           case 'journal':
             dropJournalRow(db, x.ino, x.blk)
             line(f, 'journal block dropped')

@@ -37,6 +37,7 @@ export type Fix =
   /** a name no entry may have: renamed to a free '#INO' in its directory; drop: an extra name of a directory, removed */
   | { kind: 'badname', parent: number, name: string | Buffer, ino: number, drop: boolean }
   | { kind: 'xattrs', ino: number }
+  | { kind: 'orphan', ino: number }
 
 export interface Finding {
   ino?: number
@@ -356,6 +357,9 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
           if (!inodes.has(r.ino)) add(`${r.n} extended attribute${r.n > 1 ? 's' : ''} of missing inode ${r.ino}`, undefined, { kind: 'xattrs', ino: r.ino })
         }
       })
+      // an orphan row outlives its inode only when the image was edited
+      // (the reaper drops both in one commit); mount ignores such a row
+      for (const ino of orphans) if (!inodes.has(ino)) add(`orphan list names missing inode ${ino}`, undefined, { kind: 'orphan', ino })
     }
     // fields no check above could give a right value (its phase did not run)
     for (const [ino, bad] of malformed) {
