@@ -234,13 +234,17 @@ export async function setReadahead (mountpoint: string, kb: number): Promise<voi
  * read-write mount is refused, before anything is written (FolioFs writes
  * at once: orphan recovery); a read-only one is served, reporting it, so
  * files can be copied off (those mapped by the damaged node read as EIO).
- * One line for the user, the details in the log (our stderr).
+ * A tree whose meta rows are gone cannot be opened at all: both are
+ * refused, and the line says fsck --repair, not -o ro. One line for the user, the details in the log (our stderr).
  */
 function refuseDamagedTree (db: Database.Database, sb: Superblock, image: string, readonly: boolean): void {
   const errs = ExtentTree.checkPages(db, undefined, undefined, sb.capacityBlocks)
   if (errs.length === 0) return
   for (const e of errs) process.stderr.write(`foliofs: ${image}: extent tree: ${e}\n`)
   const what = `extent tree damaged (${errs[0]}${errs.length > 1 ? `, and ${errs.length - 1} more` : ''})`
+  if (ExtentTree.metaUnusable(db) !== null) {
+    throw new ImageError(`${image}: corrupt image (${what}): cannot be served, not even read-only; foliofs fsck --repair rebuilds the tree from its nodes`, EXIT.CORRUPT)
+  }
   if (readonly) {
     process.stderr.write(`foliofs: ${image}: ${what}: serving read-only; files it maps read as EIO; see foliofs fsck\n`)
     return

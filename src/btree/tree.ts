@@ -156,13 +156,11 @@ export class ExtentTree {
       transactions: 0, steps: 0, commits: 0, restarts, maxRestartsOneTrans: 0, dropLocks: 0, slowpath: 0, maxStepMs: 0, lockHeldAcrossAwait: 0,
       serializedTransactions: 0, nodeReads: 0, nodeWrites: 0, cachedNodes: 0
     }
+    // a new tree (mkfs) has no meta and no node yet; one with nodes that
+    // lost its meta: making a fresh root would overwrite node 1 and map nothing
+    const unusable = ExtentTree.metaUnusable(db)
+    if (unusable !== null) throw new BtreeError('node_corrupt', unusable)
     const m = this.readMeta()
-    if (m === null) {
-      // a new tree (mkfs) has no node yet; one with nodes lost its meta:
-      // making a fresh root would overwrite node 1 and map nothing
-      const nodes = db.prepare('SELECT count(*) FROM btree_nodes').pluck().get() as number
-      if (nodes > 0) throw new BtreeError('node_corrupt', `btree_meta is missing, and the tree has ${nodes} nodes`)
-    }
     const initialized = m !== null
     this.firstBlock = m ? m.firstBlock : opts.firstBlock ?? 0
     this.alloc = Allocator.load(db, this.opts.totalBlocks, initialized, this.firstBlock, db.readonly || opts.tolerateFreeSpace === true)
@@ -190,10 +188,7 @@ export class ExtentTree {
 
   private readMeta (): Meta | null {
     const m = metaRows(this.db)
-    if (Object.keys(m).length === 0) return null
-    if (typeof m.root !== 'number' || typeof m.height !== 'number' || typeof m.next_id !== 'number') {
-      throw new BtreeError('node_corrupt', 'btree_meta incomplete')
-    }
+    if (Object.keys(m).length === 0) return null // metaUnusable() checked the rest
     if (m.page_size !== undefined && m.page_size !== this.pageSize) {
       throw new BtreeError('node_corrupt', `tree was created with ${m.page_size}-byte pages, opened with ${this.pageSize}`)
     }
@@ -311,6 +306,23 @@ export class ExtentTree {
   }
 
   /**
+   * Why no tree can be opened on db at all, even read-only (the
+   * constructor throws): its btree_meta rows are gone while nodes remain,
+   * or some are missing. null when they can be read (a root they name may
+   * still be missing: such a tree opens, and what it mapped reads EIO).
+   * Only `fsck --repair` (salvage.ts) gets the files back then.
+   */
+  static metaUnusable (db: Database.Database): string | null {
+    const m = metaRows(db)
+    if (Object.keys(m).length === 0) {
+      const nodes = db.prepare('SELECT count(*) FROM btree_nodes').pluck().get() as number
+      return nodes > 0 ? `btree_meta is missing, and the tree has ${nodes} nodes` : null
+    }
+    if (typeof m.root !== 'number' || typeof m.height !== 'number' || typeof m.next_id !== 'number') return 'btree_meta incomplete'
+    return null
+  }
+
+  /**
    * Mount's check: every stored node page passes its page checks (type,
    * size, crc32, cell count), reading each row once, without building nodes
    * and without the structural walk of verify(); the meta names a root
@@ -328,13 +340,9 @@ export class ExtentTree {
       if (errors.length >= limit) return errors
     }
     const m = metaRows(db)
-    if (Object.keys(m).length === 0) {
-      if (ids.size > 0) errors.push(`node_corrupt: btree_meta is missing, and the tree has ${ids.size} nodes`)
-    } else if (typeof m.root !== 'number' || typeof m.height !== 'number' || typeof m.next_id !== 'number') {
-      errors.push('node_corrupt: btree_meta incomplete')
-    } else if (!ids.has(m.root)) {
-      errors.push(`node_corrupt: root node ${m.root} is missing`)
-    }
+    const unopenable = ExtentTree.metaUnusable(db)
+    if (unopenable !== null) errors.push(`node_corrupt: ${unopenable}`)
+    else if (Object.keys(m).length > 0 && !ids.has(m.root)) errors.push(`node_corrupt: root node ${m.root} is missing`)
     try {
       decodeFreeMap(db, totalBlocks, () => {})
     } catch (e) {
