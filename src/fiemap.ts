@@ -20,8 +20,9 @@
 // A step reports up to STEP_ITEMS items (extents and delalloc runs) so that
 // fragmented files do not pay a transaction per extent; extents are copied
 // out before the step ends. The caller merges neighbours with the same
-// flags and contiguous physical addresses; exactly one extent of a file,
-// its last, carries FIEMAP_EXTENT_LAST.
+// flags and contiguous physical addresses; the last extent of the range
+// asked for carries FIEMAP_EXTENT_LAST (as on ext4: of the file, when the
+// range runs to its end), unless the caller's array filled up first.
 //
 // SEEK_DATA and SEEK_HOLE (lseek) walk with the same steps (cf. bcachefs
 // bch2_seek_data/bch2_seek_hole): written extents and delalloc runs are
@@ -55,8 +56,6 @@ export const FIEMAP_EXTENT_DELALLOC = 0x4
 export const FIEMAP_EXTENT_UNWRITTEN = 0x800
 export const FIEMAP_EXTENT_MERGED = 0x1000
 
-/** past any block of any file (the ioctl cuts requests at the largest file size) */
-const MAX_BLOCK = Math.ceil(Number.MAX_SAFE_INTEGER / BLOCK_SIZE)
 
 /** items one step reports at most */
 const STEP_ITEMS = 64
@@ -251,13 +250,11 @@ export class Fiemap {
       count++
       if (maxExtents > 0) out.push(pending)
     }
-    // the file's last extent carries LAST: nothing mapped or dirty after it
-    // (a walk of the hole after it costs a tree lookup and the folios there)
+    // the last extent of the range carries LAST, as on ext4 (iomap) and
+    // bcachefs: the caller asked for nothing after it (for the whole file,
+    // it is the file's last); not when the array filled up before the end
     const last = out[out.length - 1]
-    if (last && !full) {
-      const after = Math.ceil((last.logical + last.length) / BLOCK_SIZE)
-      if (after >= MAX_BLOCK || (await this.step(trans, ino, after, MAX_BLOCK)).items.length === 0) last.flags |= FIEMAP_EXTENT_LAST
-    }
+    if (last && !full) last.flags |= FIEMAP_EXTENT_LAST
     const restarts = trans.totalRestarts - restartsBefore
     if (restarts > this.stats.maxRestartsOneCall) this.stats.maxRestartsOneCall = restarts
     this.stats.completed++
