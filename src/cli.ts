@@ -54,18 +54,22 @@ function table (o: Record<string, unknown>, indent = ''): string[] {
 const MOUNT_OPTIONS = `mount options: ro, rw, noatime, relatime, strictatime, allow_other, nosuid, nodev, noexec, sync, cache_size=SIZE, attr_timeout=S,
   entry_timeout=S, debug, inject_restarts=P (fault injection: B-tree transaction restarts with probability P),
   debug_checks, dirty_expire=SECONDS (write back dirty data older than this; default 5),
-  writeback_delay_ms=N (fault injection: writeback holds its folio locks N ms longer)`
+  writeback_delay_ms=N (fault injection: writeback holds its folio locks N ms longer),
+  discard, nodiscard (give freed data-area blocks back to the host; default discard),
+  read_plans, noread_plans (read plans: the binding reads the data area for the daemon; default on),
+  readahead=KB (the kernel's readahead window, root only; default 2048), suid, nosuid, dev, nodev, exec, noexec, async, dirsync,
+  and fstab's defaults, auto, noauto, user, nouser, users, _netdev, nofail, x-* (ignored)`
 
 /** Each command's one-line synopsis and what `foliofs help COMMAND` adds to it. */
 const COMMANDS: Record<string, { usage: string, help: string }> = {
   mkfs: {
     usage: 'foliofs mkfs [--size SIZE] [--label LABEL] [--force] IMAGE',
     help: `Create an empty foliofs image. SIZE is the logical capacity (default 8G;
-suffixes K, M, G, T); --force replaces an existing file. Shows its progress
+suffixes K, M, G, T, P; 256K to 4P); --force replaces an existing file. Shows its progress
 on stderr when that is a terminal.`
   },
   mount: {
-    usage: 'foliofs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground] [--log FILE]',
+    usage: 'foliofs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground|-f] [--log FILE]',
     help: `Mount IMAGE on MOUNTPOINT. Returns once the mount is live; a supervisor
 keeps the FUSE worker running in the background (log: /run/foliofs/, or
 --log FILE). --foreground (-f) runs the worker in the terminal until it is
@@ -78,7 +82,7 @@ mount's current ones along.
 ${MOUNT_OPTIONS}`
   },
   umount: {
-    usage: 'foliofs umount [--lazy] MOUNTPOINT',
+    usage: 'foliofs umount [--lazy|-l] MOUNTPOINT',
     help: `Unmount like umount(8): a busy filesystem is refused (exit 6), naming the
 processes that use it; waits for
 the daemon to close the image. --lazy detaches at once; the daemon exits
@@ -149,11 +153,25 @@ function helpOf (cmd: string): string {
 
 interface Parsed { pos: string[], flags: Map<string, string | true>, o: string[] }
 
-function parseArgs (args: string[], valued: string[]): Parsed {
+/**
+ * argv after the command: -o OPTS (or -oOPTS), --name[=value] (the names in
+ * valued take a value), the single-letter options in shorts (as the long
+ * name they stand for), `--` ending the options; anything else starting
+ * with '-' is an unknown option, and an empty operand is refused (it named
+ * a file '' or '-data' in the working directory).
+ */
+function parseArgs (cmd: string, args: string[], valued: string[], shorts: Record<string, string> = {}): Parsed {
   const p: Parsed = { pos: [], flags: new Map(), o: [] }
+  const usage = (): string => `usage: ${COMMANDS[cmd].usage} (see: foliofs help ${cmd})`
+  let operands = false
   for (let k = 0; k < args.length; k++) {
     const a = args[k]
-    if (a === '-o') {
+    if (operands || a === '-' || !a.startsWith('-')) {
+      if (a === '') throw new ImageError(`empty argument; ${usage()}`, EXIT.USAGE)
+      p.pos.push(a)
+    } else if (a === '--') {
+      operands = true
+    } else if (a === '-o') {
       if (k + 1 >= args.length) throw new ImageError('-o needs an option list', EXIT.USAGE)
       p.o.push(args[++k])
     } else if (a.startsWith('-o') && a.length > 2) {
@@ -166,12 +184,13 @@ function parseArgs (args: string[], valued: string[]): Parsed {
         if (v === undefined) throw new ImageError(`--${name} needs a value`, EXIT.USAGE)
         p.flags.set(name, v)
       } else {
+        if (eq > 0) throw new ImageError(`--${name} takes no value; ${usage()}`, EXIT.USAGE)
         p.flags.set(name, true)
       }
-    } else if (a === '-f') {
-      p.flags.set('foreground', true)
+    } else if (shorts[a] !== undefined) {
+      p.flags.set(shorts[a], true)
     } else {
-      p.pos.push(a)
+      throw new ImageError(`unknown option ${a}; ${usage()}`, EXIT.USAGE)
     }
   }
   return p
@@ -180,6 +199,7 @@ function parseArgs (args: string[], valued: string[]): Parsed {
 function need (cmd: string, p: Parsed, n: number, allowed: string[]): void {
   const usage = `usage: ${COMMANDS[cmd].usage} (see: foliofs help ${cmd})`
   for (const f of p.flags.keys()) if (!allowed.includes(f)) throw new ImageError(`unknown flag --${f}; ${usage}`, EXIT.USAGE)
+  if (p.o.length > 0 && cmd !== 'mount') throw new ImageError(`unknown option -o; ${usage}`, EXIT.USAGE)
   if (p.pos.length !== n) throw new ImageError(usage, EXIT.USAGE)
 }
 
@@ -299,13 +319,15 @@ function statsOfImage (image: string): Record<string, unknown> {
 
 async function main (argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
-  if (cmd && COMMANDS[cmd === 'unmount' ? 'umount' : cmd] && (rest.includes('--help') || rest.includes('-h'))) {
+  // `foliofs CMD ... --help`; for preload only right after it: what follows is COMMAND's (`foliofs preload df -h`)
+  const asksHelp = cmd === 'preload' ? ['--help', '-h'].includes(rest[0]) : rest.includes('--help') || rest.includes('-h')
+  if (cmd && COMMANDS[cmd === 'unmount' ? 'umount' : cmd] && asksHelp) {
     console.log(helpOf(cmd))
     return 0
   }
   switch (cmd) {
     case 'mkfs': {
-      const p = parseArgs(rest, ['size', 'label'])
+      const p = parseArgs('mkfs', rest, ['size', 'label'])
       need('mkfs', p, 1, ['size', 'label', 'force'])
       const size = p.flags.get('size')
       const shown = progress(`mkfs ${p.pos[0]}`)
@@ -319,7 +341,7 @@ async function main (argv: string[]): Promise<number> {
       return 0
     }
     case 'mount': {
-      const p = parseArgs(rest, ['log'])
+      const p = parseArgs('mount', rest, ['log'], { '-f': 'foreground' })
       if (isRemount(p.o)) {
         if (p.flags.size > 0 || p.pos.length < 1 || p.pos.length > 2) throw new ImageError(`usage: foliofs mount [IMAGE] MOUNTPOINT -o remount,ro|rw`, EXIT.USAGE)
         await remount(p.pos[p.pos.length - 1], parseRemountOptions(p.o).readonly)
@@ -351,13 +373,13 @@ async function main (argv: string[]): Promise<number> {
       return -1 // keeps running
     case 'umount':
     case 'unmount': {
-      const p = parseArgs(rest, [])
+      const p = parseArgs('umount', rest, [], { '-l': 'lazy' })
       need('umount', p, 1, ['lazy'])
       await umount(p.pos[0], { lazy: p.flags.has('lazy') })
       return 0
     }
     case 'fsck': {
-      const p = parseArgs(rest, [])
+      const p = parseArgs('fsck', rest, [])
       need('fsck', p, 1, ['verify-data', 'compact', 'repair'])
       const image = p.pos[0]
       if (p.flags.has('compact')) {
@@ -384,7 +406,7 @@ async function main (argv: string[]): Promise<number> {
       return report.errors.length ? EXIT.FSCK_ERRORS : 0
     }
     case 'stats': {
-      const p = parseArgs(rest, [])
+      const p = parseArgs('stats', rest, [])
       need('stats', p, 1, ['json'])
       const target = p.pos[0]
       let st: fs.Stats
@@ -407,9 +429,10 @@ async function main (argv: string[]): Promise<number> {
       return 0
     }
     case 'fiemap': {
-      const p = parseArgs(rest, [])
+      const p = parseArgs('fiemap', rest, [])
       need('fiemap', p, 1, ['sync', 'json'])
       const file = p.pos[0]
+      if (isStale(file)) throw new ImageError(`${file}: on a stale mount (its daemon is gone); clear it with foliofs umount MOUNTPOINT`, EXIT.NOT_FOUND)
       if (!fs.existsSync(file)) throw new ImageError(`${file}: no such file`, EXIT.NOT_FOUND)
       // FIEMAP maps a file's data: a FIFO, socket or device node has none (and opening a FIFO waits for a writer)
       const st = fs.statSync(file)
@@ -420,20 +443,23 @@ async function main (argv: string[]): Promise<number> {
       return 0
     }
     case 'preload': {
-      if (rest.length === 0) throw new ImageError(`usage: ${COMMANDS.preload.usage}`, EXIT.USAGE)
+      if (rest.length === 0 || rest[0] === '') throw new ImageError(`usage: ${COMMANDS.preload.usage}`, EXIT.USAGE)
       const lib = preloadLib()
       if (!fs.existsSync(lib)) throw new ImageError(`${lib} is missing (run npm run setup)`, EXIT.USAGE)
       const env = { ...process.env, LD_PRELOAD: [lib, process.env.LD_PRELOAD].filter(Boolean).join(' ') }
       const r = spawnSync(rest[0], rest.slice(1), { stdio: 'inherit', env })
       if (r.error) {
-        process.stderr.write(`foliofs: ${rest[0]}: ${(r.error as NodeJS.ErrnoException).code === 'ENOENT' ? 'command not found' : r.error.message}\n`)
-        return 127
+        // the shell's answers: 127 not found, 126 found but not executable
+        const code = (r.error as NodeJS.ErrnoException).code
+        process.stderr.write(`foliofs: ${rest[0]}: ${code === 'ENOENT' ? 'command not found' : code === 'EACCES' ? 'permission denied' : r.error.message}\n`)
+        return code === 'ENOENT' ? 127 : 126
       }
       return r.status ?? 128 + (r.signal ? os.constants.signals[r.signal] : 0)
     }
     case '--version':
     case '-V':
     case 'version':
+      if (rest.length > 0) throw new ImageError(`usage: foliofs --version`, EXIT.USAGE)
       console.log(`foliofs ${version()}`)
       return 0
     case 'help':
@@ -441,10 +467,11 @@ async function main (argv: string[]): Promise<number> {
       console.log(rest.length ? helpOf(rest[0]) : USAGE)
       return 0
     case undefined:
+      throw new ImageError('no command; usage: foliofs COMMAND [ARGS...] (commands and options: foliofs help)', EXIT.USAGE)
     case '-h':
     case '--help':
       console.log(USAGE)
-      return cmd === undefined ? EXIT.USAGE : 0
+      return 0
     default:
       throw new ImageError(`unknown command '${cmd}' (see: foliofs help)`, EXIT.USAGE)
   }

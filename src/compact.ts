@@ -16,8 +16,8 @@ import { ExtentTree } from './btree'
 export interface CompactReport { sqliteBefore: number, sqliteAfter: number, punchedBlocks: number, discard: boolean }
 
 export function compact (image: string, log?: (line: string) => void): CompactReport {
+  const img = openImage(image) // a missing or foreign file: its one-line error
   const sqliteBefore = fs.statSync(image).size
-  const img = openImage(image)
   const db = img.db
   let area: DataArea | null = null
   try {

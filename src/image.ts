@@ -115,9 +115,9 @@ export interface MkfsOptions {
 }
 
 export function parseSize (s: string): number {
-  const m = /^(\d+)([kmgt]?)i?b?$/i.exec(s.trim())
+  const m = /^(\d+)([kmgtp]?)i?b?$/i.exec(s.trim())
   if (!m) throw new ImageError(`invalid size '${s}' (use e.g. 512M, 8G)`, EXIT.USAGE)
-  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }
+  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 }
   return Number(m[1]) * mult[m[2].toLowerCase()]
 }
 
