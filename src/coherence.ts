@@ -98,6 +98,14 @@ export class Coherence {
   readonly stats: CoherenceStats = { invalidations: 0, paths: 0, timeouts: 0, errors: 0, absentXattrs: 0 }
   /** file handle -> the path the kernel inode of its requests has now (null: unlinked) */
   private readonly handlePaths = new Map<number, string | null>()
+  /** file handle -> its inode */
+  private readonly handleInos = new Map<number, number>()
+  /**
+   * inode -> its handles whose name is gone (unlinked, or renamed over):
+   * the kernel inode they were opened through lives on beside the names
+   * the inode still has, so one name left is two kernel inodes
+   */
+  private readonly detached = new Map<number, number>()
   private absent: Set<string>
 
   constructor (private readonly fs: FolioFs, private readonly notifier: KernelNotifier, private readonly timeoutMs = 2000) {
@@ -119,8 +127,29 @@ export class Coherence {
 
   // ---- where a handle's requests come from --------------------------------
 
-  opened (fh: number, path: string): void { this.handlePaths.set(fh, path) }
-  released (fh: number): void { this.handlePaths.delete(fh) }
+  opened (fh: number, path: string, ino: number): void {
+    this.handlePaths.set(fh, path)
+    this.handleInos.set(fh, ino)
+  }
+
+  released (fh: number): void {
+    if (this.handlePaths.get(fh) === null) this.count(this.handleInos.get(fh), -1)
+    this.handlePaths.delete(fh)
+    this.handleInos.delete(fh)
+  }
+
+  /** fh's name went: its kernel inode has no path any more */
+  private detach (fh: number): void {
+    this.handlePaths.set(fh, null)
+    this.count(this.handleInos.get(fh), 1)
+  }
+
+  private count (ino: number | undefined, by: number): void {
+    if (ino === undefined) return
+    const n = (this.detached.get(ino) ?? 0) + by
+    if (n > 0) this.detached.set(ino, n)
+    else this.detached.delete(ino)
+  }
 
   /** the path whose kernel inode sends requests on fh (null: none any more, or unknown) */
   via (fh: number): string | null { return this.handlePaths.get(fh) ?? null }
@@ -131,7 +160,7 @@ export class Coherence {
       if (p === null) continue
       const q = movedPath(p, src, dst)
       if (q !== null) this.handlePaths.set(fh, q)
-      else if (movedPath(p, dst, dst) !== null) this.handlePaths.set(fh, null) // replaced: its node is gone
+      else if (movedPath(p, dst, dst) !== null) this.detach(fh) // replaced: its node has no name now
     }
   }
 
@@ -146,7 +175,7 @@ export class Coherence {
 
   /** libfuse dropped the node of path */
   unlinked (path: string): void {
-    for (const [fh, p] of this.handlePaths) if (p === path) this.handlePaths.set(fh, null)
+    for (const [fh, p] of this.handlePaths) if (p === path) this.detach(fh)
   }
 
   // ---- invalidation ----------------------------------------------------------
@@ -155,9 +184,15 @@ export class Coherence {
     return this.notifier.invalidationWorkers?.() ?? { made: 0, alive: 0, idle: 0 }
   }
 
-  /** whether a change to ino may leave another kernel inode stale (it has several names) */
+  /**
+   * whether a change to ino may leave another kernel inode stale: it has
+   * several names, or a name and a handle whose name is gone (a write
+   * through that handle must invalidate the name; the handle's own kernel
+   * inode, having no path, cannot be invalidated: see README's limits)
+   */
   shared (ino: number): boolean {
-    return this.fs.linkCount(ino) > 1
+    const links = this.fs.linkCount(ino)
+    return links > 1 || (links === 1 && this.detached.has(ino))
   }
 
   /**

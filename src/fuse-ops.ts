@@ -202,7 +202,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       return i !== undefined && coh.shared(i) ? [i] : []
     } catch { return [] }
   }
-  const opened = (path: string, fh: number): number => { ctx.coherence?.opened(fh, path); return fh }
+  const opened = (path: string, fh: number): number => { ctx.coherence?.opened(fh, path, fs.handle(fh).ino); return fh }
   /** reply() for an operation that may answer early: a failure after that stops further changes */
   const replyEarly = (name: string, cb: Cb, fn: (early: (r: Answer) => void) => Answer | Promise<Answer>): void =>
     reply(name, cb, fn, err => fs.failedAfterAnswer(name, err))
