@@ -962,6 +962,7 @@ export class FolioFs {
   readlink (path: string): string {
     const i = this.inode(this.resolve(path))
     if ((i.mode & S_IFMT) !== S_IFLNK || !i.target) throw fsErr('EINVAL')
+    this.touchAtime(i) // as Linux does for a symlink read (readlink, or a path through it)
     return i.target.toString('latin1')
   }
 
@@ -1289,7 +1290,9 @@ export class FolioFs {
    * and none is ever listed twice.
    */
   openListing (ino: number): Listing {
-    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
+    const i = this.inode(ino)
+    if (!isDir(i.mode)) throw fsErr('ENOTDIR')
+    this.touchAtime(i) // a directory read: once per listing (opendir, rewinddir), not per chunk
     return { names: ['.', '..'], after: null, done: false }
   }
 
@@ -1450,8 +1453,9 @@ export class FolioFs {
   }
 
   /**
-   * A read's atime, by the mount's rule (relatime: only when atime is older
-   * than mtime/ctime or a day old). Best effort: where metadata can no
+   * A read's atime (of a file's data, a directory's listing, a symlink's
+   * target), by the mount's rule (relatime: only when atime is not newer
+   * than mtime or ctime, to the nanosecond, or a day old). Best effort: where metadata can no
    * longer be written (a damaged extent tree, a failed group commit) the
    * read is served and its atime left as it is.
    */
@@ -1459,8 +1463,8 @@ export class FolioFs {
     if (this.readonly || this.atime === 'noatime' || (this.iflags(i.ino) & FS_NOATIME_FL)) return
     if (this.data.damaged || this.batchFailure) return
     const t = nowTime()
-    const older = i.atime_s < i.mtime_s || (i.atime_s === i.mtime_s && i.atime_ns <= i.mtime_ns) ||
-      i.atime_s < i.ctime_s || t.sec - i.atime_s >= RELATIME_SEC
+    const notAfter = (s: number, ns: number): boolean => i.atime_s < s || (i.atime_s === s && i.atime_ns <= ns)
+    const older = notAfter(i.mtime_s, i.mtime_ns) || notAfter(i.ctime_s, i.ctime_ns) || t.sec - i.atime_s >= RELATIME_SEC
     if (older || this.atime === 'strictatime') this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
