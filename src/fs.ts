@@ -1628,9 +1628,10 @@ export class FolioFs {
     if (this.readonly) throw fsErr('EROFS')
     if (!isRegular(this.inode(inoIn).mode) || !isRegular(this.inode(inoOut).mode)) throw fsErr('EINVAL')
     if (offIn < 0 || offOut < 0) throw fsErr('EINVAL')
-    const n = Math.max(0, Math.min(len, this.sizeOf(inoIn) - offIn))
+    if (offOut >= MAX_FILE_SIZE && len > 0) throw fsErr('EFBIG')
+    // up to the largest file size, as a write: a copy straddling it is short (Linux's generic_write_check_limits)
+    const n = Math.max(0, Math.min(len, this.sizeOf(inoIn) - offIn, MAX_FILE_SIZE - offOut))
     if (n === 0) return 0
-    if (offOut + n > MAX_FILE_SIZE) throw fsErr('EFBIG')
     if (inoIn === inoOut && offIn < offOut + n && offOut < offIn + n) throw fsErr('EINVAL', 'overlapping copy')
     const buf = Buffer.allocUnsafe(Math.min(n, COPY_CHUNK))
     // [from, to) of the source is a hole: zeros where the target has bytes
