@@ -74,7 +74,10 @@ export function checkDataArea (image: string, uuid: string): string {
   }
   const b = Buffer.alloc(BLOCK_SIZE)
   let n: number
-  try { n = fs.readSync(fd, b, 0, BLOCK_SIZE, 0) } finally { fs.closeSync(fd) }
+  try {
+    if (!fs.fstatSync(fd).isFile()) throw new ImageError(`${image}: corrupt image (data area ${p} is not a regular file)`, EXIT.CORRUPT)
+    n = fs.readSync(fd, b, 0, BLOCK_SIZE, 0)
+  } finally { fs.closeSync(fd) }
   if (n < 56 || !b.subarray(0, 16).equals(MAGIC)) throw new ImageError(`${image}: corrupt image (${p} is not a foliofs data area)`, EXIT.CORRUPT)
   if (b.readUInt32BE(16) !== VERSION) throw new ImageError(`${image}: unsupported data area version ${b.readUInt32BE(16)}`, EXIT.NOT_FOLIOFS)
   const got = b.toString('ascii', 20, 56)

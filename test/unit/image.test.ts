@@ -19,7 +19,7 @@ test('mkfs creates an image that validates; refuses to overwrite', () => {
   assert.deepEqual(fs.readdirSync(d).sort(), ['a.img', 'a.img-data'], 'the image and its data area; no -wal/-shm left at rest')
 })
 
-test('an image without its data area, or with another image\'s, is refused as corrupt and left alone', () => {
+test('an image without its data area, with another image\'s, or a directory there, is refused as corrupt and left alone', () => {
   const d = tmpdir()
   const a = path.join(d, 'a.img')
   const b = path.join(d, 'b.img')
@@ -32,6 +32,8 @@ test('an image without its data area, or with another image\'s, is refused as co
   assert.throws(() => openImage(a), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.CORRUPT && /data area .* is missing/.test(e.message))
   assert.ok(fs.readFileSync(a).equals(before), 'the image was not modified')
   assert.ok(!fs.existsSync(`${a}-data`), 'no empty data area was created')
+  fs.mkdirSync(`${a}-data`) // a directory in its place: named as such (was "cannot read image (EISDIR: EISDIR: ...)")
+  assert.throws(() => openImage(a), (e: unknown) => e instanceof ImageError && e.exitCode === EXIT.CORRUPT && /data area .* is not a regular file/.test(e.message))
 })
 
 test('openImage refuses non-images without touching them', () => {
