@@ -250,6 +250,9 @@ export class FolioFs {
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
+  /** data changes running (write, truncate, fallocate, copy_file_range: changing()), and close()'s wait for them */
+  private changesRunning = 0
+  private changesIdle: Array<() => void> = []
   /**
    * atime on reads that reach the daemon: relatime (the default: when atime
    * is not newer than mtime/ctime, or a day old), strictatime (every read),
@@ -472,6 +475,31 @@ export class FolioFs {
   }
 
   /** Run fn with ino's data operations serialized (cf. i_rwsem). */
+  /**
+   * Run a data change (write, truncate, fallocate, copy_file_range),
+   * counted from the moment it is let in: none is let in once the
+   * filesystem is read-only (EROFS), and close() waits for those let in
+   * before (changesSettled) before its last writeback. A change that only
+   * checked readonly could pass the check, wait (the dirty-data throttle,
+   * the inode lock) past close's writeback, and be answered with its data
+   * left dirty in a cache about to go (an acknowledged write lost).
+   */
+  private async changing<T> (fn: () => Promise<T>): Promise<T> {
+    if (this.readonly) throw fsErr('EROFS')
+    this.changesRunning++
+    try {
+      return await fn()
+    } finally {
+      if (--this.changesRunning === 0) for (const w of this.changesIdle.splice(0)) w()
+    }
+  }
+
+  /** resolves once no data change let in by changing() is running */
+  private async changesSettled (): Promise<void> {
+    if (this.changesRunning === 0) return
+    await new Promise<void>(resolve => this.changesIdle.push(resolve))
+  }
+
   private async withInode<T> (ino: number, fn: () => Promise<T>): Promise<T> {
     const prev = this.inodeLocks.get(ino)
     let release!: () => void
@@ -1468,7 +1496,11 @@ export class FolioFs {
     if (older || this.atime === 'strictatime') this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
-  async write (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
+  write (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
+    return this.changing(async () => await this.writeNow(ino, data, pos, who))
+  }
+
+  private async writeNow (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
     const len = data.length
     if (len === 0) return 0
     if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
@@ -1508,7 +1540,11 @@ export class FolioFs {
     if (need() > this.data.free) throw fsErr('ENOSPC')
   }
 
-  async truncate (ino: number, size: number, who?: Writer): Promise<void> {
+  truncate (ino: number, size: number, who?: Writer): Promise<void> {
+    return this.changing(async () => await this.truncateNow(ino, size, who))
+  }
+
+  private async truncateNow (ino: number, size: number, who?: Writer): Promise<void> {
     if (size < 0) throw fsErr('EINVAL')
     if (size > MAX_FILE_SIZE) throw fsErr('EFBIG')
     if (this.readonly) throw fsErr('EROFS')
@@ -1582,7 +1618,11 @@ export class FolioFs {
    * file: EOPNOTSUPP. Writeback into preallocated blocks is copy-on-write
    * like every writeback, so it allocates anew and frees the unwritten block.
    */
-  async fallocate (ino: number, mode: number, offset: number, length: number): Promise<void> {
+  fallocate (ino: number, mode: number, offset: number, length: number): Promise<void> {
+    return this.changing(async () => await this.fallocateNow(ino, mode, offset, length))
+  }
+
+  private async fallocateNow (ino: number, mode: number, offset: number, length: number): Promise<void> {
     if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) throw fsErr('EOPNOTSUPP', `fallocate mode ${mode}`)
     if ((mode & FALLOC_FL_PUNCH_HOLE) && (!(mode & FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE))) throw fsErr('EOPNOTSUPP')
     if (offset < 0 || length <= 0) throw fsErr('EINVAL')
@@ -1624,7 +1664,11 @@ export class FolioFs {
    * target has bytes it is punched there (the copy reads zeros, and stays
    * sparse). Returns the bytes copied (0 at or past the source's end).
    */
-  async copyFileRange (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
+  copyFileRange (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
+    return this.changing(async () => await this.copyFileRangeNow(inoIn, offIn, inoOut, offOut, len))
+  }
+
+  private async copyFileRangeNow (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
     if (this.readonly) throw fsErr('EROFS')
     if (!isRegular(this.inode(inoIn).mode) || !isRegular(this.inode(inoOut).mode)) throw fsErr('EINVAL')
     if (offIn < 0 || offOut < 0) throw fsErr('EINVAL')
@@ -1956,7 +2000,16 @@ export class FolioFs {
     this.writeback.stop()
     if (!this.imageReadonly) {
       try {
-        await this.sync()
+        const wasWritable = !this.ro
+        await this.sync() // the bulk, while requests may still come (SIGTERM: files open through the lazily unmounted mount)
+        // from here changes get EROFS; those already let in finish, and
+        // what they left dirty is written back too
+        this.ro = true
+        await this.changesSettled()
+        if (wasWritable) {
+          await this.writeback.all()
+          this.data.checkpoint()
+        }
       } catch (err) {
         process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
       }
