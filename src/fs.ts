@@ -245,7 +245,7 @@ export class FolioFs {
   private readonly inodeRows = new Map<number, Inode | null>()
   /** dentry cache: dentryKey(parent, name) -> ino or NO_ENTRY (see lookupName) */
   private readonly dentries = new Map<string, number>()
-  /** dangling entries' inodes logged already (danglingStat) */
+  /** damaged inodes logged already (danglingStat, freeIfUnused) */
   private readonly danglingLogged = new Set<number>()
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
@@ -1434,9 +1434,23 @@ export class FolioFs {
   }
 
   /** free ino (the reaper) if nothing holds it any more (see unlink) */
+  /**
+   * An inode's last handle went: free it if it has no name either. Every
+   * inode that loses its last name is in `orphans` (dropLink records it in
+   * the same transaction), so a link count of 0 without that is a damaged
+   * row (fsck: "nlink 0, expected N"), not a deleted file: it is kept,
+   * logged once, and its names keep working (it was freed, data and all,
+   * by the first open and close of it).
+   */
   private freeIfUnused (ino: number): void {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
-    if (this.storedNlink(ino) === 0) this.reap(ino)
+    if (this.storedNlink(ino) !== 0) return
+    if (this.orphanInos().has(ino)) {
+      this.reap(ino)
+    } else if (!this.danglingLogged.has(ino)) {
+      this.danglingLogged.add(ino)
+      process.stderr.write(`foliofs: inode ${ino} has link count 0 but was never unlinked: kept; see foliofs fsck\n`)
+    }
   }
 
   /** Close fh; its inode is freed (the reaper) if that was its last name and handle (see unlink). */
