@@ -572,16 +572,17 @@ export class FileData {
    * Preallocate (fallocate): map the holes of blocks [from, to) of ino to
    * new unwritten extents, which read as zeros until writeback writes
    * there. ENOSPC, with nothing changed, when the holes need more blocks
-   * than are free; only a concurrent writer taking the space between that
+   * than are free beside those `promised` to dirty data; only a concurrent writer taking the space between that
    * check and the last step can leave part of the range preallocated (as
    * ext4 does). Bounded steps; onStep(added) runs inside each commit.
    */
-  async preallocate (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
-    await this.guard(true, async () => { await this.preallocateSteps(ino, from, to, onStep) })
+  async preallocate (ino: number, from: number, to: number, onStep: (added: number) => void, promised = 0): Promise<void> {
+    await this.guard(true, async () => { await this.preallocateSteps(ino, from, to, onStep, promised) })
   }
 
-  private async preallocateSteps (ino: number, from: number, to: number, onStep: (added: number) => void): Promise<void> {
-    if (await this.holeBlocks(ino, from, to) > this.free) throw fsErr('ENOSPC', `fallocate of inode ${ino}`)
+  /** promised: free blocks that data already accepted will take at writeback (dirty folios): not the caller's to take */
+  private async preallocateSteps (ino: number, from: number, to: number, onStep: (added: number) => void, promised: number): Promise<void> {
+    if (await this.holeBlocks(ino, from, to) + promised > this.free) throw fsErr('ENOSPC', `fallocate of inode ${ino}`)
     const trans = transGet(this.tree)
     for (let pos = from; pos < to;) {
       if (pos > from) await yieldToLoop()

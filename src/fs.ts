@@ -250,6 +250,8 @@ export class FolioFs {
   private nextFh = 1
   /** per-inode serialization of data operations (write, truncate) */
   private readonly inodeLocks = new Map<number, Promise<void>>()
+  /** free blocks held by writes between their space check and their dirtying (reserveSpace) */
+  private spaceHeld = 0
   /** data changes running (write, truncate, fallocate, copy_file_range: changing()), and close()'s wait for them */
   private changesRunning = 0
   private changesIdle: Array<() => void> = []
@@ -1526,32 +1528,60 @@ export class FolioFs {
       const flags = this.iflags(ino)
       if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && pos < i.size)) throw fsErr('EPERM')
       this.killPriv(i, who)
-      await this.reserveSpace(ino, pos, len)
-      if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
-      await this.io.write(ino, data, pos)
-      this.touchMem(ino, Math.max(this.sizeOf(ino), pos + len), nowTime())
+      const space = await this.reserveSpace(ino, pos, len)
+      const n = space.len // len, or less at the end of the space
+      try {
+        if (pos > i.size) await this.io.zeroTail(ino, i.size) // extending: the old last block's tail reads zeros
+        await this.io.write(ino, n < len ? data.subarray(0, n) : data, pos)
+      } finally {
+        this.releaseSpace(space)
+      }
+      this.touchMem(ino, Math.max(this.sizeOf(ino), pos + n), nowTime())
       this.counters.writes++
-      this.counters.bytesWritten += len
+      this.counters.bytesWritten += n
       if (this.syncWrites) await this.syncInode(ino)
-      return len
+      return n
     })
   }
 
   /**
    * Delayed allocation must not promise space it cannot give: every dirty
-   * folio needs a new block at writeback (copy-on-write). Refuse a write
-   * (ENOSPC) that would dirty more than is free, after writing back what
-   * is dirty (overwrites free their old blocks) and making frees durable.
+   * folio needs a new block at writeback (copy-on-write). A write may
+   * dirty only what is free beside the dirty folios and the blocks other
+   * writes hold between this check and their dirtying (spaceHeld: without
+   * it, writers running together each saw the same free blocks, and
+   * writeback then failed with ENOSPC, data answered never written back).
+   * Short of space, it writes back what is dirty (overwrites free their
+   * old blocks) and makes frees durable first; then, as POSIX asks, it
+   * writes what fits (a short write) and refuses (ENOSPC) only when
+   * nothing does. Returns the bytes to write and the blocks held: the
+   * caller gives them back (releaseSpace) once its folios are dirty.
    */
-  private async reserveSpace (ino: number, pos: number, len: number): Promise<void> {
-    const most = Math.floor((pos + len - 1) / BLOCK_SIZE) - Math.floor(pos / BLOCK_SIZE) + 1
-    if (this.cache.dirtyFolios + most <= this.data.free) return // fits even if every folio is new
-    const need = (): number => this.cache.dirtyFolios + this.io.newlyDirty(ino, pos, len)
-    if (need() <= this.data.free) return
+  private async reserveSpace (ino: number, pos: number, len: number, whole = false): Promise<{ len: number, held: number }> {
+    const first = Math.floor(pos / BLOCK_SIZE)
+    const most = Math.floor((pos + len - 1) / BLOCK_SIZE) - first + 1
+    const avail = (): number => this.data.free - this.cache.dirtyFolios - this.spaceHeld
+    const hold = (blocks: number, bytes: number): { len: number, held: number } => {
+      this.spaceHeld += blocks
+      return { len: bytes, held: blocks }
+    }
+    if (most <= avail()) return hold(most, len) // fits even if every folio is new
+    if (this.io.newlyDirty(ino, pos, len) <= avail()) return hold(this.io.newlyDirty(ino, pos, len), len)
     await this.reaper.settled() // deleted files not freed yet may hold the space
     await this.writeback.all().catch(() => {})
     this.data.checkpoint()
-    if (need() > this.data.free) throw fsErr('ENOSPC')
+    const need = this.io.newlyDirty(ino, pos, len)
+    if (need <= avail()) return hold(need, len)
+    // what fits, counting every folio as new
+    const fit = avail()
+    const bytes = Math.min(len, (first + fit) * BLOCK_SIZE - pos)
+    if (whole || fit <= 0 || bytes <= 0) throw fsErr('ENOSPC')
+    return hold(fit, bytes)
+  }
+
+  /** blocks reserveSpace held for a write whose folios are dirty now (or that failed) */
+  private releaseSpace (r: { held: number }): void {
+    this.spaceHeld -= r.held
   }
 
   truncate (ino: number, size: number, who?: Writer): Promise<void> {
@@ -1659,7 +1689,19 @@ export class FolioFs {
         const to = zero ? Math.floor(end / BLOCK_SIZE) : Math.ceil(end / BLOCK_SIZE)
         if (from < to) {
           await this.reaper.settled() // its ENOSPC check counts free blocks: deleted files' must be back
-          await this.data.preallocate(ino, from, to, added => this.blocksChanged(ino, added, t))
+          // dirty data already answered takes free blocks at writeback: a
+          // preallocation must leave them (it took them, and writeback then
+          // failed with ENOSPC forever, the data answered never written).
+          // Short of space, write back first: overwrites free old blocks.
+          const prealloc = async (): Promise<void> => await this.data.preallocate(ino, from, to, added => this.blocksChanged(ino, added, t), this.cache.dirtyFolios + this.spaceHeld)
+          try {
+            await prealloc()
+          } catch (err) {
+            if ((err as { code?: string }).code !== 'ENOSPC' || this.cache.dirtyFolios === 0) throw err
+            await this.writeback.all().catch(() => {})
+            this.data.checkpoint()
+            await prealloc()
+          }
         }
         const size = this.sizeOf(ino)
         if (!(mode & FALLOC_FL_KEEP_SIZE) && end > size) await this.extend(ino, size, end, t)
@@ -1712,7 +1754,8 @@ export class FolioFs {
       for (let p = data; p < hole;) {
         const got = await this.read(inoIn, buf, Math.min(buf.length, hole - p), p)
         if (got === 0) break
-        await this.write(inoOut, buf.subarray(0, got), offOut + (p - offIn))
+        const wrote = await this.write(inoOut, buf.subarray(0, got), offOut + (p - offIn))
+        if (wrote < got) return p - offIn + wrote // the target's filesystem is full: a short copy, as a short write
         p += got
       }
       at = hole
@@ -1744,8 +1787,12 @@ export class FolioFs {
     const b = Math.floor(to / BLOCK_SIZE)
     const zero = async (x: number, y: number): Promise<void> => {
       if (x >= y) return
-      await this.reserveSpace(ino, x, y - x)
-      await this.io.write(ino, Buffer.alloc(y - x), x)
+      const space = await this.reserveSpace(ino, x, y - x, true)
+      try {
+        await this.io.write(ino, Buffer.alloc(y - x), x)
+      } finally {
+        this.releaseSpace(space)
+      }
     }
     if (a > b) { await zero(from, to); return } // inside one block
     await zero(from, a * BLOCK_SIZE)

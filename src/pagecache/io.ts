@@ -296,7 +296,8 @@ export class BufferedIO {
 
   /**
    * Zero the bytes of the block containing offset size that lie at or past
-   * size, in a dirty folio (a shrink's new tail, or an extension's old one).
+   * size (a shrink's new tail, or an extension's old one); the folio turns
+   * dirty only when they were not zeros already.
    */
   async zeroTail (ino: number, size: number): Promise<void> {
     this.streams.invalidate(ino)
@@ -305,8 +306,13 @@ export class BufferedIO {
     const idx = Math.floor(size / FOLIO_SIZE)
     const f = await this.lockedUptodate(ino, idx, false)
     try {
-      f.data.fill(0, off)
-      this.cache.markDirty(f)
+      // already zeros (nearly always: a write's last folio is zero past
+      // its end, a shrink zeroed it): nothing to write back, and no block
+      // to take from a full filesystem (a dirty folio needs one)
+      if (f.data.subarray(off).some(b => b !== 0)) {
+        f.data.fill(0, off)
+        this.cache.markDirty(f)
+      }
     } finally {
       f.unlock()
     }

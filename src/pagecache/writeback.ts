@@ -559,7 +559,14 @@ export class Writeback {
     while (this.cache.dirtyBytes > this.limits.dirtyBackground) {
       this.kick(true)
       if (!this.background) return // nothing can be written back (errors): do not hang writers
+      const errors = this.stats.errors
+      const written = this.stats.bytes
       await new Promise<void>(resolve => this.waiters.push(resolve))
+      // a pass that failed and wrote nothing (ENOSPC, an I/O error) would
+      // fail again at once, without any I/O: looping on it never yielded
+      // to the event loop, and no request was answered any more. The
+      // writer goes on; its own checks answer it (reserveSpace: ENOSPC).
+      if (this.stats.errors > errors && this.stats.bytes === written) return
     }
   }
 
