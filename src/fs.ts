@@ -685,10 +685,7 @@ export class FolioFs {
    * its caller must fdatasync (fsyncHandOff); null otherwise.
    */
   private async syncInode (ino: number, handOff = false): Promise<number | null> {
-    const promised = this.sizeOf(ino)
-    const journaled = await this.journalSync(ino)
-    if (!journaled) await this.writeback.inode(ino)
-    this.settleSize(ino, promised)
+    const journaled = await this.commitData(ino)
     if (handOff && journaled) {
       const fd = this.data.commitsToSync()
       if (fd !== null) this.journal.stats.handedOff++
@@ -696,6 +693,42 @@ export class FolioFs {
     }
     await this.data.syncCommits()
     return null
+  }
+
+  /**
+   * ino's dirty data and size committed (journaled or written back, in
+   * that order before the commits: ordered), not yet synced: the next WAL
+   * sync makes them durable, with whatever commits after them. Says
+   * whether it journaled.
+   */
+  private async commitData (ino: number): Promise<boolean> {
+    const promised = this.sizeOf(ino)
+    const journaled = await this.journalSync(ino)
+    if (!journaled) await this.writeback.inode(ino)
+    this.settleSize(ino, promised)
+    return journaled
+  }
+
+  /**
+   * A rename over an existing file commits the data of the file it moves
+   * first (ext4's auto_da_alloc, btrfs does it too): the classic save (write
+   * a new file, rename it over the old one, no fsync) then never leaves the
+   * name with an empty file after a crash that kept the rename, only the old
+   * contents or the new. Outside any transaction; a lookup that fails here
+   * is rename's to report.
+   */
+  private async commitReplacing (s: { parent: string, name: string }, d: { parent: string, name: string }): Promise<void> {
+    if (this.readonly) return
+    let ino: number | undefined
+    try {
+      ino = this.lookupName(this.dirIno(s.parent), s.name)
+      const existing = this.lookupName(this.dirIno(d.parent), d.name)
+      if (ino === undefined || existing === undefined || existing === ino || !isRegular(this.inode(ino).mode)) return
+    } catch {
+      return
+    }
+    if (this.cache.dirtyCount(ino) === 0 && this.sizeOf(ino) === this.row(ino)?.size) return
+    await this.commitData(ino)
   }
 
   /**
@@ -1216,6 +1249,7 @@ export class FolioFs {
     const d = splitPath(dst)
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL', `rename flags ${flags}`)
     if (flags & RENAME_EXCHANGE) { this.exchange(s, d); return }
+    if (!(flags & RENAME_NOREPLACE)) await this.commitReplacing(s, d)
     this.reap(this.txMarked(mark => {
       const sp = this.dirIno(s.parent)
       const dp = this.dirIno(d.parent)
