@@ -220,6 +220,18 @@ export class Coherence {
   }
 
   /**
+   * The kernel's cache of one name is wrong because of a request through
+   * it that the daemon answered differently than the kernel assumed (an
+   * O_APPEND write placed at the real end: the kernel copied the bytes
+   * into its pages at the end it knew). Invalidated once that request is
+   * answered, not waited for: calling it before the answer deadlocks on
+   * the pages the request holds.
+   */
+  stale (path: string): void {
+    setImmediate(() => this.invalidate([path]))
+  }
+
+  /**
    * After inos changed through the kernel inodes of `via`: invalidate every
    * other name of them. Resolves when the kernel has dropped what it cached
    * (or after timeoutMs). Call only with inos that were shared() before or

@@ -142,6 +142,9 @@ export interface StatFs {
 
 interface Handle { ino: number, flags: number, dir: boolean }
 
+/** the handle was opened O_APPEND: its writes go to the file's end (write()) */
+export const appends = (h: Handle): boolean => (h.flags & O_APPEND) !== 0
+
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
 const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
 
@@ -1546,17 +1549,30 @@ export class FolioFs {
     if (older || this.atime === 'strictatime') this.tx(() => this.q.setAtime.run(t.sec, t.nsec, i.ino))
   }
 
-  write (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
-    return this.changing(async () => await this.writeNow(ino, data, pos, who))
+  /**
+   * Write data at pos; `append` (a handle opened O_APPEND) writes at the
+   * file's end instead, whatever pos the kernel sent: it computes pos from
+   * its own cached size of the name written through, which a change
+   * through another hard link (a kernel inode of its own) leaves stale, so
+   * appends through two names overwrote each other. onPos gets the
+   * position written at.
+   */
+  write (ino: number, data: Buffer, pos: number, who?: Writer, append = false, onPos?: (at: number) => void): Promise<number> {
+    return this.changing(async () => await this.writeNow(ino, data, pos, who, append, onPos))
   }
 
-  private async writeNow (ino: number, data: Buffer, pos: number, who?: Writer): Promise<number> {
+  private async writeNow (ino: number, data: Buffer, pos: number, who: Writer | undefined, append: boolean, onPos?: (at: number) => void): Promise<number> {
     const len = data.length
     if (len === 0) return 0
-    if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
+    if (pos + len > MAX_FILE_SIZE && !append) throw fsErr('EFBIG')
     if (this.readonly) throw fsErr('EROFS')
     await this.writeback.throttle() // dirty data over its limit: wait for writeback first
     return await this.withInode(ino, async () => {
+      if (append) {
+        pos = this.sizeOf(ino) // under the inode's lock: no other write moves the end meanwhile
+        if (pos + len > MAX_FILE_SIZE) throw fsErr('EFBIG')
+      }
+      onPos?.(pos)
       const i = this.inode(ino)
       if (isDir(i.mode)) throw fsErr('EISDIR')
       const flags = this.iflags(ino)

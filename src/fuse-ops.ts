@@ -3,7 +3,7 @@
 // result (fuse-native hangs on Error objects and times out on throws).
 import * as nodefs from 'fs'
 import { constants } from 'os'
-import { FolioFs, RENAME_EXCHANGE, type Listing, type Stat, type Time, type Writer } from './fs'
+import { appends, FolioFs, RENAME_EXCHANGE, type Listing, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
@@ -302,7 +302,14 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     // write and truncate carry the caller (setuid/setgid: FolioFs.killPriv)
     write: (path: string | null, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => replyValue('write', cb, () => {
       const i = fileIno(path, fd)
-      return settled(fs.write(i, buf.subarray(0, len), pos, writer()), [i], [via(path, fd)])
+      const from = via(path, fd)
+      let at = pos
+      const r = fs.write(i, buf.subarray(0, len), pos, writer(), fd !== 0 && appends(fs.handle(fd)), p => { at = p })
+      return r.then(async n => {
+        await settled(n, [i], [from])
+        if (at !== pos && from !== null) ctx.coherence?.stale(from) // the kernel's pages of this name got the bytes at pos
+        return n
+      })
     }),
     truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, () => {
       const i = ino(path)
