@@ -73,42 +73,6 @@ static int on_fuse(int fd)
 	return fstatfs(fd, &s) == 0 && (unsigned long)s.f_type == FUSE_SUPER_MAGIC;
 }
 
-/* the rest of the last page the daemon sent, for a caller that pages on */
-static __thread struct {
-	int valid;
-	dev_t dev;
-	ino_t ino;
-	uint64_t start, end;	/* continues at start; the request's range end */
-	uint32_t flags;
-	uint32_t pos, n;	/* ext[pos..n) not handed out yet */
-	int done;		/* the page ended the range: nothing after ext[n-1] */
-	struct fiemap_extent ext[FOLIOFS_FIEMAP_MAX];
-} left;
-
-/* copy up to room extents from the kept page if it continues at *start */
-static uint32_t take_left(const struct stat *st, uint64_t *start, uint64_t end, uint32_t flags,
-			  struct fiemap_extent *to, uint32_t room, int *done)
-{
-	uint32_t k = 0;
-
-	/* SYNC on a continuation (xfs_io sets it on every call): the first call of the run wrote the file back */
-	if (!left.valid || left.dev != st->st_dev || left.ino != st->st_ino || left.start != *start ||
-	    left.end != end || left.flags != (flags & ~FIEMAP_FLAG_SYNC)) {
-		left.valid = 0;
-		return 0;
-	}
-	while (k < room && left.pos < left.n)
-		to[k++] = left.ext[left.pos++];
-	if (k)
-		*start = to[k - 1].fe_logical + to[k - 1].fe_length;
-	left.start = *start;
-	if (left.pos == left.n) {
-		*done = left.done;
-		left.valid = 0;
-	}
-	return k;
-}
-
 /* Reading and writing the caller's memory (its struct fiemap and extents).
  * The kernel copies with copy_from_user/copy_to_user: an address that is
  * not mapped, or (for writes) not writable, gives EFAULT, and so must this
@@ -225,6 +189,7 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 	uint64_t start, end;
 	uint32_t want, got = 0;
 	int first = 1, done = 0, err = 0;
+	struct fiemap_extent last;	/* the last extent handed out */
 	struct stat st;
 
 	if (fstat(fd, &st) < 0) {
@@ -238,7 +203,6 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 	else if (hdr.fm_extent_count > FIEMAP_MAX_EXTENTS)
 		err = EINVAL;
 	if (err) {
-		left.valid = 0;
 		if (!daemon_serves_fiemap(fd))
 			return 0; /* some other FUSE filesystem: the kernel's EOPNOTSUPP comes first */
 		errno = err;
@@ -248,33 +212,19 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 	start = hdr.fm_start;
 	end = hdr.fm_length > UINT64_MAX - start ? UINT64_MAX : start + hdr.fm_length;
 	want = hdr.fm_extent_count;
-	if (want) {
-		uint32_t room = want < FOLIOFS_FIEMAP_MAX ? want : FOLIOFS_FIEMAP_MAX;
-		uint32_t k = take_left(&st, &start, end, hdr.fm_flags, req->fm_extents, room, &done);
-
-		if (k) {
-			first = 0; /* answered by the daemon already: no fallback question */
-			if (put_extents(uext, &got, req->fm_extents, k) < 0) {
-				left.valid = 0;
-				err = EFAULT;
-				goto out;
-			}
-			if (done || got >= want || start >= end)
-				goto out;
-		}
-	} else {
-		left.valid = 0;
-	}
+	/* Each call is answered afresh from the daemon (as the kernel walks
+	 * the file at every call): never from a page kept from an earlier
+	 * call, which changes since would make stale. The daemon is asked for
+	 * no more than the caller has room for, so nothing is left over. */
 	for (;;) {
-		uint32_t ask = want == 0 ? 0 : FOLIOFS_FIEMAP_MAX;
-		uint32_t n, give;
+		uint32_t ask = want - got < FOLIOFS_FIEMAP_MAX ? want - got : FOLIOFS_FIEMAP_MAX;
+		uint32_t n;
 
 		/* the first request carries the caller's own range, which the daemon checks (fm_length 0: EINVAL, fm_start too far: EFBIG) */
 		memset(req, 0, sizeof(*req));
 		req->fm_start = start;
 		req->fm_length = first ? hdr.fm_length : end - start;
 		req->fm_flags = first ? hdr.fm_flags : (hdr.fm_flags & ~FIEMAP_FLAG_SYNC);
-		left.valid = 0;
 		req->fm_extent_count = ask;
 		if (real_ioctl(fd, FOLIOFS_IOC_FIEMAP, &buf) < 0) {
 			if (first && (errno == ENOTTY || errno == ENOSYS || errno == EOPNOTSUPP))
@@ -296,25 +246,23 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 		if (n > ask)
 			n = ask;
 		done = n < ask || n == 0 || (req->fm_extents[n - 1].fe_flags & FIEMAP_EXTENT_LAST);
-		give = n < want - got ? n : want - got;
-		if (give)
-			start = req->fm_extents[give - 1].fe_logical + req->fm_extents[give - 1].fe_length;
-		if (put_extents(uext, &got, req->fm_extents, give) < 0) {
-			err = EFAULT;
+		if (n == 0 && got > 0 && !(last.fe_flags & FIEMAP_EXTENT_LAST)) {
+			/* the range ended after a full page (it shrank since, or the
+			 * page ended just at its end): the last extent handed out is
+			 * the last, as the kernel's single walk would have said */
+			last.fe_flags |= FIEMAP_EXTENT_LAST;
+			got--;
+			if (put_extents(uext, &got, &last, 1) < 0)
+				err = EFAULT;
 			goto out;
 		}
-		if (give < n) { /* keep the rest for the caller's next call */
-			left.valid = 1;
-			left.dev = st.st_dev;
-			left.ino = st.st_ino;
-			left.start = start;
-			left.end = end;
-			left.flags = hdr.fm_flags & ~FIEMAP_FLAG_SYNC;
-			memcpy(left.ext, &req->fm_extents[give], (size_t)(n - give) * sizeof(struct fiemap_extent));
-			left.pos = 0;
-			left.n = n - give;
-			left.done = done;
-			break;
+		if (n)
+			start = req->fm_extents[n - 1].fe_logical + req->fm_extents[n - 1].fe_length;
+		if (n)
+			last = req->fm_extents[n - 1];
+		if (put_extents(uext, &got, req->fm_extents, n) < 0) {
+			err = EFAULT;
+			goto out;
 		}
 		if (done || got >= want || start >= end)
 			break;
@@ -322,7 +270,6 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 out:
 	hdr.fm_mapped_extents = got;
 	if (user_copy(&hdr, user, sizeof(hdr), 1) < 0) {
-		left.valid = 0;
 		err = EFAULT;
 	}
 	if (err) {

@@ -122,7 +122,7 @@ delalloc (no physical place yet); --sync writes the file back first
 --json prints the extents (bytes) as JSON. Exit 4 if FILE is not on foliofs.`
   },
   preload: {
-    usage: 'foliofs preload COMMAND [ARGS...]',
+    usage: 'foliofs preload [--] COMMAND [ARGS...]',
     help: `Run COMMAND with foliofs's LD_PRELOAD shim, which gives unmodified
 programs FS_IOC_FIEMAP on foliofs files (the kernel does not forward it to
 FUSE filesystems), e.g.  foliofs preload filefrag -v FILE  or
@@ -443,15 +443,16 @@ async function main (argv: string[]): Promise<number> {
       return 0
     }
     case 'preload': {
-      if (rest.length === 0 || rest[0] === '') throw new ImageError(`usage: ${COMMANDS.preload.usage}`, EXIT.USAGE)
+      const argv = rest[0] === '--' ? rest.slice(1) : rest // as env(1) and nice(1): -- before COMMAND is not COMMAND
+      if (argv.length === 0 || argv[0] === '') throw new ImageError(`usage: ${COMMANDS.preload.usage}`, EXIT.USAGE)
       const lib = preloadLib()
       if (!fs.existsSync(lib)) throw new ImageError(`${lib} is missing (run npm run setup)`, EXIT.USAGE)
       const env = { ...process.env, LD_PRELOAD: [lib, process.env.LD_PRELOAD].filter(Boolean).join(' ') }
-      const r = spawnSync(rest[0], rest.slice(1), { stdio: 'inherit', env })
+      const r = spawnSync(argv[0], argv.slice(1), { stdio: 'inherit', env })
       if (r.error) {
         // the shell's answers: 127 not found, 126 found but not executable
         const code = (r.error as NodeJS.ErrnoException).code
-        process.stderr.write(`foliofs: ${rest[0]}: ${code === 'ENOENT' ? 'command not found' : code === 'EACCES' ? 'permission denied' : r.error.message}\n`)
+        process.stderr.write(`foliofs: ${argv[0]}: ${code === 'ENOENT' ? 'command not found' : code === 'EACCES' ? 'permission denied' : r.error.message}\n`)
         return code === 'ENOENT' ? 127 : 126
       }
       return r.status ?? 128 + (r.signal ? os.constants.signals[r.signal] : 0)
