@@ -11,7 +11,7 @@ import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext
 import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
-import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordsOfWorker, removeRecord, unmountPath, writeRecord, readRecord, type MountEntry } from './mounts'
+import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordsOfWorker, removeRecord, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry } from './mounts'
 import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
@@ -340,7 +340,10 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       closing = true
       // writes back everything still dirty, then closes the image
       folio.close(over)
-        .catch(err => { process.stderr.write(`foliofs: close failed: ${String(err)}\n`) })
+        .catch(err => {
+          process.stderr.write(`foliofs: close failed: ${String(err)}\n`)
+          for (const r of recordsOfWorker(process.pid)) writeOutcome(r.mountpoint, process.pid, `could not close the image (${String(err)})`)
+        })
         .finally(() => {
           for (const r of recordsOfWorker(process.pid)) removeRecord(r.mountpoint, process.pid)
           resolve(code)
@@ -398,7 +401,10 @@ export function runSupervisor (argv: string[]): void {
         process.stderr.write(`foliofs: worker ${child.pid} died (${signal ?? `exit ${code}`}); unmounting ${m.mountpoint}\n`)
         try { unmountPath(m.mountpoint, true) } catch (err) { process.stderr.write(`foliofs: ${String(err)}\n`) }
       }
-      for (const r of recs) removeRecord(r.mountpoint)
+      for (const r of recs) {
+        if (child.pid) writeOutcome(r.mountpoint, child.pid, `died (${signal ?? `exit ${code}`}) before it closed the image`)
+        removeRecord(r.mountpoint)
+      }
       forward({ error: `worker exited (${signal ?? `exit ${code}`})`, exitCode: code ?? EXIT.MOUNT_FAILED })
     }
     process.exit(code ?? 1)
@@ -514,7 +520,11 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
   const deadline = Date.now() + (opts.timeoutMs ?? 60000)
   while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
   if (alive(rec.worker)) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} has not exited yet`, EXIT.BUSY)
+  // a worker that died: its supervisor says so as it exits
+  while (alive(rec.supervisor) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
   removeRecord(mp, rec.worker)
+  const failed = takeOutcome(mp, rec.worker)
+  if (failed !== null) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} ${failed}: changes not written back are lost; check it with foliofs fsck ${rec.image}`, EXIT.MOUNT_FAILED)
 }
 
 /** lazily unmount the mount points of connection dev other than mountpoint (best effort) */

@@ -191,6 +191,31 @@ export function recordsOfWorker (pid: number): MountRecord[] {
   return out
 }
 
+/**
+ * A daemon that could not close its image cleanly (closing failed, or it
+ * died: the supervisor writes that) leaves why, for the `foliofs umount`
+ * waiting for it (takeOutcome): umount must not say all is well when
+ * changes not written back were lost. Keyed by the worker's pid.
+ */
+export function writeOutcome (mountpoint: string, worker: number, why: string): void {
+  try {
+    fs.mkdirSync(runDir(), { recursive: true })
+    fs.writeFileSync(`${recordPath(mountpoint)}.${worker}.failed`, why)
+  } catch { /* best effort: the daemon's log has it too */ }
+}
+
+/** why worker did not close its image cleanly, or null; forgets it */
+export function takeOutcome (mountpoint: string, worker: number): string | null {
+  const file = `${recordPath(mountpoint)}.${worker}.failed`
+  try {
+    const why = fs.readFileSync(file, 'utf8')
+    fs.rmSync(file, { force: true })
+    return why
+  } catch {
+    return null
+  }
+}
+
 export function removeRecord (mountpoint: string, pid?: number): void {
   const rec = readRecord(mountpoint)
   if (rec && pid !== undefined && rec.worker !== pid) return
