@@ -557,6 +557,12 @@ export class FileData {
     }
   }
 
+  /** does block blk of ino read as zeros from the tree alone (a hole, or an unwritten extent)? Folios are the caller's to look at */
+  async readsZeros (ino: number, blk: number): Promise<boolean> {
+    const e = (await this.extents(ino, blk, blk + 1))[0]
+    return e === undefined || e.off > blk || e.off + e.len <= blk || (e.flags & EXT_UNWRITTEN) !== 0
+  }
+
   /** blocks of [from, to) of ino that no extent maps */
   async holeBlocks (ino: number, from: number, to: number): Promise<number> {
     let holes = 0

@@ -1833,10 +1833,19 @@ export class FolioFs {
   /** zero bytes [from, to) of ino: partial blocks in the page cache, whole blocks unmapped and freed */
   private async punch (ino: number, from: number, to: number, t: Time): Promise<void> {
     if (from >= to) return
+    // a range reaching the end of the file takes its last block whole (as
+    // ext4): the bytes past the end read as zeros anyway
+    const eof = this.sizeOf(ino)
+    if (to >= eof) to = Math.max(to, Math.ceil(eof / BLOCK_SIZE) * BLOCK_SIZE)
     const a = Math.ceil(from / BLOCK_SIZE)
     const b = Math.floor(to / BLOCK_SIZE)
     const zero = async (x: number, y: number): Promise<void> => {
       if (x >= y) return
+      // an edge block that reads as zeros already (a hole or an unwritten
+      // extent, no folio) stays so: zeroing made it data, which FIEMAP and
+      // SEEK_DATA reported and writeback gave a block (ext4 leaves a hole)
+      const blk = Math.floor(x / BLOCK_SIZE)
+      if (this.cache.get(ino, blk) === undefined && await this.data.readsZeros(ino, blk)) return
       const space = await this.reserveSpace(ino, x, y - x, true)
       try {
         await this.io.write(ino, Buffer.alloc(y - x), x)
