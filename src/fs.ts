@@ -1915,17 +1915,18 @@ export class FolioFs {
   /**
    * The private FIEMAP ioctl: buf is struct fiemap followed by room for
    * FIEMAP_MAX_PER_CALL extents, in and out (see fiemap.ts). Linux's rules:
-   * unsupported flags: EBADR with them in fm_flags; fm_length 0: EINVAL;
-   * fm_start at or past the largest file size: EFBIG; a range running past
+   * fm_length 0: EINVAL; fm_start at or past the largest file size: EFBIG;
+   * then unsupported flags: EBADR with them in fm_flags; a range running past
    * it is cut there; fm_extent_count 0 counts the extents of the range.
    */
   async fiemapIoctl (ino: number, buf: Buffer): Promise<void> {
     const req = decodeRequest(buf)
-    const bad = (req.flags & ~FIEMAP_FLAGS_COMPAT) >>> 0 // unsigned: bit 31 made it negative (and EIO)
-    if (bad) { encodeBadFlags(buf, bad); return }
     if (req.extentCount > FIEMAP_MAX_PER_CALL) throw fsErr('EINVAL', `fm_extent_count ${req.extentCount} > ${FIEMAP_MAX_PER_CALL}`)
+    // in Linux's order (fiemap_prep): the range, then the flags
     if (req.length === 0) throw fsErr('EINVAL', 'fm_length 0')
     if (req.start >= MAX_FILE_SIZE) throw fsErr('EFBIG')
+    const bad = (req.flags & ~FIEMAP_FLAGS_COMPAT) >>> 0 // unsigned: bit 31 made it negative (and EIO)
+    if (bad) { encodeBadFlags(buf, bad); return }
     const regular = (this.inode(ino).mode & S_IFMT) === S_IFREG
     if ((req.flags & FIEMAP_FLAG_SYNC) && regular && !this.readonly) await this.writeback.inode(ino)
     const r = await this.fiemap.map(ino, req.start, Math.min(req.length, MAX_FILE_SIZE - req.start), req.extentCount)
