@@ -222,12 +222,22 @@ export function removeRecord (mountpoint: string, pid?: number): void {
   fs.rmSync(recordPath(mountpoint), { force: true })
 }
 
+/**
+ * Is pid running? A zombie is not: it has exited and waits for its parent
+ * to reap it, which may be never (an orphaned supervisor in a container
+ * whose PID 1 reaps nobody: umount waited its whole minute for one).
+ */
 export function alive (pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return true
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z' // the state follows "(comm) "
+  } catch {
+    return true // no /proc here: kill's answer stands
   }
 }
 

@@ -1,0 +1,29 @@
+// src/mounts.ts: what the CLI knows of a daemon's process.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'child_process'
+import { alive } from '../../src/mounts'
+
+test('alive(): a zombie (exited, never reaped) is not alive', async () => {
+  // a child of python that has exited while python, its parent, waits on
+  // its stdin without reaping it: `foliofs umount` waited a whole minute
+  // for such a supervisor in a container whose PID 1 reaps nobody
+  const py = spawn('python3', ['-c', `
+import os, sys, time
+pid = os.fork()
+if pid == 0: os._exit(0)
+time.sleep(0.3)
+print(pid, open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0], flush=True)
+sys.stdin.read()
+`], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const line = await new Promise<string>(resolve => py.stdout.once('data', (d: Buffer) => resolve(d.toString())))
+  const [pid, state] = line.trim().split(' ')
+  try {
+    assert.equal(state, 'Z', 'the child is a zombie while python lives')
+    assert.equal(alive(Number(pid)), false)
+    assert.equal(alive(process.pid), true)
+  } finally {
+    py.stdin.end()
+    await new Promise(resolve => py.once('exit', resolve))
+  }
+})
