@@ -121,10 +121,30 @@ export function parseSize (s: string): number {
   return Number(m[1]) * mult[m[2].toLowerCase()]
 }
 
+/** wall-clock ns minus the monotonic clock's: nowTime's anchor, renewed when the wall clock steps */
+let anchorNs = 0n
+/** the last time handed out: times never go back while the wall clock does not */
+let lastNs = 0n
+
+/**
+ * The time now, to the nanosecond (as the kernel stamps inodes): the wall
+ * clock (Date.now(), whole milliseconds) refined by the monotonic one.
+ * Milliseconds made a read's atime equal to the ctime of a chmod just
+ * before it, and relatime (atime not newer than ctime) then updated atime
+ * on every read that followed within the millisecond (generic/034).
+ */
 export function nowTime (): { sec: number, nsec: number } {
-  const ms = Date.now()
-  const sec = Math.floor(ms / 1000)
-  return { sec, nsec: (ms - sec * 1000) * 1e6 }
+  const wall = BigInt(Date.now()) * 1000000n
+  const mono = process.hrtime.bigint()
+  let ns = anchorNs + mono
+  if (ns < wall - 1000000n || ns >= wall + 2000000n) { // first call, or the wall clock stepped: anchor again
+    anchorNs = wall - mono
+    ns = wall
+  }
+  if (ns <= lastNs && lastNs - ns < 2000000n) ns = lastNs + 1n
+  lastNs = ns
+  const sec = ns / 1000000000n
+  return { sec: Number(sec), nsec: Number(ns - sec * 1000000000n) }
 }
 
 /** Create a new, empty image. Refuses to overwrite an existing file unless force. */
