@@ -256,10 +256,10 @@ static int foliofs_fiemap(int fd, struct fiemap *user, int *ret)
 				err = EFAULT;
 			goto out;
 		}
-		if (n)
-			start = req->fm_extents[n - 1].fe_logical + req->fm_extents[n - 1].fe_length;
-		if (n)
+		if (n) {
 			last = req->fm_extents[n - 1];
+			start = last.fe_logical + last.fe_length;
+		}
 		if (put_extents(uext, &got, req->fm_extents, n) < 0) {
 			err = EFAULT;
 			goto out;

@@ -1616,10 +1616,9 @@ export class FolioFs {
       return { len: bytes, held: blocks }
     }
     if (most <= avail()) return hold(most, len) // fits even if every folio is new
-    if (this.io.newlyDirty(ino, pos, len) <= avail()) return hold(this.io.newlyDirty(ino, pos, len), len)
-    await this.reaper.settled() // deleted files not freed yet may hold the space
-    await this.writeback.all().catch(() => {})
-    this.data.checkpoint()
+    const fresh = this.io.newlyDirty(ino, pos, len)
+    if (fresh <= avail()) return hold(fresh, len)
+    await this.makeRoom()
     const need = this.io.newlyDirty(ino, pos, len)
     if (need <= avail()) return hold(need, len)
     // what fits, counting every folio as new
@@ -1627,6 +1626,18 @@ export class FolioFs {
     const bytes = Math.min(len, (first + fit) * BLOCK_SIZE - pos)
     if (whole || fit <= 0 || bytes <= 0) throw fsErr('ENOSPC')
     return hold(fit, bytes)
+  }
+
+  /**
+   * Short of space: deleted files' blocks back (the reaper), dirty data
+   * written back (overwrites free their old blocks), and the frees durable
+   * (only then are they allocatable). Writeback errors are the caller's
+   * next space check to answer.
+   */
+  private async makeRoom (): Promise<void> {
+    await this.reaper.settled()
+    await this.writeback.all().catch(() => {})
+    this.data.checkpoint()
   }
 
   /** blocks reserveSpace held for a write whose folios are dirty now (or that failed) */
@@ -1748,8 +1759,7 @@ export class FolioFs {
             await prealloc()
           } catch (err) {
             if ((err as { code?: string }).code !== 'ENOSPC' || this.cache.dirtyFolios === 0) throw err
-            await this.writeback.all().catch(() => {})
-            this.data.checkpoint()
+            await this.makeRoom()
             await prealloc()
           }
         }

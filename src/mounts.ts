@@ -197,16 +197,18 @@ export function recordsOfWorker (pid: number): MountRecord[] {
  * waiting for it (takeOutcome): umount must not say all is well when
  * changes not written back were lost. Keyed by the worker's pid.
  */
+const outcomePath = (mountpoint: string, worker: number): string => `${recordPath(mountpoint)}.${worker}.failed`
+
 export function writeOutcome (mountpoint: string, worker: number, why: string): void {
   try {
     fs.mkdirSync(runDir(), { recursive: true })
-    fs.writeFileSync(`${recordPath(mountpoint)}.${worker}.failed`, why)
+    fs.writeFileSync(outcomePath(mountpoint, worker), why)
   } catch { /* best effort: the daemon's log has it too */ }
 }
 
 /** why worker did not close its image cleanly, or null; forgets it */
 export function takeOutcome (mountpoint: string, worker: number): string | null {
-  const file = `${recordPath(mountpoint)}.${worker}.failed`
+  const file = outcomePath(mountpoint, worker)
   try {
     const why = fs.readFileSync(file, 'utf8')
     fs.rmSync(file, { force: true })
@@ -235,7 +237,7 @@ export function alive (pid: number): boolean {
   }
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z' // the state follows "(comm) "
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z' // the state follows "(comm) "
   } catch {
     return true // no /proc here: kill's answer stands
   }
