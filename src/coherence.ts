@@ -17,8 +17,16 @@
 //
 // "Other" means every current path of X except the one the request came
 // through, and this is not an optimization: the requesting kernel inode may
-// hold its page locks until the answer (a write does), and invalidating its
-// pages while the answer waits deadlocks. Requests that carry only a file
+// hold its page locks until the answer (a write does: the folios it only
+// partly writes), and invalidating its pages while the answer waits
+// deadlocks. The same holds for another name with a write of its own in
+// flight: two processes writing through two names of one file would each
+// wait for the other's pages, which each holds until its own answer. So a
+// name with a write in flight (writeStarts/writeEnds) is invalidated without
+// waiting: the kernel drops its pages once that write's answer unlocks them
+// (counted in `unwaited`). What this gives up is only the moment: a read
+// through that name that takes the page lock before the invalidation does
+// may still see the page as it was, as if it had come a moment earlier. Requests that carry only a file
 // handle (libfuse's nullpath_ok) come through the path the handle was
 // opened by, so handles remember it (opened/renamed/unlinked keep it what
 // libfuse's node for it is). Should that ever be wrong, the wait ends after
@@ -85,6 +93,8 @@ export interface CoherenceStats {
   timeouts: number
   /** invalidations the kernel refused (besides names it never looked up) */
   errors: number
+  /** names invalidated without waiting, as they had a write in flight (see the top of the file) */
+  unwaited: number
   /** xattr names answered by the binding (absent on every inode) */
   absentXattrs: number
 }
@@ -95,7 +105,7 @@ function movedPath (p: string, from: string, to: string): string | null {
 }
 
 export class Coherence {
-  readonly stats: CoherenceStats = { invalidations: 0, paths: 0, timeouts: 0, errors: 0, absentXattrs: 0 }
+  readonly stats: CoherenceStats = { invalidations: 0, paths: 0, timeouts: 0, errors: 0, unwaited: 0, absentXattrs: 0 }
   /** file handle -> the path the kernel inode of its requests has now (null: unlinked) */
   private readonly handlePaths = new Map<number, string | null>()
   /** file handle -> its inode */
@@ -106,6 +116,8 @@ export class Coherence {
    * the inode still has, so one name left is two kernel inodes
    */
   private readonly detached = new Map<number, number>()
+  /** writes being served, each with its handle and the path it came through (a handle's path follows renames) */
+  private readonly writes = new Set<{ fh: number, path: string }>()
   private absent: Set<string>
 
   constructor (private readonly fs: FolioFs, private readonly notifier: KernelNotifier, private readonly timeoutMs = 2000) {
@@ -178,6 +190,34 @@ export class Coherence {
     for (const [fh, p] of this.handlePaths) if (p === path) this.detach(fh)
   }
 
+  // ---- writes in flight --------------------------------------------------------
+
+  /**
+   * A write through fh (its kernel inode is `path`'s) is being served: the
+   * kernel holds the pages it partly writes locked until the answer. The
+   * token goes to writeEnds once the write is answered or failed. Misuse:
+   * never ending it: that name's invalidations are never waited for again.
+   */
+  writeStarts (fh: number, path: string): object {
+    const w = { fh, path }
+    this.writes.add(w)
+    return w
+  }
+
+  writeEnds (token: object): void {
+    this.writes.delete(token as { fh: number, path: string })
+  }
+
+  /** the paths with a write in flight now */
+  private writing (): Set<string> {
+    const busy = new Set<string>()
+    for (const w of this.writes) {
+      const p = this.handlePaths.has(w.fh) ? this.handlePaths.get(w.fh) : w.path
+      if (p) busy.add(p)
+    }
+    return busy
+  }
+
   // ---- invalidation ----------------------------------------------------------
 
   workers (): InvalidationWorkers {
@@ -244,9 +284,17 @@ export class Coherence {
       for (const p of this.fs.pathsOf(ino)) if (!skip.has(p)) paths.push(p)
     }
     if (paths.length === 0) return
+    const busy = this.writes.size > 0 ? this.writing() : null
+    const waited = busy ? paths.filter(p => !busy.has(p)) : paths
+    if (waited.length < paths.length) {
+      const unwaited = paths.filter(p => busy?.has(p))
+      this.stats.unwaited += unwaited.length
+      this.invalidate(unwaited)
+    }
+    if (waited.length === 0) return
     await new Promise<void>(resolve => {
       const timer = setTimeout(() => { this.stats.timeouts++; resolve() }, this.timeoutMs)
-      this.invalidate(paths, () => { clearTimeout(timer); resolve() })
+      this.invalidate(waited, () => { clearTimeout(timer); resolve() })
     })
   }
 }

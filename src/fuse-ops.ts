@@ -304,12 +304,21 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       const i = fileIno(path, fd)
       const from = via(path, fd)
       let at = pos
-      const r = fs.write(i, buf.subarray(0, len), pos, writer(), fd !== 0 && appends(fs.handle(fd)), p => { at = p })
+      // other names' writes do not wait for this name's pages (coherence.ts)
+      const token = from !== null ? ctx.coherence?.writeStarts(fd, from) : undefined
+      const done = (): void => { if (token) ctx.coherence?.writeEnds(token) }
+      let r: Promise<number>
+      try {
+        r = fs.write(i, buf.subarray(0, len), pos, writer(), fd !== 0 && appends(fs.handle(fd)), p => { at = p })
+      } catch (err) {
+        done()
+        throw err
+      }
       return r.then(async n => {
         await settled(n, [i], [from])
         if (at !== pos && from !== null) ctx.coherence?.stale(from) // the kernel's pages of this name got the bytes at pos
         return n
-      })
+      }).finally(done)
     }),
     truncate: (path: string, size: number, cb: Cb) => reply('truncate', cb, () => {
       const i = ino(path)
