@@ -78,7 +78,7 @@ unmounted or gets SIGINT/SIGTERM.
 mount: to read-only after writing everything back (refused while files are
 open for writing or deleted files still open), back to read-write if it was mounted read-write. Other
 options cannot change on a remount and are ignored, as mount(8) passes the
-mount's current ones along.
+mount's current ones along; one that no mount takes is refused (exit 2).
 ${MOUNT_OPTIONS}`
   },
   umount: {

@@ -88,17 +88,26 @@ export function parseMountOptions (opts: string[]): MountOptions {
 /** -o remount,...: a remount of a live mount, not a mount */
 export const isRemount = (opts: string[]): boolean => opts.some(g => g.split(',').some(o => o.trim() === 'remount'))
 
+// what the kernel shows of a FUSE mount in /proc/mounts, which mount(8)
+// hands a remount's helper with the other current options
+const KERNEL_FUSE_OPTIONS = new Set(['user_id', 'group_id', 'rootmode', 'max_read', 'blksize', 'fd'])
+
 /**
  * The options of a remount: only ro/rw matter (the last wins; default rw,
  * as mount(8)). FUSE takes no other option on a remount, and mount(8)
- * hands the helper the mount's current ones (user_id=, allow_other, ...):
- * they are ignored, not refused.
+ * hands the helper the mount's current ones (user_id=, allow_other, the
+ * fstab line's): valid ones are ignored, not refused. An option no mount
+ * takes is refused as a mount refuses it (it was accepted in silence).
  */
 export function parseRemountOptions (opts: string[]): { readonly: boolean } {
   let readonly = false
   for (const group of opts) {
     for (const raw of group.split(',')) {
       const o = raw.trim()
+      const eq = o.indexOf('=')
+      if (o === '' || o === 'remount') continue
+      if (eq > 0 && KERNEL_FUSE_OPTIONS.has(o.slice(0, eq)) && /^\d+$/.test(o.slice(eq + 1))) continue
+      parseMountOptions([o]) // throws for an option no mount takes
       if (o === 'ro') readonly = true
       else if (o === 'rw') readonly = false
     }
