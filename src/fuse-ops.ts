@@ -17,7 +17,8 @@ const debug = createDebug('foliofs:ops')
 type Cb = (...args: any[]) => void
 
 export interface FuseLike {
-  context?: { uid: number, gid: number, pid: number, umask: number }
+  /** the caller of the request being dispatched; writepage: a write of the kernel's page writeback (the binding's fuse_file_info.writepage) */
+  context?: { uid: number, gid: number, pid: number, umask: number, writepage?: boolean }
   /** wakes the binding's blocked flock requests (flocks.ts) */
   flockReleased?: () => void
 }
@@ -309,7 +310,11 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       const done = (): void => { if (token) ctx.coherence?.writeEnds(token) }
       let r: Promise<number>
       try {
-        r = fs.write(i, buf.subarray(0, len), pos, writer(), fd !== 0 && appends(fs.handle(fd)), p => { at = p })
+        // the kernel's page writeback (an mmap's dirty pages) comes through
+        // any handle open for writing, O_APPEND ones too, at the page's own
+        // offset: never an append
+        const append = fd !== 0 && ctx.fuse.context?.writepage !== true && appends(fs.handle(fd))
+        r = fs.write(i, buf.subarray(0, len), pos, writer(), append, p => { at = p })
       } catch (err) {
         done()
         throw err
