@@ -350,8 +350,9 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       // writes back everything still dirty, then closes the image
       folio.close(over)
         .catch(err => {
-          process.stderr.write(`foliofs: close failed: ${String(err)}\n`)
-          for (const r of recordsOfWorker(process.pid)) writeOutcome(r.mountpoint, process.pid, `could not close the image (${String(err)})`)
+          const why = err instanceof Error ? err.message : String(err)
+          process.stderr.write(`foliofs: close failed: ${why}\n`)
+          for (const r of recordsOfWorker(process.pid)) writeOutcome(r.mountpoint, process.pid, `could not close the image (${why})`)
         })
         .finally(() => {
           for (const r of recordsOfWorker(process.pid)) removeRecord(r.mountpoint, process.pid)

@@ -2123,12 +2123,16 @@ export class FolioFs {
    * open go with them. The kernel does not always send their RELEASE: the
    * close that ends a lazy unmount (the last use of the mount) comes
    * without one, and the image would keep such a file's blocks until the
-   * next mount. Misuse: sessionOver while requests may still come (a
-   * write to a file the reaper is freeing).
+   * next mount. A writeback that fails (the host's disk full) does not
+   * stop the close: the image is closed all the same, then close throws,
+   * so that the daemon reports the loss (umount exits 7). Misuse:
+   * sessionOver while requests may still come (a write to a file the
+   * reaper is freeing).
    */
   async close (sessionOver = false): Promise<void> {
     if (sessionOver) for (const fh of [...this.handles.keys()]) this.release(fh)
     this.writeback.stop()
+    let lost: unknown = null
     if (!this.imageReadonly) {
       try {
         const wasWritable = !this.ro
@@ -2142,7 +2146,7 @@ export class FolioFs {
           this.data.checkpoint()
         }
       } catch (err) {
-        process.stderr.write(`foliofs: writeback at close failed, unwritten data is lost: ${String(err)}\n`)
+        lost = err // the image still closes cleanly; the caller hears of the loss below
       }
       await this.data.reusableSettled() // punches of the last frees, before the data area closes
       // leave the image as a plain database at rest (see mkfs), without free pages (auto_vacuum = INCREMENTAL; a no-op on older images: fsck --compact)
@@ -2154,6 +2158,7 @@ export class FolioFs {
     await this.data.plans.drained() // libfuse threads may still read the data area (an unmount by SIGTERM)
     this.db.close()
     this.data.area.close()
+    if (lost !== null) throw new Error(`writeback at close failed, unwritten data is lost: ${lost instanceof Error ? lost.message : String(lost)}`)
   }
 }
 
