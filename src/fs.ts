@@ -1181,6 +1181,7 @@ export class FolioFs {
     for (const ino of this.q.allOrphans.all() as number[]) {
       const i = this.row(ino)
       if (!i) { this.tx(() => this.delOrphan(ino)); continue }
+      if (i.nlink === 0 && this.namedOrphan(ino)) continue
       if (i.nlink === 0) this.data.truncateSync(ino, 0, this.reapStep(ino))
       else this.data.truncateSync(ino, i.size, (freed, _first, last) => {
         this.q.addBlocks.run(-freed, ino)
@@ -1481,11 +1482,25 @@ export class FolioFs {
    * logged once, and its names keep working (it was freed, data and all,
    * by the first open and close of it).
    */
+  /**
+   * An orphan with nlink 0 that an entry still names: damage (an edited
+   * image; fsck reports the link count). Freeing it would empty a file
+   * that has a name, so it is kept (logged once).
+   */
+  private namedOrphan (ino: number): boolean {
+    if (this.q.nameOfIno.get(ino) === undefined) return false
+    if (!this.danglingLogged.has(ino)) {
+      this.danglingLogged.add(ino)
+      process.stderr.write(`foliofs: orphan ${ino} has link count 0 but a name: kept, not freed; see foliofs fsck\n`)
+    }
+    return true
+  }
+
   private freeIfUnused (ino: number): void {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
     if (this.storedNlink(ino) !== 0) return
     if (this.orphanInos().has(ino)) {
-      this.reap(ino)
+      if (!this.namedOrphan(ino)) this.reap(ino)
     } else if (!this.danglingLogged.has(ino)) {
       this.danglingLogged.add(ino)
       process.stderr.write(`foliofs: inode ${ino} has link count 0 but was never unlinked: kept; see foliofs fsck\n`)

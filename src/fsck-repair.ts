@@ -218,6 +218,8 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
             break
           case 'freespace':
             break // below, with the tree
+          case 'vacuum':
+            break // last: VACUUM runs outside any transaction
         }
       }
     })()
@@ -235,6 +237,11 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
       const r = t2.rebuildFreeSpace()
       for (const f of space) line(f, 'free-space map rebuilt')
       done.push(`free-space map rebuilt: ${r.before} free blocks recorded, ${r.after} really free`)
+    }
+    if (fixes.some(f => f.fix?.kind === 'vacuum')) {
+      // a copy of every table into fresh pages, with a freelist of its own
+      db.exec('VACUUM')
+      for (const f of fixes) if (f.fix?.kind === 'vacuum') line(f, 'database rebuilt (VACUUM)')
     }
     db.pragma('journal_mode = DELETE')
     return done

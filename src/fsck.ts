@@ -17,7 +17,7 @@ import { BLOCK_SIZE, EXIT, ImageError, openImage, ROOT_INO } from './image'
 import { dataAreaPath } from './dataarea'
 import { DataCsums } from './datacsum'
 import { crcsHere } from './crcthread'
-import { tableProblems } from './imagecheck'
+import { freePageProblems, tableProblems } from './imagecheck'
 import { journalRows } from './journal'
 import { nameFromDb } from './names'
 import { NAME_MAX } from './errno'
@@ -38,6 +38,8 @@ export type Fix =
   | { kind: 'badname', parent: number, name: string | Buffer, ino: number, drop: boolean }
   | { kind: 'xattrs', ino: number }
   | { kind: 'orphan', ino: number }
+  /** the database rebuilt (VACUUM): a damaged freelist */
+  | { kind: 'vacuum' }
 
 export interface Finding {
   ino?: number
@@ -115,6 +117,24 @@ class Paths {
   }
 }
 
+const TYPE_WORDS: Record<number, string> = { 0o010000: 'fifo', 0o020000: 'character device', 0o040000: 'directory', 0o060000: 'block device', 0o120000: 'symlink', 0o140000: 'socket' }
+
+/**
+ * Blocks two extents map (e2fsck's multiply-claimed blocks): each file
+ * reads the other's bytes, and freeing one frees the other's blocks. One
+ * finding for each extent that overlaps an earlier one (by physical block).
+ */
+function crossLinked (claims: Array<{ pblk: number, len: number, ino: number, off: number }>, add: (what: string, ino?: number) => void): void {
+  claims.sort((a, b) => a.pblk - b.pblk)
+  let reach: { end: number, ino: number, off: number } | null = null // the extent reaching furthest so far
+  for (const c of claims) {
+    if (reach && c.pblk < reach.end) {
+      add(`extent at ${c.off} maps blocks ${c.pblk}..${Math.min(c.pblk + c.len, reach.end) - 1}, which inode ${reach.ino} maps too (its extent at ${reach.off})`, c.ino)
+    }
+    if (!reach || c.pblk + c.len > reach.end) reach = { end: c.pblk + c.len, ino: c.ino, off: c.off }
+  }
+}
+
 export function fsck (image: string, opts: FsckOptions | FsckOptions['progress'] = {}): FsckReport {
   const o: FsckOptions = typeof opts === 'function' ? { progress: opts } : opts
   const progress = o.progress
@@ -134,6 +154,12 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
       if (p.indexOnly) add(`${what}: its index only`, undefined, { kind: 'reindex', table: p.table })
       else add(what)
     }
+    // the database's free pages: only the whole-database check walks them
+    // (the per-table one above does not), and a damaged freelist passes
+    // every read, then fails the first commit that reuses a page
+    progress?.('sqlite free pages')
+    const free = freePageProblems(db)
+    if (free) add(`database free pages are damaged: ${free.first}${free.count > 1 ? ` (and ${free.count - 1} more problems)` : ''}`, undefined, { kind: 'vacuum' })
     /** run a phase that reads tables; a damaged one ends the phase with a finding, not an exception */
     const phase = (what: string, fn: () => void): boolean => {
       try { fn(); return true } catch (e) { add(`${what} not checked: ${msg(e)}`); return false }
@@ -251,6 +277,8 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
     // inside it (unwritten ones are never read, so the area need not cover them)
     const areaBlocks = Math.floor(fs.statSync(dataAreaPath(image)).size / BLOCK_SIZE)
     const unreadable = new Set<number>()
+    /** every extent, for blocks mapped twice */
+    const claims: Array<{ pblk: number, len: number, ino: number, off: number }> = []
     if (tree) {
       const t: ExtentTree = tree
       let total = 0
@@ -269,6 +297,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         const w: Extent[] = []
         for (const e of ex) {
           m.blocks += e.len
+          claims.push({ pblk: e.pblk, len: e.len, ino, off: e.off })
           if (e.pblk < 1) add(`extent at ${e.off} maps the data area's header`, ino)
           if (e.flags & EXT_UNWRITTEN) continue
           w.push(e)
@@ -280,6 +309,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         total += m.blocks
       }
       report.blocks = total
+      crossLinked(claims, add)
       if (treeOk && inodesOk && unreadable.size === 0) {
         const inUse = t.usedBlocks()
         if (total !== inUse) add(`space accounting: ${total} blocks mapped by inodes, ${inUse} in use`, undefined, { kind: 'freespace' })
@@ -302,7 +332,9 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         const expect = dir ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
         const reachable = seen.has(ino) || orphans.has(ino)
         if (!reachable) add(`${dir ? 'directory' : 'inode'} is not reachable from the root`, ino, { kind: 'unreachable', ino, dir })
-        else if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0)) {
+        // an orphan (deleted while open, or mid-truncate) has nlink 0 and no
+        // name; one that an entry still names would be freed under it
+        else if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0 && !links.has(ino))) {
           add(`nlink ${String(i.nlink)}, expected ${expect}`, ino, { kind: 'nlink', ino, nlink: expect })
           settled(ino, 'nlink')
         }
@@ -317,6 +349,9 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
           add(`block count ${String(i.blocks)}, extents map ${m?.blocks ?? 0}`, ino, { kind: 'blocks', ino, blocks: m?.blocks ?? 0 })
           settled(ino, 'blocks')
         }
+        const type = i.mode & S_IFMT
+        if (!malformed.get(ino)?.has('mode') && type === S_IFLNK && i.tlen === null) add('symlink has no target', ino)
+        if (m && type !== S_IFREG && validMode(i.mode)) add(`${TYPE_WORDS[type] ?? 'file'} maps ${m.blocks} data block${m.blocks > 1 ? 's' : ''}`, ino)
         if (malformed.get(ino)?.has('size')) continue // below, with the journal
         if (m && m.end > Math.ceil(i.size / BLOCK_SIZE) && !orphans.has(ino)) add(`extent beyond size ${i.size}`, ino, { kind: 'size', ino, size: m.end * BLOCK_SIZE })
       }
@@ -367,7 +402,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
       for (const f of bad) add(`malformed inode row: ${f} ${f === 'mode' ? octal(i?.mode) : String(i?.[f])}`, ino)
     }
 
-    if (o.verifyData) verifyData(image, db, written, areaBlocks, report, add, progress)
+    if (o.verifyData) phase('data checksums', () => verifyData(image, db, written, areaBlocks, report, add, progress))
 
     report.errors = findings.map(f => describe(f, paths))
     return report

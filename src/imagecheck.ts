@@ -85,6 +85,24 @@ export function tableProblems (db: Database.Database, quick: boolean): TableProb
   return out
 }
 
+/**
+ * What SQLite's whole-database check finds wrong with the pages no table
+ * holds: the freelist, pages nothing uses, the auto-vacuum pointer map.
+ * tableProblems checks table by table, which skips them all. Reads every
+ * page (fsck only); null when they are sound, or when the check cannot
+ * run (a damage tableProblems reports).
+ */
+export function freePageProblems (db: Database.Database): { first: string, count: number } | null {
+  let rows: string[]
+  try {
+    rows = db.prepare('PRAGMA quick_check').pluck().all() as string[]
+  } catch {
+    return null
+  }
+  const bad = rows.flatMap(r => r.split('\n')).filter(r => /freelist|never used|pointer map|ptrmap/i.test(r))
+  return bad.length ? { first: bad[0], count: bad.length } : null
+}
+
 /** one line for a list of damaged tables */
 export function describeProblems (ps: TableProblem[]): string {
   return ps.map(p => `table '${p.table}': ${p.first}${p.count > 1 ? ` (and ${p.count - 1} more)` : ''}`).join('; ')
