@@ -175,7 +175,9 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
             line(f, `size set to ${x.size}`)
             break
           case 'unreachable': {
-            if (named.get(x.ino) !== undefined) break // inside an unreachable directory: reachable once its top is linked
+            if (x.cut) { // a directory of a cycle: out of it first (its old directory's nlink: the next round)
+              db.prepare('DELETE FROM dirents WHERE ino = ?').run(x.ino)
+            } else if (named.get(x.ino) !== undefined) break // inside an unreachable directory: reachable once its top is linked
             const dir = lf()
             const name = freeName(dir, x.ino)
             db.prepare('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)').run(dir, name, x.ino)

@@ -29,7 +29,8 @@ export type Fix =
   | { kind: 'nlink', ino: number, nlink: number }
   | { kind: 'blocks', ino: number, blocks: number }
   | { kind: 'size', ino: number, size: number }
-  | { kind: 'unreachable', ino: number, dir: boolean }
+  /** linked into lost+found; cut: first removed from the names it has (a directory of a cycle no entry from outside reaches) */
+  | { kind: 'unreachable', ino: number, dir: boolean, cut?: boolean }
   | { kind: 'freespace' }
   | { kind: 'journal', ino: number, blk: number }
   | { kind: 'reindex', table: string }
@@ -133,6 +134,39 @@ function crossLinked (claims: Array<{ pblk: number, len: number, ino: number, of
     }
     if (!reach || c.pblk + c.len > reach.end) reach = { end: c.pblk + c.len, ino: c.ino, off: c.off }
   }
+}
+
+/**
+ * Unreachable inodes that repair must cut loose before it links them into
+ * lost+found. Repair links only the tops of what the root does not reach,
+ * inodes no entry names (what is below them comes back with them); a cycle
+ * of directories (d1 -> d2 -> d1) cut off from the root has no top. One
+ * directory of each such cycle is chosen, so that linking it, and what is
+ * below it, reaches every unreachable inode.
+ */
+function cycleCuts (inodes: Map<number, { mode: number }>, seen: Set<number>, orphans: Set<number>,
+  links: Map<number, number>, children: Map<number, number[]>): Set<number> {
+  const covered = new Set<number>()
+  const cover = (top: number): void => {
+    const stack = [top]
+    covered.add(top)
+    while (stack.length) {
+      for (const c of children.get(stack.pop() as number) ?? []) {
+        if (seen.has(c) || covered.has(c)) continue
+        covered.add(c)
+        stack.push(c)
+      }
+    }
+  }
+  const lost = [...inodes.keys()].filter(ino => !seen.has(ino) && !orphans.has(ino))
+  for (const ino of lost) if ((links.get(ino) ?? 0) === 0) cover(ino) // tops: repair links these as they are
+  const cuts = new Set<number>()
+  for (const ino of lost) {
+    if (covered.has(ino) || !isDir(inodes.get(ino)?.mode ?? 0)) continue
+    cuts.add(ino)
+    cover(ino)
+  }
+  return cuts
 }
 
 export function fsck (image: string, opts: FsckOptions | FsckOptions['progress'] = {}): FsckReport {
@@ -327,11 +361,12 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
           stack.push(c)
         }
       }
+      const cuts = cycleCuts(inodes, seen, orphans, links, children)
       for (const [ino, i] of inodes) {
         const dir = isDir(i.mode)
         const expect = dir ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
         const reachable = seen.has(ino) || orphans.has(ino)
-        if (!reachable) add(`${dir ? 'directory' : 'inode'} is not reachable from the root`, ino, { kind: 'unreachable', ino, dir })
+        if (!reachable) add(`${dir ? 'directory' : 'inode'} is not reachable from the root${cuts.has(ino) ? ' (in a cycle of directories)' : ''}`, ino, { kind: 'unreachable', ino, dir, cut: cuts.has(ino) })
         // an orphan (deleted while open, or mid-truncate) has nlink 0 and no
         // name; one that an entry still names would be freed under it
         else if (i.nlink !== expect && !(orphans.has(ino) && i.nlink === 0 && !links.has(ino))) {
