@@ -12,11 +12,17 @@ test('alive(): a zombie (exited, never reaped) is not alive', async () => {
 import os, sys, time
 pid = os.fork()
 if pid == 0: os._exit(0)
-time.sleep(0.3)
-print(pid, open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0], flush=True)
+state = lambda: open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
+end = time.time() + 10 # a loaded machine may take a while to run the child to its exit
+while state() != "Z" and time.time() < end: time.sleep(0.05)
+print(pid, state(), flush=True)
 sys.stdin.read()
 `], { stdio: ['pipe', 'pipe', 'inherit'] })
-  const line = await new Promise<string>(resolve => py.stdout.once('data', (d: Buffer) => resolve(d.toString())))
+  // the whole line, however the pipe delivers it
+  const line = await new Promise<string>(resolve => {
+    let got = ''
+    py.stdout.on('data', (d: Buffer) => { got += d.toString(); if (got.includes('\n')) resolve(got) })
+  })
   const [pid, state] = line.trim().split(' ')
   try {
     assert.equal(state, 'Z', 'the child is a zombie while python lives')
