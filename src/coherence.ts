@@ -26,7 +26,8 @@
 // waiting: the kernel drops its pages once that write's answer unlocks them
 // (counted in `unwaited`). What this gives up is only the moment: a read
 // through that name that takes the page lock before the invalidation does
-// may still see the page as it was, as if it had come a moment earlier. Requests that carry only a file
+// may still see the page as it was, as if it had come a moment earlier.
+// Requests that carry only a file
 // handle (libfuse's nullpath_ok) come through the path the handle was
 // opened by, so handles remember it (opened/renamed/unlinked keep it what
 // libfuse's node for it is). Should that ever be wrong, the wait ends after

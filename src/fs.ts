@@ -1475,14 +1475,6 @@ export class FolioFs {
 
   /** free ino (the reaper) if nothing holds it any more (see unlink) */
   /**
-   * An inode's last handle went: free it if it has no name either. Every
-   * inode that loses its last name is in `orphans` (dropLink records it in
-   * the same transaction), so a link count of 0 without that is a damaged
-   * row (fsck: "nlink 0, expected N"), not a deleted file: it is kept,
-   * logged once, and its names keep working (it was freed, data and all,
-   * by the first open and close of it).
-   */
-  /**
    * An orphan with nlink 0 that an entry still names: damage (an edited
    * image; fsck reports the link count). Freeing it would empty a file
    * that has a name, so it is kept (logged once).
@@ -1496,6 +1488,14 @@ export class FolioFs {
     return true
   }
 
+  /**
+   * An inode's last handle went: free it if it has no name either. Every
+   * inode that loses its last name is in `orphans` (dropLink records it in
+   * the same transaction), so a link count of 0 without that is a damaged
+   * row (fsck: "nlink 0, expected N"), not a deleted file: it is kept,
+   * logged once, and its names keep working (it was freed, data and all,
+   * by the first open and close of it).
+   */
   private freeIfUnused (ino: number): void {
     if ((this.openCount.get(ino) ?? 0) > 0 || this.readonly) return
     if (this.storedNlink(ino) !== 0) return

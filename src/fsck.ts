@@ -188,13 +188,13 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
       if (p.indexOnly) add(`${what}: its index only`, undefined, { kind: 'reindex', table: p.table })
       else add(what)
     }
-    // the database's free pages: only the whole-database check walks them
-    // (the per-table one above does not), and a damaged freelist passes
-    // every read, then fails the first commit that reuses a page
     // format 4 on keeps a crc of every written block (datacsum.ts); a
     // read-write mount makes the table again, empty: blocks read unverified
     const hasCsums = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_csums'").get() !== undefined
     if (img.sb.version >= 4 && !hasCsums) add("table 'data_csums' is missing: data blocks are not verified (a read-write mount makes it again, empty)")
+    // the database's free pages: only the whole-database check walks them
+    // (the per-table one above does not), and a damaged freelist passes
+    // every read, then fails the first commit that reuses a page
     progress?.('sqlite free pages')
     const free = freePageProblems(db)
     if (free) add(`database free pages are damaged: ${free.first}${free.count > 1 ? ` (and ${free.count - 1} more problems)` : ''}`, undefined, { kind: 'vacuum' })
