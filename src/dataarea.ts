@@ -12,7 +12,8 @@
 //                         fe_physical. Block 0 is never allocated.
 // The file is sparse: blocks never written read as zeros and take no
 // space. A mapped block always lies below the end of the file (data is
-// written, and datasync'ed, before the commit that maps it).
+// written, and datasync'ed, before the commit that maps it; nothing ever
+// shortens the file): a read past the end is EIO.
 //
 // The image and its data area belong together: a missing data area, or
 // one of another image (uuid mismatch), is a corrupt image (exit 5), never
@@ -20,6 +21,7 @@
 import * as fs from 'fs'
 import { promisify } from 'util'
 import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
+import { fsErr } from './errno'
 
 const MAGIC = Buffer.from('FOLIOFS-DATA\n\0\0\0', 'latin1')
 const VERSION = 1
@@ -114,14 +116,11 @@ export class DataArea {
       const part = coalesce(bufs.slice(k, k + 1024))
       const want = part.reduce((s, b) => s + b.length, 0)
       const { bytesRead: n } = await readv(this.fd, part, pblk * BLOCK_SIZE + at)
-      if (n < want) { // past the end of the (sparse) file: zeros
-        let left = n
-        for (const b of part) {
-          if (left >= b.length) { left -= b.length; continue }
-          b.fill(0, left)
-          left = 0
-        }
-      }
+      // only mapped blocks are read, and they lie below the end (see the top
+      // of the file): a read past it is a data area cut short or a mapping
+      // gone wrong, and its bytes are gone. Zeros would be silent (a block
+      // with no checksum row, as in older images, passes as unverified).
+      if (n < want) throw fsErr('EIO', `data area ${this.path}: block ${pblk + Math.floor((at + n) / BLOCK_SIZE)} lies past its end`)
       this.stats.reads++
       this.stats.readBytes += want
       at += want
