@@ -160,6 +160,23 @@ export class FileData {
    * data needs; null when it is whole, or when the tree cannot be read (a
    * damaged tree is refused or reported on its own).
    */
+  /**
+   * The first extent that maps blocks the free-space map calls free (a
+   * map damaged in a way its encoding and crc cannot show: the allocator
+   * would hand those blocks to new writes, over the file's data), as
+   * verify() words it; null when there is none, or when the tree has more
+   * than maxNodes nodes (the check reads every node: ~0.5 us an extent
+   * here; fsck checks any size).
+   */
+  mappedFree (maxNodes: number): string | null {
+    if (this.tree.summary().nodes > maxNodes) return null
+    try {
+      return this.tree.verify().find(e => / maps free block /.test(e)) ?? null
+    } catch {
+      return null // a tree that cannot even be walked: refused elsewhere, or by its first use
+    }
+  }
+
   shortArea (): { size: number, needed: number } | null {
     const size = this.area.size()
     try {
