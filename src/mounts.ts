@@ -228,18 +228,25 @@ export function removeRecord (mountpoint: string, pid?: number): void {
  * Is pid running? A zombie is not: it has exited and waits for its parent
  * to reap it, which may be never (an orphaned supervisor in a container
  * whose PID 1 reaps nobody: umount waited its whole minute for one).
+ * One look at /proc/PID/stat answers both: gone (no entry) or a zombie is
+ * not running. Asking kill(pid, 0) first and /proc after raced: a zombie
+ * reaped in between had no entry any more, which read as "no /proc here,
+ * kill's answer stands", alive, and umount said the daemon had not exited
+ * (generic/024 in CI). kill(pid, 0) answers only where there is no /proc.
  */
 export function alive (pid: number): boolean {
+  let stat: string
   try {
-    process.kill(pid, 0)
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z' // the state follows "(comm) "
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
   } catch {
-    return true // no /proc here: kill's answer stands
+    if (fs.existsSync('/proc/self/stat')) return false // /proc is there: pid is gone
+    try {
+      process.kill(pid, 0)
+      return true
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM'
+    }
   }
+  return stat[stat.lastIndexOf(')') + 2] !== 'Z' // the state follows "(comm) "
 }
 
