@@ -6,6 +6,7 @@ import { spawn } from 'child_process'
 import createDebug from 'debug'
 import type Database from 'better-sqlite3'
 import { EXIT, ImageError, openImage, parseSize, type Superblock } from './image'
+import { refusedReadWrite } from './imageerror'
 import { FolioFs, type AtimeMode } from './fs'
 import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext } from './fuse-ops'
 import { Coherence } from './coherence'
@@ -258,7 +259,7 @@ function refuseDamagedTree (db: Database.Database, sb: Superblock, image: string
     process.stderr.write(`foliofs: ${image}: ${what}: serving read-only; files it maps read as EIO; see foliofs fsck\n`)
     return
   }
-  throw new ImageError(`${image}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
+  throw refusedReadWrite(image, what)
 }
 
 type Notify = (msg: { ready?: true, error?: string, exitCode?: number, phase?: string }) => void

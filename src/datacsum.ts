@@ -62,6 +62,10 @@ export interface CsumStats {
 /** what verify found: block indices (into the buffers given) that mismatched, and how many had no crc */
 export interface VerifyResult { bad: number[], unverified: number }
 
+/** whether the image has the table (format 4 on; a read-only format-3 image has none) */
+export const hasCsumTable = (db: Database.Database): boolean =>
+  db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_csums'").get() !== undefined
+
 export class DataCsums {
   readonly stats: CsumStats = { verifiedBlocks: 0, unverifiedBlocks: 0, errors: 0 }
   /** false on a read-only format-3 image (no table): everything reads unverified */
@@ -71,7 +75,7 @@ export class DataCsums {
 
   constructor (db: Database.Database) {
     if (!db.readonly) db.exec(CSUM_SCHEMA)
-    this.enabled = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_csums'").get() !== undefined
+    this.enabled = hasCsumTable(db)
     this.get = this.enabled ? db.prepare('SELECT crcs FROM data_csums WHERE chunk = ?').pluck() : null
     this.put = this.enabled && !db.readonly ? db.prepare('INSERT OR REPLACE INTO data_csums (chunk, crcs) VALUES (?, ?)') : null
   }

@@ -160,6 +160,16 @@ export class FileData {
    * data needs; null when it is whole, or when the tree cannot be read (a
    * damaged tree is refused or reported on its own).
    */
+  shortArea (): { size: number, needed: number } | null {
+    const size = this.area.size()
+    try {
+      const end = this.tree.writtenPast(Math.floor(size / BLOCK_SIZE))
+      return end === null ? null : { size, needed: end * BLOCK_SIZE }
+    } catch {
+      return null
+    }
+  }
+
   /**
    * The first extent that maps blocks the free-space map calls free (a
    * map damaged in a way its encoding and crc cannot show: the allocator
@@ -174,16 +184,6 @@ export class FileData {
       return this.tree.verify().find(e => / maps free block /.test(e)) ?? null
     } catch {
       return null // a tree that cannot even be walked: refused elsewhere, or by its first use
-    }
-  }
-
-  shortArea (): { size: number, needed: number } | null {
-    const size = this.area.size()
-    try {
-      const end = this.tree.writtenPast(Math.floor(size / BLOCK_SIZE))
-      return end === null ? null : { size, needed: end * BLOCK_SIZE }
-    } catch {
-      return null
     }
   }
 

@@ -27,7 +27,7 @@ import { Reaper } from './reaper'
 import { nameFromDb, nameToDb } from './names'
 import { batchStats, flushBatch, inBatch, inBatchMarked, onBatchFailure, onRollback, type WriteMark } from './sqltx'
 import { DataArea, dataAreaPath } from './dataarea'
-import { EXIT, ImageError } from './imageerror'
+import { EXIT, ImageError, refusedReadWrite } from './imageerror'
 import { BtreeError, type TreeOptions } from './btree'
 import { PageCache } from './pagecache/cache'
 import { BufferedIO } from './pagecache/io'
@@ -1480,7 +1480,6 @@ export class FolioFs {
     return h
   }
 
-  /** free ino (the reaper) if nothing holds it any more (see unlink) */
   /**
    * An orphan with nlink 0 that an entry still names: damage (an edited
    * image; fsck reports the link count). Freeing it would empty a file
@@ -1910,10 +1909,14 @@ export class FolioFs {
   private refuseMappedFree (image: string): void {
     if (this.readonly) return
     const bad = this.data.mappedFree(MOUNT_CHECK_NODES)
-    if (bad === null) return
+    if (bad !== null) this.refuseReadWrite(refusedReadWrite(image, `extent tree: ${bad}`, 'foliofs fsck --repair'))
+  }
+
+  /** give up a read-write mount in the constructor: the data area and the WAL descriptor closed, then err thrown */
+  private refuseReadWrite (err: ImageError): never {
     this.data.closeWal()
     this.data.area.close()
-    throw new ImageError(`${image}: corrupt image (extent tree: ${bad}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck --repair`, EXIT.CORRUPT)
+    throw err
   }
 
   /**
@@ -1930,9 +1933,7 @@ export class FolioFs {
       process.stderr.write(`foliofs: ${image}: ${what}: serving read-only; what lies past its end reads as EIO; see foliofs fsck\n`)
       return
     }
-    this.data.closeWal()
-    this.data.area.close()
-    throw new ImageError(`${image}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see foliofs fsck`, EXIT.CORRUPT)
+    this.refuseReadWrite(refusedReadWrite(image, what))
   }
 
   /** fsync: write back ino's data (if given), then make every commit durable. */

@@ -44,13 +44,12 @@
 // again; a round can make the next one's work visible (a directory linked
 // into lost+found makes its children reachable), so up to MAX_ROUNDS.
 import { EXIT, ImageError, nowTime, openImage, ROOT_INO } from './image'
-import { fsck, type Finding, type FsckReport } from './fsck'
+import { fsck, TYPE_NAMES, type Finding, type FsckReport } from './fsck'
 import { ExtentTree, lockrestartDoSync, salvageExtentTree, transGet } from './btree'
 import { dropJournalRow } from './journal'
 
 const MAX_ROUNDS = 3
 const LOST_FOUND = 'lost+found'
-const TYPE_NAMES: Record<number, string> = { 0o040000: 'directory', 0o100000: 'regular file', 0o120000: 'symlink' }
 
 export interface RepairResult { report: FsckReport, repaired: string[], refused: string | null }
 

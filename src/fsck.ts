@@ -15,7 +15,7 @@
 import * as fs from 'fs'
 import { BLOCK_SIZE, EXIT, ImageError, openImage, ROOT_INO } from './image'
 import { dataAreaPath } from './dataarea'
-import { DataCsums } from './datacsum'
+import { DataCsums, hasCsumTable } from './datacsum'
 import { crcsHere } from './crcthread'
 import { freePageProblems, tableProblems } from './imagecheck'
 import { journalRows } from './journal'
@@ -78,8 +78,11 @@ const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
 const S_IFLNK = 0o120000
-/** the file types of stat(2): fifo, character device, directory, block device, regular, symlink, socket */
-const FILE_TYPES = new Set([0o010000, 0o020000, S_IFDIR, 0o060000, S_IFREG, S_IFLNK, 0o140000])
+/** the file types of stat(2), by their S_IFMT bits, as findings and repairs name them */
+export const TYPE_NAMES: Record<number, string> = {
+  0o010000: 'fifo', 0o020000: 'character device', [S_IFDIR]: 'directory', 0o060000: 'block device', [S_IFREG]: 'regular file', [S_IFLNK]: 'symlink', 0o140000: 'socket'
+}
+const FILE_TYPES = new Set(Object.keys(TYPE_NAMES).map(Number))
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
 const validMode = (m: unknown): boolean => Number.isInteger(m) && (m as number) >= 0 && (m as number) <= 0o177777 && FILE_TYPES.has((m as number) & S_IFMT)
 const validCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0
@@ -118,7 +121,6 @@ class Paths {
   }
 }
 
-const TYPE_WORDS: Record<number, string> = { 0o010000: 'fifo', 0o020000: 'character device', 0o040000: 'directory', 0o060000: 'block device', 0o120000: 'symlink', 0o140000: 'socket' }
 
 /**
  * Blocks two extents map (e2fsck's multiply-claimed blocks): each file
@@ -190,8 +192,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
     }
     // format 4 on keeps a crc of every written block (datacsum.ts); a
     // read-write mount makes the table again, empty: blocks read unverified
-    const hasCsums = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_csums'").get() !== undefined
-    if (img.sb.version >= 4 && !hasCsums) add("table 'data_csums' is missing: data blocks are not verified (a read-write mount makes it again, empty)")
+    if (img.sb.version >= 4 && !hasCsumTable(db)) add("table 'data_csums' is missing: data blocks are not verified (a read-write mount makes it again, empty)")
     // the database's free pages: only the whole-database check walks them
     // (the per-table one above does not), and a damaged freelist passes
     // every read, then fails the first commit that reuses a page
@@ -391,7 +392,7 @@ export function fsck (image: string, opts: FsckOptions | FsckOptions['progress']
         }
         const type = i.mode & S_IFMT
         if (!malformed.get(ino)?.has('mode') && type === S_IFLNK && i.tlen === null) add('symlink has no target', ino)
-        if (m && type !== S_IFREG && validMode(i.mode)) add(`${TYPE_WORDS[type] ?? 'file'} maps ${m.blocks} data block${m.blocks > 1 ? 's' : ''}`, ino)
+        if (m && type !== S_IFREG && validMode(i.mode)) add(`${TYPE_NAMES[type]} maps ${m.blocks} data block${m.blocks > 1 ? 's' : ''}`, ino)
         if (malformed.get(ino)?.has('size')) continue // below, with the journal
         if (m && m.end > Math.ceil(i.size / BLOCK_SIZE) && !orphans.has(ino)) add(`extent beyond size ${i.size}`, ino, { kind: 'size', ino, size: m.end * BLOCK_SIZE })
       }

@@ -21,3 +21,12 @@ export class ImageError extends Error {
     this.exitCode = exitCode
   }
 }
+
+/**
+ * The refusal of a read-write mount of a damaged image that a read-only
+ * one still serves (exit 5): what is wrong, and `see`, the command that
+ * looks into it.
+ */
+export function refusedReadWrite (image: string, what: string, see = 'foliofs fsck'): ImageError {
+  return new ImageError(`${image}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see ${see}`, EXIT.CORRUPT)
+}
