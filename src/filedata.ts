@@ -56,6 +56,18 @@ export interface TruncateStats {
   maxTruncateStepMs: number
 }
 
+export interface FileDataOptions extends TreeOptions {
+  /** punch freed blocks (default: on, where the host supports it; never on a read-only image) */
+  discard?: boolean
+  /**
+   * the clock truncate and unlink steps are timed by (default
+   * performance.now). Their batch sizes follow it, so a test that counts
+   * steps injects one whose steps take a fixed time; with the real clock
+   * the count depends on the machine's load.
+   */
+  stepClock?: () => number
+}
+
 /** one writeback run to commit (FileData.commitRuns) */
 export interface RunCommit {
   ino: number
@@ -108,8 +120,11 @@ export class FileData {
   /** reads the libfuse threads make themselves (readplan.ts): freed blocks wait for those in flight before reuse */
   readonly plans = new ReadPlans()
 
-  /** discard: punch freed blocks (default: on, where the host supports it; never on a read-only image) */
-  constructor (private readonly db: Database.Database, readonly area: DataArea, opts: TreeOptions & { discard?: boolean }) {
+  /** times truncate steps (nextBatch); tests inject a fixed one, as the batch sizes depend on it */
+  private readonly now: () => number
+
+  constructor (private readonly db: Database.Database, readonly area: DataArea, opts: FileDataOptions) {
+    this.now = opts.stepClock ?? (() => performance.now())
     this.discard = new Discard(area.descriptor, (opts.discard ?? true) && !db.readonly)
     this.tree = ExtentTree.open(db, {
       ...opts,
@@ -470,7 +485,7 @@ export class FileData {
    * is synchronous).
    */
   private truncateStep (t: BtreeTrans, ino: number, keep: number, batch: number, first: boolean, onStep: TruncateStep, end = END): { done: boolean, ms: number } {
-    const t0 = performance.now()
+    const t0 = this.now()
     const { count, stop } = t.extentsAhead(ino, keep, end, batch)
     if (count) t.deleteRange(ino, keep, stop)
     const done = stop === end
@@ -478,7 +493,7 @@ export class FileData {
       onStep(freed.reduce((s, r) => s + r.len, 0), first, done)
       this.onMapChange?.(ino)
     })
-    const ms = performance.now() - t0
+    const ms = this.now() - t0
     this.noteTruncateStep(count, ms)
     return { done, ms }
   }
@@ -530,7 +545,7 @@ export class FileData {
 
   /** One unmapFiles step: returns the files it did not finish (the first may be partly unmapped) and how long it took. */
   private unmapFilesStep (t: BtreeTrans, inos: number[], batch: number, onStep: (ino: number, freed: number, last: boolean) => void): { rest: number[], ms: number } {
-    const t0 = performance.now()
+    const t0 = this.now()
     const touched: Array<{ ino: number, last: boolean }> = []
     let budget = batch
     let k = 0
@@ -552,7 +567,7 @@ export class FileData {
         this.onMapChange?.(f.ino)
       })
     })
-    const ms = performance.now() - t0
+    const ms = this.now() - t0
     this.noteTruncateStep(batch - budget, ms)
     return { rest: inos.slice(k), ms }
   }

@@ -53,6 +53,8 @@ export interface FsOptions extends TreeOptions {
   memoryLow?: () => boolean
   /** punch freed blocks out of the data area (-o discard, the default; -o nodiscard) */
   discard?: boolean
+  /** tests: the clock truncate and unlink steps are timed by (FileDataOptions.stepClock) */
+  stepClock?: () => number
 }
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
