@@ -2,6 +2,7 @@
 // the supervisor that runs it in the background and cleans up after it.
 import * as fs from 'fs'
 import * as path from 'path'
+import * as os from 'os'
 import { spawn } from 'child_process'
 import createDebug from 'debug'
 import type Database from 'better-sqlite3'
@@ -168,6 +169,10 @@ function parseCacheSize (val: string, opt: string): number {
   let n: number
   try { n = parseSize(val) } catch { throw new ImageError(`malformed mount option '${opt}' (use e.g. cache_size=256M)`, EXIT.USAGE) }
   if (n < 1024 * 1024) throw new ImageError(`mount option '${opt}': the page cache needs at least 1M`, EXIT.USAGE)
+  // dirty data is throttled only at half the cache: a cache past the
+  // machine's memory lets writers fill memory with it
+  const mem = os.totalmem()
+  if (n > mem) throw new ImageError(`mount option '${opt}': the page cache cannot be larger than this machine's memory (${Math.floor(mem / (1 << 20))}M)`, EXIT.USAGE)
   return n
 }
 
