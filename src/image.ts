@@ -19,11 +19,11 @@ import * as nodePath from 'path'
 import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 import { bucketsOf } from './btree/alloc'
-import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
+import { BLOCK_SIZE, EXIT, ImageError, refusedReadWrite } from './imageerror'
 import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
 import { CSUM_SCHEMA } from './datacsum'
 import { JOURNAL_SCHEMA } from './journal'
-import { describeProblems, tableProblems, truncation } from './imagecheck'
+import { describeProblems, mountProblems, tableProblems, truncation } from './imagecheck'
 import { fileUsers } from './mounts'
 
 export { BLOCK_SIZE, EXIT, ImageError }
@@ -394,12 +394,13 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
     const sb = readSuperblock(ro, path, opts.upgradable ?? !opts.readonly)
     checkDataArea(path, sb.uuid)
     if (opts.check !== false) {
-      const problems = tableProblems(ro, true)
+      const { tables: problems, free } = mountProblems(ro)
       if (problems.length) {
         // one line for the user; every table's first problem in the log (our stderr)
         for (const p of problems) process.stderr.write(`foliofs: ${path}: table '${p.table}': ${p.count} problem(s), first: ${p.first}\n`)
         throw new ImageError(`${path}: corrupt image (${describeProblems(problems.slice(0, 1))}${problems.length > 1 ? `; ${problems.length - 1} more damaged table(s)` : ''}); run foliofs fsck`, EXIT.CORRUPT)
       }
+      if (free && (opts.writable ?? !opts.readonly)) throw refusedReadWrite(path, `SQLite's free page list: ${free.first}`, 'foliofs fsck --repair')
     }
     opts.validate?.(ro, sb)
     if (opts.readonly) return { db: ro, sb, path, readonly: true }

@@ -59,7 +59,7 @@ const INDEX_ONLY = /^(row \d+ missing from index \S+|wrong # of entries in index
  * the full check (dirents of 100k files: ~20 ms more here, warm). fsck
  * runs the full integrity_check everywhere.
  */
-export function tableProblems (db: Database.Database, quick: boolean): TableProblem[] {
+export function tableProblems (db: Database.Database, quick: boolean, onlyIndexed = false): TableProblem[] {
   const out: TableProblem[] = []
   let tables: string[]
   try {
@@ -72,6 +72,7 @@ export function tableProblems (db: Database.Database, quick: boolean): TableProb
     indexed = new Set(db.prepare("SELECT DISTINCT tbl_name FROM sqlite_master WHERE type = 'index'").pluck().all() as string[])
   } catch { /* sqlite_master was readable above; checked per table below anyway */ }
   for (const t of tables) {
+    if (onlyIndexed && !indexed.has(t)) continue
     const pragma = quick && !indexed.has(t) ? 'quick_check' : 'integrity_check'
     try {
       const rows = db.prepare(`PRAGMA ${pragma}("${t.replace(/"/g, '""')}")`).pluck().all() as string[]
@@ -92,15 +93,40 @@ export function tableProblems (db: Database.Database, quick: boolean): TableProb
  * page (fsck only); null when they are sound, or when the check cannot
  * run (a damage tableProblems reports).
  */
-export function freePageProblems (db: Database.Database): { first: string, count: number } | null {
-  let rows: string[]
+export function freePageProblems (db: Database.Database): FreePageProblem | null {
+  const bad = wholeQuickCheck(db)
+  return bad === null ? null : freeLines(bad)
+}
+
+export interface FreePageProblem { first: string, count: number }
+
+/** the lines of SQLite's whole-database quick_check that are problems ([] when sound), or null when it cannot run */
+function wholeQuickCheck (db: Database.Database): string[] | null {
   try {
-    rows = db.prepare('PRAGMA quick_check').pluck().all() as string[]
+    const rows = db.prepare('PRAGMA quick_check').pluck().all() as string[]
+    return rows.flatMap(r => r.split('\n')).filter(r => r !== 'ok')
   } catch {
     return null
   }
-  const bad = rows.flatMap(r => r.split('\n')).filter(r => /freelist|never used|pointer map|ptrmap/i.test(r))
-  return bad.length ? { first: bad[0], count: bad.length } : null
+}
+
+function freeLines (bad: string[]): FreePageProblem | null {
+  const free = bad.filter(r => /freelist|never used|pointer map|ptrmap/i.test(r))
+  return free.length ? { first: free[0], count: free.length } : null
+}
+
+/**
+ * What mount checks: the whole database's quick_check (every page once,
+ * the free page list too), then the full check of the tables that have an
+ * index (see tableProblems). Only when the quick check finds something
+ * does it go table by table, to name the damaged ones. A damaged free page
+ * list harms only a writer: SQLite fails the first commit that takes a
+ * page from it, and every one after (the caller refuses read-write).
+ */
+export function mountProblems (db: Database.Database): { tables: TableProblem[], free: FreePageProblem | null } {
+  const bad = wholeQuickCheck(db)
+  if (bad !== null && bad.length === 0) return { tables: tableProblems(db, true, true), free: null }
+  return { tables: tableProblems(db, true), free: bad === null ? null : freeLines(bad) }
 }
 
 /** one line for a list of damaged tables */
