@@ -7,8 +7,9 @@
 // What the daemon owes the kernel (libfuse's contract for POSIX_ACL):
 // * the mode and the access ACL agree: setting an access ACL sets the
 //   mode's rwx bits from it (owner from USER_OBJ, group from MASK if there
-//   is one else GROUP_OBJ, other from OTHER); an ACL without named users
-//   or groups is not stored (modeOnly), as ext4 does; chmod rewrites
+//   is one else GROUP_OBJ, other from OTHER); an ACL of only those three
+//   (no mask, no named user or group) is not stored (modeOnly), as ext4
+//   does; chmod rewrites
 //   those three entries of a stored ACL (withMode);
 // * inheritance (inherit): a new inode in a directory with a default ACL
 //   gets that ACL as its access ACL, masked by the mode it was created
@@ -64,8 +65,14 @@ export function aclModeBits (acl: AclEntry[]): number {
   return (find(acl, USER_OBJ)!.perm << 6) | (group.perm << 3) | find(acl, OTHER)!.perm
 }
 
-/** the ACL says nothing the mode does not: no named user or group (a mask alone is the mode's group bits; ext4's posix_acl_equiv_mode) */
-export const modeOnly = (acl: AclEntry[]): boolean => !acl.some(e => e.tag === USER || e.tag === GROUP)
+/**
+ * the ACL says nothing the mode does not: only the owner, group and
+ * other entries (the kernel's posix_acl_equiv_mode). A mask alone says
+ * more: the mode's group bits show the mask, and the group's own entry
+ * stays what the group gets (limited by the mask). Dropping such an ACL
+ * gave the owning group the mask's permissions.
+ */
+export const modeOnly = (acl: AclEntry[]): boolean => acl.every(e => e.tag === USER_OBJ || e.tag === GROUP_OBJ || e.tag === OTHER)
 
 /** chmod: the access ACL with its owner, group-class (mask, else group) and other entries from mode */
 export function withMode (acl: AclEntry[], mode: number): AclEntry[] {

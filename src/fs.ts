@@ -137,11 +137,18 @@ export interface Stat {
 export interface Creds { uid: number, gid: number, umask?: number }
 
 /**
- * Who writes or truncates (killPriv): uid 0 stands for CAP_FSETID;
+ * Who changes a file's data or its access ACL (killPriv, setAcl).
  * inGroup answers for the caller's supplementary groups too (the FUSE
- * request carries only the fsgid).
+ * request carries only the fsgid); fsetid, whether it has CAP_FSETID
+ * (without it, uid 0 stands for it). Both read /proc: call them only when
+ * the file has a setuid or setgid bit to lose.
  */
-export interface Writer { uid: number, gid: number, inGroup?: (gid: number) => boolean }
+export interface Writer { uid: number, gid: number, inGroup?: (gid: number) => boolean, fsetid?: () => boolean }
+
+/** the caller is in group gid (its fsgid or a supplementary group) */
+const inGroupOf = (who: Writer, gid: number): boolean => who.gid === gid || (who.inGroup?.(gid) ?? false)
+/** the caller has CAP_FSETID */
+const hasFsetid = (who: Writer): boolean => who.fsetid?.() ?? who.uid === 0
 
 export interface StatFs {
   bsize: number, frsize: number, blocks: number, bfree: number, bavail: number,
@@ -1706,10 +1713,10 @@ export class FolioFs {
    * (internal callers): nothing.
    */
   private killPriv (i: Inode, who?: Writer): void {
-    if (!who || who.uid === 0 || !(i.mode & 0o6000) || !isRegular(i.mode)) return
+    if (!who || !(i.mode & 0o6000) || !isRegular(i.mode)) return
     let mode = i.mode & ~0o4000
-    if ((i.mode & 0o2000) && ((i.mode & 0o010) || !(who.gid === i.gid || (who.inGroup?.(i.gid) ?? false)))) mode &= ~0o2000
-    if (mode === i.mode) return
+    if ((i.mode & 0o2000) && ((i.mode & 0o010) || !inGroupOf(who, i.gid))) mode &= ~0o2000
+    if (mode === i.mode || hasFsetid(who)) return
     const t = nowTime()
     this.tx(() => this.q.setMode.run(mode, t.sec, t.nsec, i.ino))
     this.onPrivsDropped(i.ino)
@@ -1746,11 +1753,11 @@ export class FolioFs {
    * file: EOPNOTSUPP. Writeback into preallocated blocks is copy-on-write
    * like every writeback, so it allocates anew and frees the unwritten block.
    */
-  fallocate (ino: number, mode: number, offset: number, length: number): Promise<void> {
-    return this.changing(async () => await this.fallocateNow(ino, mode, offset, length))
+  fallocate (ino: number, mode: number, offset: number, length: number, who?: Writer): Promise<void> {
+    return this.changing(async () => await this.fallocateNow(ino, mode, offset, length, who))
   }
 
-  private async fallocateNow (ino: number, mode: number, offset: number, length: number): Promise<void> {
+  private async fallocateNow (ino: number, mode: number, offset: number, length: number, who?: Writer): Promise<void> {
     if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) throw fsErr('EOPNOTSUPP', `fallocate mode ${mode}`)
     if ((mode & FALLOC_FL_PUNCH_HOLE) && (!(mode & FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE))) throw fsErr('EOPNOTSUPP')
     if (offset < 0 || length <= 0) throw fsErr('EINVAL')
@@ -1762,6 +1769,7 @@ export class FolioFs {
       if (!isRegular(i.mode)) throw fsErr('ENODEV')
       const flags = this.iflags(ino)
       if ((flags & FS_IMMUTABLE_FL) || ((flags & FS_APPEND_FL) && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))) throw fsErr('EPERM')
+      this.killPriv(i, who) // every mode, as ext4 (file_modified)
       const t = nowTime()
       const end = offset + length
       if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) await this.punch(ino, offset, Math.min(end, this.sizeOf(ino)), t)
@@ -1803,11 +1811,11 @@ export class FolioFs {
    * target has bytes it is punched there (the copy reads zeros, and stays
    * sparse). Returns the bytes copied (0 at or past the source's end).
    */
-  copyFileRange (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
-    return this.changing(async () => await this.copyFileRangeNow(inoIn, offIn, inoOut, offOut, len))
+  copyFileRange (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number, who?: Writer): Promise<number> {
+    return this.changing(async () => await this.copyFileRangeNow(inoIn, offIn, inoOut, offOut, len, who))
   }
 
-  private async copyFileRangeNow (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number): Promise<number> {
+  private async copyFileRangeNow (inoIn: number, offIn: number, inoOut: number, offOut: number, len: number, who?: Writer): Promise<number> {
     if (this.readonly) throw fsErr('EROFS')
     if (!isRegular(this.inode(inoIn).mode) || !isRegular(this.inode(inoOut).mode)) throw fsErr('EINVAL')
     if (offIn < 0 || offOut < 0) throw fsErr('EINVAL')
@@ -1816,6 +1824,7 @@ export class FolioFs {
     const n = Math.max(0, Math.min(len, this.sizeOf(inoIn) - offIn, MAX_FILE_SIZE - offOut))
     if (n === 0) return 0
     if (inoIn === inoOut && offIn < offOut + n && offOut < offIn + n) throw fsErr('EINVAL', 'overlapping copy')
+    await this.withInode(inoOut, async () => { this.killPriv(this.inode(inoOut), who) }) // as the write it stands for
     const buf = Buffer.allocUnsafe(Math.min(n, COPY_CHUNK))
     // [from, to) of the source is a hole: zeros where the target has bytes
     const zeroTarget = async (from: number, to: number): Promise<void> => {
@@ -2050,10 +2059,10 @@ export class FolioFs {
     if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name)
   }
 
-  setxattr (ino: number, name: string, value: Buffer, flags: number): void {
+  setxattr (ino: number, name: string, value: Buffer, flags: number, who?: Writer): void {
     this.checkXattrName(name)
     if (value.length > XATTR_SIZE_MAX) throw fsErr('E2BIG')
-    if (isAclName(name)) { this.setAcl(ino, name, value); return }
+    if (isAclName(name)) { this.setAcl(ino, name, value, who); return }
     this.tx(() => {
       this.inode(ino)
       this.checkNotFrozen(ino)
@@ -2069,9 +2078,12 @@ export class FolioFs {
   /**
    * An ACL (acl.ts): an access ACL sets the mode's rwx bits and is stored
    * only when it says more than the mode; a default ACL only on
-   * directories (EACCES otherwise).
+   * directories (EACCES otherwise). Setting an access ACL drops setgid
+   * when the caller is neither in the file's group nor has CAP_FSETID
+   * (posix_acl_update_mode, CVE-2016-7097: the kernel leaves it to the
+   * daemon, and libfuse drops its FUSE_SETXATTR_ACL_KILL_SGID flag).
    */
-  private setAcl (ino: number, name: string, value: Buffer): void {
+  private setAcl (ino: number, name: string, value: Buffer, who?: Writer): void {
     const acl = parseAcl(value)
     if (!acl) throw fsErr('EINVAL', `bad ACL in ${name}`)
     this.tx(() => {
@@ -2082,7 +2094,8 @@ export class FolioFs {
         if (!isDir(i.mode)) throw fsErr('EACCES')
         this.putXattr(ino, name, Buffer.from(value))
       } else {
-        this.q.setMode.run((i.mode & ~0o777) | aclModeBits(acl), t.sec, t.nsec, ino)
+        const sgid = (i.mode & 0o2000) !== 0 && who !== undefined && !inGroupOf(who, i.gid) && !hasFsetid(who)
+        this.q.setMode.run((i.mode & ~0o777 & ~(sgid ? 0o2000 : 0)) | aclModeBits(acl), t.sec, t.nsec, ino)
         if (modeOnly(acl)) this.q.delXattr.run(ino, name)
         else this.putXattr(ino, name, encodeAcl(acl))
       }
@@ -2093,22 +2106,31 @@ export class FolioFs {
   getxattr (ino: number, name: string): Buffer {
     this.inode(ino)
     checkXattrSuffix(name)
-    if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('ENODATA')
+    if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name) // as setxattr, and ext4
     const v = this.q.getXattr.get(ino, name) as Buffer | undefined
     if (v === undefined) throw fsErr('ENODATA')
     return v
   }
 
-  listxattr (ino: number): string[] {
+  /**
+   * The names of ino's xattrs. trusted.* names only when the caller may
+   * read them (privileged: CAP_SYS_ADMIN, asked only when there are some),
+   * as ext4 lists them.
+   */
+  listxattr (ino: number, privileged: () => boolean = () => true): string[] {
     this.inode(ino)
-    return (this.q.listXattr.all(ino) as string[]).filter(n => n !== IFLAGS_XATTR)
+    const names = (this.q.listXattr.all(ino) as string[]).filter(n => n !== IFLAGS_XATTR)
+    return names.some(n => n.startsWith('trusted.')) && !privileged() ? names.filter(n => !n.startsWith('trusted.')) : names
   }
 
   removexattr (ino: number, name: string): void {
     this.checkXattrName(name)
     this.tx(() => {
       this.checkNotFrozen(ino)
-      if (this.q.delXattr.run(ino, name).changes === 0) throw fsErr('ENODATA')
+      if (this.q.delXattr.run(ino, name).changes === 0) {
+        if (isAclName(name)) return // no ACL to remove: done, as on ext4 (setfacl -b of a plain file)
+        throw fsErr('ENODATA')
+      }
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)
     })

@@ -40,15 +40,34 @@ export interface OpsContext {
   flocks?: Flocks
 }
 
+/** /proc/PID/status of the caller (the request's pid is its thread's: /proc has that too), or null when it is gone or not in our /proc */
+function procStatus (pid: number): string | null {
+  if (!pid) return null
+  try {
+    return nodefs.readFileSync(`/proc/${pid}/status`, 'utf8')
+  } catch {
+    return null
+  }
+}
+
 /** the supplementary groups of process pid (as libfuse's fuse_getgroups: /proc); none if it is gone */
 function supplementaryGroups (pid: number): number[] {
-  if (!pid) return []
-  try {
-    const m = /^Groups:\s*(.*)$/m.exec(nodefs.readFileSync(`/proc/${pid}/status`, 'utf8'))
-    return m ? m[1].trim().split(/\s+/).filter(Boolean).map(Number) : []
-  } catch {
-    return []
-  }
+  const m = /^Groups:\s*(.*)$/m.exec(procStatus(pid) ?? '')
+  return m ? m[1].trim().split(/\s+/).filter(Boolean).map(Number) : []
+}
+
+export const CAP_FSETID = 4
+export const CAP_SYS_ADMIN = 21
+
+/**
+ * Process pid has capability cap in its effective set (CapEff of
+ * /proc/PID/status). Where /proc cannot say (the process is gone, or in
+ * another pid namespace), uid 0 stands for it.
+ */
+export function capable (pid: number, uid: number, cap: number): boolean {
+  const m = /^CapEff:\s*([0-9a-fA-F]+)$/m.exec(procStatus(pid) ?? '')
+  if (!m) return uid === 0
+  return ((BigInt(`0x${m[1]}`) >> BigInt(cap)) & 1n) === 1n
 }
 /**
  * Entries one READDIR request is answered with, at most: the binding drops
@@ -165,12 +184,12 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     const c = ctx.fuse.context
     return { uid: c?.uid ?? process.getuid?.() ?? 0, gid: c?.gid ?? process.getgid?.() ?? 0, umask: c?.umask ?? 0 }
   }
-  /** the caller of a write or truncate (killPriv): its supplementary groups read from /proc only when needed */
+  /** the caller of a write, truncate or ACL change (killPriv, setAcl): its groups and capability read from /proc only when needed */
   const writer = (): Writer => {
     const c = ctx.fuse.context
     const w = creds()
     const pid = c?.pid ?? 0
-    return { ...w, inGroup: gid => supplementaryGroups(pid).includes(gid) }
+    return { ...w, inGroup: gid => supplementaryGroups(pid).includes(gid), fsetid: () => capable(pid, w.uid, CAP_FSETID) }
   }
   const ino = (path: string | null): number => {
     if (path === null) throw fsErr('ENOENT', 'unlinked')
@@ -391,11 +410,14 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     // path (fd 0) otherwise
     setxattr: (path: string | null, name: string, value: Buffer, _pos: number, flags: number, fd: number, cb: Cb) => reply('setxattr', cb, () => {
       const i = fileIno(path, fd)
-      return settled(fs.setxattr(i, name, value, flags), [i], [via(path, fd)])
+      return settled(fs.setxattr(i, name, value, flags, writer()), [i], [via(path, fd)])
     }),
     getxattr: (path: string | null, name: string, _pos: number, fd: number, cb: Cb) =>
       reply('getxattr', cb, () => [fs.getxattr(fileIno(path, fd), name)]),
-    listxattr: (path: string | null, fd: number, cb: Cb) => reply('listxattr', cb, () => [fs.listxattr(fileIno(path, fd))]),
+    listxattr: (path: string | null, fd: number, cb: Cb) => reply('listxattr', cb, () => {
+      const c = ctx.fuse.context
+      return [fs.listxattr(fileIno(path, fd), () => capable(c?.pid ?? 0, creds().uid, CAP_SYS_ADMIN))]
+    }),
     removexattr: (path: string | null, name: string, fd: number, cb: Cb) => reply('removexattr', cb, () => {
       const i = fileIno(path, fd)
       return settled(fs.removexattr(i, name), [i], [via(path, fd)])
@@ -404,12 +426,12 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       reply('lseek', cb, async () => [await fs.lseek(fileIno(path, fd), offset, whence)]),
     fallocate: (path: string | null, fd: number, mode: number, offset: number, length: number, cb: Cb) => reply('fallocate', cb, () => {
       const i = fileIno(path, fd)
-      return settled(fs.fallocate(i, mode, offset, length), [i], [via(path, fd)])
+      return settled(fs.fallocate(i, mode, offset, length, writer()), [i], [via(path, fd)])
     }),
     copy_file_range: (pathIn: string | null, fdIn: number, offIn: number, pathOut: string | null, fdOut: number, offOut: number, len: number, _flags: number, cb: Cb) =>
       replyValue('copy_file_range', cb, () => {
         const out = fileIno(pathOut, fdOut)
-        return settled(fs.copyFileRange(fileIno(pathIn, fdIn), offIn, out, offOut, len), [out], [via(pathOut, fdOut)])
+        return settled(fs.copyFileRange(fileIno(pathIn, fdIn), offIn, out, offOut, len, writer()), [out], [via(pathOut, fdOut)])
       }),
     ioctl: (path: string | null, fd: number, cmd: number, data: Buffer, cb: Cb) =>
       replyValue('ioctl', cb, () => ioctl(ctx, cmd >>> 0, data, () => fileIno(path, fd), creds))
