@@ -332,7 +332,7 @@ export class FolioFs {
       this.inodeRows.clear() // and inode rows
       this.orphanSet = null // and the orphans table
     })
-    this.xattrNames = new Set(this.q.xattrNames.all() as string[]) // the one scan of the xattrs table
+    this.xattrNames = new Set((this.q.xattrNames.all() as Array<string | Buffer>).map(nameFromDb)) // the one scan of the xattrs table
     this.nextIno = this.q.nextIno.get() as number
     const area = DataArea.open(img.path, img.sb.uuid, img.readonly)
     try {
@@ -569,11 +569,26 @@ export class FolioFs {
     this.dentries.set(key, ino)
   }
 
-  /** the one place an xattr is stored: every store goes through onXattrName first */
+  /**
+   * The one place an xattr is stored: every store goes through
+   * onXattrName first. Xattr names are byte strings (names.ts), as file
+   * names: stored as TEXT when valid UTF-8, else as a BLOB of their bytes
+   * (user.\xff and user.\xfe are two attributes, as on ext4). getXattrRow
+   * and delXattrRow look them up the same way.
+   */
   private putXattr (ino: number, name: string, value: Buffer): void {
     this.onXattrName(name)
     this.xattrNames.add(name)
-    this.q.putXattr.run(ino, name, value)
+    this.q.putXattr.run(ino, nameToDb(name), value)
+  }
+
+  private getXattrRow (ino: number, name: string): Buffer | undefined {
+    return this.q.getXattr.get(ino, nameToDb(name)) as Buffer | undefined
+  }
+
+  /** whether there was one */
+  private delXattrRow (ino: number, name: string): boolean {
+    return this.q.delXattr.run(ino, nameToDb(name)).changes > 0
   }
 
   /** the xattr names some inode has, or had since the mount (no scan: kept since the mount's one) */
@@ -991,7 +1006,7 @@ export class FolioFs {
         if (isDir(mode)) mode |= 0o2000
       }
       // a default ACL of the directory replaces the umask (acl.ts); symlinks keep 0777
-      const def = this.anyDefaultAcl ? this.q.getXattr.get(pino, ACL_DEFAULT) as Buffer | undefined : undefined
+      const def = this.anyDefaultAcl ? this.getXattrRow(pino, ACL_DEFAULT) : undefined
       const defAcl = def === undefined ? null : parseAcl(def)
       let access: Buffer | null = null
       if ((mode & S_IFMT) !== S_IFLNK) {
@@ -1430,7 +1445,7 @@ export class FolioFs {
       const t = nowTime()
       this.q.setMode.run((i.mode & S_IFMT) | (mode & 0o7777), t.sec, t.nsec, ino)
       // the access ACL follows the mode (acl.ts)
-      const stored = this.q.getXattr.get(ino, ACL_ACCESS) as Buffer | undefined
+      const stored = this.getXattrRow(ino, ACL_ACCESS)
       const acl = stored === undefined ? null : parseAcl(stored)
       if (acl) this.putXattr(ino, ACL_ACCESS, encodeAcl(withMode(acl, mode)))
     })
@@ -2009,7 +2024,7 @@ export class FolioFs {
     let f = this.iflagsCache.get(ino)
     if (f === undefined) {
       if (this.iflagsCache.size >= IFLAGS_CACHE_MAX) this.iflagsCache.clear() // crude, and rare
-      f = decodeIflags(this.q.getXattr.get(ino, IFLAGS_XATTR) as Buffer | undefined)
+      f = decodeIflags(this.getXattrRow(ino, IFLAGS_XATTR))
       this.iflagsCache.set(ino, f)
     }
     return f
@@ -2027,7 +2042,7 @@ export class FolioFs {
       const old = this.iflags(ino)
       if (creds.uid !== 0 && creds.uid !== i.uid) throw fsErr('EPERM')
       if (((old ^ flags) & PRIVILEGED_IFLAGS) && creds.uid !== 0) throw fsErr('EPERM')
-      if (flags === 0) this.q.delXattr.run(ino, IFLAGS_XATTR)
+      if (flags === 0) this.delXattrRow(ino, IFLAGS_XATTR)
       else this.putXattr(ino, IFLAGS_XATTR, encodeIflags(flags))
       const t = nowTime()
       this.q.touchC.run(t.sec, t.nsec, ino)
@@ -2054,7 +2069,7 @@ export class FolioFs {
   // ---- extended attributes -------------------------------------------
 
   private checkXattrName (name: string): void {
-    if (name.length === 0 || Buffer.byteLength(name) > XATTR_NAME_MAX) throw fsErr('ERANGE')
+    if (name.length === 0 || name.length > XATTR_NAME_MAX) throw fsErr('ERANGE') // a byte string: its length is its bytes
     checkXattrSuffix(name)
     if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name)
   }
@@ -2066,7 +2081,7 @@ export class FolioFs {
     this.tx(() => {
       this.inode(ino)
       this.checkNotFrozen(ino)
-      const exists = this.q.getXattr.get(ino, name) !== undefined
+      const exists = this.getXattrRow(ino, name) !== undefined
       if ((flags & XATTR_CREATE) && exists) throw fsErr('EEXIST')
       if ((flags & XATTR_REPLACE) && !exists) throw fsErr('ENODATA')
       this.putXattr(ino, name, Buffer.from(value))
@@ -2096,7 +2111,7 @@ export class FolioFs {
       } else {
         const sgid = (i.mode & 0o2000) !== 0 && who !== undefined && !inGroupOf(who, i.gid) && !hasFsetid(who)
         this.q.setMode.run((i.mode & ~0o777 & ~(sgid ? 0o2000 : 0)) | aclModeBits(acl), t.sec, t.nsec, ino)
-        if (modeOnly(acl)) this.q.delXattr.run(ino, name)
+        if (modeOnly(acl)) this.delXattrRow(ino, name)
         else this.putXattr(ino, name, encodeAcl(acl))
       }
       this.q.touchC.run(t.sec, t.nsec, ino)
@@ -2107,7 +2122,7 @@ export class FolioFs {
     this.inode(ino)
     checkXattrSuffix(name)
     if (!/^(user|trusted|security)\./.test(name) && !isAclName(name)) throw fsErr('EOPNOTSUPP', name) // as setxattr, and ext4
-    const v = this.q.getXattr.get(ino, name) as Buffer | undefined
+    const v = this.getXattrRow(ino, name)
     if (v === undefined) throw fsErr('ENODATA')
     return v
   }
@@ -2119,7 +2134,7 @@ export class FolioFs {
    */
   listxattr (ino: number, privileged: () => boolean = () => true): string[] {
     this.inode(ino)
-    const names = (this.q.listXattr.all(ino) as string[]).filter(n => n !== IFLAGS_XATTR)
+    const names = (this.q.listXattr.all(ino) as Array<string | Buffer>).map(nameFromDb).filter(n => n !== IFLAGS_XATTR)
     return names.some(n => n.startsWith('trusted.')) && !privileged() ? names.filter(n => !n.startsWith('trusted.')) : names
   }
 
@@ -2127,7 +2142,7 @@ export class FolioFs {
     this.checkXattrName(name)
     this.tx(() => {
       this.checkNotFrozen(ino)
-      if (this.q.delXattr.run(ino, name).changes === 0) {
+      if (!this.delXattrRow(ino, name)) {
         if (isAclName(name)) return // no ACL to remove: done, as on ext4 (setfacl -b of a plain file)
         throw fsErr('ENODATA')
       }
