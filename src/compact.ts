@@ -26,7 +26,7 @@ export function compact (image: string, log?: (line: string) => void): CompactRe
     const tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
     area = DataArea.open(image, img.sb.uuid, false)
     const d = new Discard(area.descriptor, true, log)
-    for (const r of tree.freeRanges()) d.punch(r.pblk, r.len)
+    d.punchAll(tree.freeRanges())
     db.pragma('journal_mode = DELETE')
     return { sqliteBefore, sqliteAfter: 0, punchedBlocks: d.stats.blocks, discard: d.stats.enabled }
   } finally {

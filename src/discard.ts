@@ -77,6 +77,11 @@ export class Discard {
     this.stats.blocks += len
   }
 
+  /** offline, synchronous: punch every range of free (punch()'s rules: nothing may allocate meanwhile) */
+  punchAll (free: Iterable<{ pblk: number, len: number }>): void {
+    for (const r of free) this.punch(r.pblk, r.len)
+  }
+
   /** onReusable for the allocator: punch the ranges on the thread pool, release them when done */
   readonly reusable = (starts: readonly number[], lens: readonly number[], release: () => void): void => {
     const a = addon()

@@ -230,6 +230,24 @@ export class FileData {
     this.tree.markDurable()
   }
 
+  /**
+   * After a crash: the punches pending then (blocks freed by durable
+   * commits, not yet punched out of the data area) died with the daemon,
+   * and the host kept those blocks allocated. Punch every free range once,
+   * synchronously, before anything is allocated: ~3 us a range that is a
+   * hole already, ~90 us one that is not (ext4 here). The state SQLite
+   * recovered is made durable first (a checkpoint syncs the WAL): a power
+   * loss must not bring back a mapping that points at a punched block.
+   * Returns the blocks punched (0 with discard off).
+   */
+  redoDiscards (): number {
+    if (!this.discard.stats.enabled) return 0
+    this.checkpoint()
+    const before = this.discard.stats.blocks
+    this.discard.punchAll(this.tree.freeRanges())
+    return this.discard.stats.blocks - before
+  }
+
   /** reserve up to want blocks; when the device is full only because frees are not durable yet, checkpoint and retry */
   private allocOrReclaim (t: BtreeTrans, want: number, hint: number, minRun = 0): Range | null {
     const r = t.alloc(want, hint, minRun)

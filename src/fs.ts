@@ -344,6 +344,8 @@ export class FolioFs {
     }
     this.refuseShortArea(img.path)
     this.refuseMappedFree(img.path)
+    // before recovery frees anything (its frees wait for their commit to be durable)
+    if (img.unclean && !this.readonly) this.data.redoDiscards()
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES
     this.cache = new PageCache(cacheBytes)
     this.io = new BufferedIO(this.cache, this.data, ino => this.sizeOf(ino), opts.streamBytes ?? Math.min(cacheBytes / 4, 64 * 1024 * 1024))

@@ -335,6 +335,11 @@ export interface OpenImage {
   sb: Superblock
   path: string
   readonly: boolean
+  /**
+   * the image was not closed cleanly (a crash): a -wal with frames lay
+   * beside it when it was opened (a clean close checkpoints and removes it)
+   */
+  unclean: boolean
 }
 
 /**
@@ -386,6 +391,8 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
 
   const cut = truncation(path)
   if (cut) throw new ImageError(`${path}: corrupt image (truncated: ${cut})`, EXIT.CORRUPT)
+  let unclean = false
+  try { unclean = fs.statSync(`${path}-wal`).size > 0 } catch { /* no WAL: closed cleanly */ }
 
   let ro: Database.Database | null = null
   try {
@@ -403,7 +410,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
       if (free && (opts.writable ?? !opts.readonly)) throw refusedReadWrite(path, `SQLite's free page list: ${free.first}`, 'foliofs fsck --repair')
     }
     opts.validate?.(ro, sb)
-    if (opts.readonly) return { db: ro, sb, path, readonly: true }
+    if (opts.readonly) return { db: ro, sb, path, readonly: true, unclean }
     ro.close()
     ro = null
     const db = new Database(path, { fileMustExist: true, timeout: 100 })
@@ -453,7 +460,7 @@ export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
       db.close()
       throw err
     }
-    return { db, sb, path, readonly: false }
+    return { db, sb, path, readonly: false, unclean }
   } catch (err) {
     let e = err
     // SQLite says only "malformed": name the damaged table (one line)
