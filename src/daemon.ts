@@ -13,7 +13,7 @@ import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext
 import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
-import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordsOfWorker, removeRecord, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry } from './mounts'
+import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry } from './mounts'
 import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
@@ -344,7 +344,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     throw err
   })
   const dev = findMount(mountpoint)?.dev
-  writeRecord({ image, mountpoint, worker: process.pid, supervisor: process.ppid, dev })
+  recordMounted({ image, mountpoint, worker: process.pid, supervisor: process.ppid, dev })
   debug('mounted %s on %s', image, mountpoint)
 
   return await new Promise<number>(resolve => {
@@ -419,7 +419,7 @@ export function runSupervisor (argv: string[]): void {
       }
       for (const r of recs) {
         if (child.pid) writeOutcome(r.mountpoint, child.pid, `died (${signal ?? `exit ${code}`}) before it closed the image`)
-        removeRecord(r.mountpoint)
+        removeRecord(r.mountpoint, child.pid) // not a new mount's, made there since
       }
       forward({ error: `worker exited (${signal ?? `exit ${code}`})`, exitCode: code ?? EXIT.MOUNT_FAILED })
     }

@@ -218,6 +218,18 @@ export function takeOutcome (mountpoint: string, worker: number): string | null 
   }
 }
 
+/**
+ * A worker that has just mounted: its record. An outcome left under the
+ * same mount point and pid belongs to an earlier worker that died with no
+ * umount waiting to read it; pids wrap (32768 here), and a clean umount
+ * of this one then said it had died and lost data (generic/021 in a full
+ * run): it goes first.
+ */
+export function recordMounted (rec: MountRecord): void {
+  fs.rmSync(outcomePath(rec.mountpoint, rec.worker), { force: true })
+  writeRecord(rec)
+}
+
 export function removeRecord (mountpoint: string, pid?: number): void {
   const rec = readRecord(mountpoint)
   if (rec && pid !== undefined && rec.worker !== pid) return
