@@ -362,11 +362,12 @@ async function main (argv: string[]): Promise<number> {
       }
       const first = mountOfImage(image)
       if (first) { bindSecondMount(first, mountpoint, opts); return 0 }
-      preflight(image, mountpoint, opts.readonly)
       const log = p.flags.get('log')
+      if (log === '') throw new ImageError('--log: empty file name', EXIT.USAGE)
+      preflight(image, mountpoint, opts.readonly)
       const logFile = typeof log === 'string' ? log : path.join(runDir(), path.resolve(mountpoint).replace(/\//g, '_') + '.log')
       const optArgs = p.o.length ? ['-o', p.o.join(',')] : []
-      return await startBackground(path.resolve(image), path.resolve(mountpoint), optArgs, logFile)
+      return await startBackground(path.resolve(image), path.resolve(mountpoint), optArgs, logFile, typeof log === 'string')
     }
     case '__supervise':
       runSupervisor(rest)
@@ -416,14 +417,16 @@ async function main (argv: string[]): Promise<number> {
         if (isStale(target)) throw new ImageError(`${target}: stale mount (its daemon is gone); clear it with foliofs umount ${target}`, EXIT.NOT_FOUND)
         throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND)
       }
+      const live = (mp: string): Record<string, unknown> => ({ mounted: true, ...JSON.parse(execFileSync(ioctlTool(), ['stats', mp], { encoding: 'utf8' })) as Record<string, unknown> })
       let stats: Record<string, unknown>
       if (st.isDirectory()) {
         const m = findMount(target)
         if (!m || m.fstype !== 'fuse.foliofs') throw new ImageError(`${target}: not a foliofs mount point`, EXIT.USAGE)
-        const out = execFileSync(ioctlTool(), ['stats', target], { encoding: 'utf8' })
-        stats = { mounted: true, ...JSON.parse(out) as Record<string, unknown> }
+        stats = live(target)
       } else {
-        stats = statsOfImage(target)
+        // a mounted image: its daemon's numbers (what is on disk lags them; a read-only mount's lock would not even say it is in use)
+        const m = mountOfImage(target)
+        stats = m ? live(m.mountpoint) : statsOfImage(target)
       }
       console.log(p.flags.has('json') ? JSON.stringify(stats, null, 2) : table(stats).join('\n'))
       return 0

@@ -323,7 +323,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   }
   const extra = fuseExtraOptions(opts)
   const fuse = new Fuse(mountpoint, ops, {
-    fsname: image.replace(/,/g, '_'),
+    fsname: fsnameOf(image),
     allowOther: opts.allowOther || process.getuid?.() === 0,
     debug: opts.debug,
     timeout: false,
@@ -428,9 +428,25 @@ export function runSupervisor (argv: string[]): void {
 }
 
 /** `foliofs mount` without --foreground: start the supervisor and wait for ready. */
-export function startBackground (image: string, mountpoint: string, optArgs: string[], logFile: string): Promise<number> {
-  fs.mkdirSync(path.dirname(logFile), { recursive: true })
-  const log = fs.openSync(logFile, 'a')
+/**
+ * The log file of a background worker, open for appending. The default
+ * one's directory (runDir) is made; a --log FILE is the user's, as a shell
+ * redirection: its directory must exist (a recursive mkdir under /proc
+ * looped forever), and what cannot be opened is a usage error.
+ */
+function openLog (logFile: string, given: boolean): number {
+  try {
+    if (!given) fs.mkdirSync(path.dirname(logFile), { recursive: true })
+    return fs.openSync(logFile, 'a')
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException
+    if (!given) throw e
+    throw new ImageError(`--log ${logFile}: cannot open it for appending (${err.code ?? err.message})`, EXIT.USAGE)
+  }
+}
+
+export function startBackground (image: string, mountpoint: string, optArgs: string[], logFile: string, logGiven = false): Promise<number> {
+  const log = openLog(logFile, logGiven)
   const sup = spawn(process.execPath, [require.resolve('./cli'), '__supervise', image, mountpoint, ...optArgs], {
     detached: true,
     stdio: ['ignore', log, log, 'ipc']
@@ -553,20 +569,32 @@ function unmountOthers (dev: string | undefined, mountpoint: string): void {
 }
 
 /**
+ * The mount's source name (fsname) for an image path: libfuse's option
+ * parser takes ',' as a separator and a backslash as an escape (it ate
+ * the one in a\b.img), so both become '_'.
+ */
+export function fsnameOf (image: string): string {
+  return image.replace(/[,\\]/g, '_')
+}
+
+/**
  * The live foliofs mount of image, if there is one: a mount table entry
- * of type fuse.foliofs named after it (the daemon's fsname is the image's
- * path, commas made '_') whose daemon says, through the stats ioctl, that
- * it serves exactly that file.
+ * of type fuse.foliofs whose source has the image's file name (the
+ * daemon's fsname is the image's path: fsnameOf) and whose daemon says,
+ * through the stats ioctl, that it serves this very file (same device and
+ * inode: the image may be reached by another path, through a bind mount
+ * of its directory or a symlink).
  */
 export function mountOfImage (image: string): MountEntry | undefined {
-  let real: string
-  try { real = fs.realpathSync(image) } catch { return undefined }
-  const name = path.resolve(image).replace(/,/g, '_')
+  let want: fs.Stats
+  try { want = fs.statSync(image) } catch { return undefined }
+  const names = new Set([path.basename(image), path.basename(fs.realpathSync(image))].map(fsnameOf))
   for (const m of mountTable()) {
-    if (m.fstype !== 'fuse.foliofs' || (m.source !== name && m.source !== real.replace(/,/g, '_'))) continue
+    if (m.fstype !== 'fuse.foliofs' || !names.has(path.basename(m.source))) continue
     try {
       const st = JSON.parse(execFileSync(ioctlTool(), ['stats', m.mountpoint], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10000 })) as { image?: string }
-      if (st.image && fs.realpathSync(st.image) === real) return m
+      const served = st.image ? fs.statSync(st.image) : null
+      if (served && served.dev === want.dev && served.ino === want.ino) return m
     } catch { /* dead or foreign: not this image's */ }
   }
   return undefined

@@ -48,7 +48,17 @@ function coalesce (bufs: Buffer[]): Buffer[] {
   return out
 }
 
-export const dataAreaPath = (image: string): string => `${image}-data`
+/**
+ * The file an image path names: a symlink's target (as mount(8) and fsck
+ * follow one to a device), so the data area, and SQLite's -wal beside it,
+ * are found beside the image itself, not beside the link. Any other
+ * path stays as it is (messages name what the user typed).
+ */
+export function imageTarget (image: string): string {
+  try { return fs.lstatSync(image).isSymbolicLink() ? fs.realpathSync(image) : image } catch { return image }
+}
+
+export const dataAreaPath = (image: string): string => `${imageTarget(image)}-data`
 
 function header (uuid: string): Buffer {
   const b = Buffer.alloc(BLOCK_SIZE)

@@ -20,7 +20,7 @@ import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 import { bucketsOf } from './btree/alloc'
 import { BLOCK_SIZE, EXIT, ImageError, refusedReadWrite } from './imageerror'
-import { checkDataArea, createDataArea, dataAreaPath } from './dataarea'
+import { checkDataArea, createDataArea, dataAreaPath, imageTarget } from './dataarea'
 import { CSUM_SCHEMA } from './datacsum'
 import { JOURNAL_SCHEMA } from './journal'
 import { describeProblems, mountProblems, tableProblems, truncation } from './imagecheck'
@@ -148,7 +148,8 @@ export function nowTime (): { sec: number, nsec: number } {
 }
 
 /** Create a new, empty image. Refuses to overwrite an existing file unless force. */
-export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
+export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
+  const path = imageTarget(image) // --force over a symlink makes the image it names
   const capacity = opts.capacityBytes ?? DEFAULT_CAPACITY
   if (!Number.isFinite(capacity) || capacity < 64 * BLOCK_SIZE) {
     throw new ImageError(`image size too small (minimum ${64 * BLOCK_SIZE} bytes)`, EXIT.USAGE)
@@ -156,6 +157,10 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
   if (capacity > MAX_CAPACITY_BLOCKS * BLOCK_SIZE) throw new ImageError(`image size too large (maximum ${MAX_CAPACITY_BLOCKS * BLOCK_SIZE / 1024 ** 5}P)`, EXIT.USAGE)
   const dir = nodePath.dirname(nodePath.resolve(path))
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new ImageError(`${path}: no such directory: ${dir}`, EXIT.USAGE)
+  try { fs.accessSync(dir, fs.constants.W_OK) } catch (e) {
+    const code = (e as { code?: string }).code
+    throw new ImageError(`${path}: cannot create the image: ${dir} is not writable (${code === 'EROFS' ? 'read-only filesystem' : code ?? 'permission denied'})`, EXIT.MOUNT_FAILED)
+  }
   if (fs.existsSync(path)) {
     const st = fs.statSync(path)
     if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
@@ -164,6 +169,21 @@ export function mkfs (path: string, opts: MkfsOptions = {}): Superblock {
     for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
     fs.rmSync(dataAreaPath(path), { force: true })
   }
+  try {
+    return createImage(path, capacity, opts)
+  } catch (err) {
+    // nothing half-made stays behind (a later mkfs said "already exists",
+    // a mount "not a foliofs image")
+    for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
+    fs.rmSync(dataAreaPath(path), { force: true })
+    if (err instanceof ImageError) throw err
+    const e = err as { code?: string, message?: string }
+    const why = e.code === 'SQLITE_FULL' || e.code === 'ENOSPC' ? 'no space left on device' : (e.message ?? String(err))
+    throw new ImageError(`${path}: cannot create the image: ${why}`, EXIT.MOUNT_FAILED)
+  }
+}
+
+function createImage (path: string, capacity: number, opts: MkfsOptions): Superblock {
   const db = new Database(path)
   try {
     opts.progress?.('schema, superblock, root directory')
@@ -365,7 +385,8 @@ function removeShmOnClose (db: Database.Database, path: string): void {
  * Open and validate an image. Validation runs on a read-only connection
  * first, so a file that is not a healthy foliofs image is never modified.
  */
-export function openImage (path: string, opts: OpenOptions = {}): OpenImage {
+export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
+  const path = imageTarget(image)
   let st: fs.Stats
   try {
     st = fs.statSync(path)
