@@ -532,7 +532,9 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
     throw new ImageError(`${mp}: not mounted`, EXIT.USAGE)
   }
   if (!m.fstype.startsWith('fuse')) throw new ImageError(`${mp}: not a foliofs mount (${m.fstype})`, EXIT.USAGE)
-  if (isStale(mp)) {
+  // a lazy unmount detaches whatever state the daemon is in; looking
+  // first (a stat) hung on a daemon that does not answer (stopped, hung)
+  if (!opts.lazy && isStale(mp)) {
     unmountPath(mp, true)
     removeRecord(mp)
     return
@@ -548,6 +550,7 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
     }
     return
   }
+  if (opts.lazy && rec && !alive(rec.worker)) removeRecord(mp, rec.worker) // a dead one's
   if (opts.lazy || !rec) return
   const deadline = Date.now() + (opts.timeoutMs ?? 60000)
   while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
