@@ -250,6 +250,16 @@ export class Coherence {
     if (paths.length > 0) this.invalidate(paths)
   }
 
+  /**
+   * ino's attributes changed through a request whose answer tells the
+   * kernel nothing of them (an ioctl setting inode flags moves ctime): every
+   * name of it, the requesting one included. Resolves as others() does; an
+   * ioctl holds no page locks, so waiting is safe.
+   */
+  async everywhere (ino: number): Promise<void> {
+    await this.others([ino], [])
+  }
+
   /** invalidate paths (counted); done, if given, once the kernel is done or refused (errors counted) */
   private invalidate (paths: string[], done?: () => void): void {
     this.stats.invalidations++

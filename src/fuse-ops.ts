@@ -448,10 +448,16 @@ function privateBuffer (cmd: number, data: Buffer): void {
 }
 
 function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, creds: () => { uid: number, gid: number }): number | Promise<number> {
+  /** set inode flags; ctime moved, which the kernel learns from no answer: every name's attributes go */
+  const setIflags = (flags: number): number | Promise<number> => {
+    const i = ino()
+    ctx.fs.setIflags(i, flags, creds())
+    return ctx.coherence ? ctx.coherence.everywhere(i).then(() => 0) : 0
+  }
   if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_SETFLAGS) { // chattr, lsattr (iflags.ts)
     if (data.length !== IFLAGS_SIZE) throw fsErr('EINVAL')
-    if (cmd === FS_IOC_GETFLAGS) data.writeUInt32LE(ctx.fs.iflags(ino()), 0)
-    else ctx.fs.setIflags(ino(), data.readUInt32LE(0), creds())
+    if (cmd === FS_IOC_SETFLAGS) return setIflags(data.readUInt32LE(0))
+    data.writeUInt32LE(ctx.fs.iflags(ino()), 0)
     return 0
   }
   if (cmd === FS_IOC_FSGETXATTR || cmd === FS_IOC_FSSETXATTR) { // struct fsxattr: fsx_xflags only
@@ -463,8 +469,7 @@ function ioctl (ctx: OpsContext, cmd: number, data: Buffer, ino: () => number, c
     }
     const flags = xflagsToFlags(data.readUInt32LE(0))
     if (flags === null || data.readUInt32LE(4) !== 0 || data.readUInt32LE(12) !== 0 || data.readUInt32LE(16) !== 0) throw fsErr('EOPNOTSUPP')
-    ctx.fs.setIflags(ino(), flags, creds())
-    return 0
+    return setIflags(flags)
   }
   if (cmd === FOLIOFS_IOC_FIEMAP) {
     privateBuffer(cmd, data)
