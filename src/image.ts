@@ -261,6 +261,11 @@ function sqliteError (path: string, err: unknown): ImageError {
   if (code === 'SQLITE_NOTADB') return new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
   if (code.startsWith('SQLITE_CORRUPT')) return new ImageError(`${path}: corrupt image (${e.message})`, EXIT.CORRUPT)
   if (code === 'SQLITE_CANTOPEN') return new ImageError(`${path}: cannot open image (${e.message})`, EXIT.NOT_FOUND)
+  // an image a crash left in WAL mode is read through an index file beside
+  // it (-shm), which a full host filesystem cannot take: not damage
+  if (code === 'SQLITE_FULL' || code.startsWith('SQLITE_IOERR_SHM')) {
+    return new ImageError(`${path}: cannot open the image: no room on the host filesystem for SQLite's ${code === 'SQLITE_FULL' ? 'writes' : 'index file beside it (-shm)'}; free some space there`, EXIT.MOUNT_FAILED)
+  }
   if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM' || code === 'SQLITE_AUTH') {
     return new ImageError(`${path}: cannot write the image (${code}: permissions, an immutable file or a read-only filesystem); mount with -o ro`, EXIT.MOUNT_FAILED)
   }
