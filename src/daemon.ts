@@ -5,7 +5,7 @@ import * as path from 'path'
 import * as os from 'os'
 import { spawn } from 'child_process'
 import createDebug from 'debug'
-import type Database from 'better-sqlite3'
+import Database from 'better-sqlite3'
 import { EXIT, ImageError, openImage, parseSize, type Superblock } from './image'
 import { refusedReadWrite } from './imageerror'
 import { FolioFs, type AtimeMode } from './fs'
@@ -193,6 +193,25 @@ function checkMountpoint (mountpoint: string): void {
   if (m && m.fstype.startsWith('fuse')) throw new ImageError(`${mountpoint}: already a FUSE mount (${m.source})`, EXIT.BUSY)
 }
 
+/**
+ * A read-only mount holds SQLite's shared lock on the image for its whole
+ * life: a read transaction on a connection of its own, never ended (the
+ * lock goes with the process). A read-write open (another mount, fsck
+ * --repair, mkfs --force) then finds the image in use, as it does while a
+ * read-write mount holds the exclusive lock. A read-only open takes none
+ * otherwise, and a read-write mount could start beside it (mountOfImage
+ * sends a second mount of a mounted image to a bind mount, but two mounts
+ * started together both passed it): two daemons, the read-only one
+ * answering EIO as the other changed the file under it.
+ */
+function holdSharedLock (image: string): void {
+  const db = new Database(image, { readonly: true, fileMustExist: true })
+  db.prepare('BEGIN').run()
+  db.prepare('SELECT count(*) FROM superblock').pluck().get() // the read that takes the lock
+  lockHolders.push(db) // unreferenced, the connection was collected and the lock went with it
+}
+const lockHolders: Database.Database[] = []
+
 /** Everything a mount checks before it daemonizes, so errors reach the user's terminal. */
 export function preflight (image: string, mountpoint: string, readonly = false): void {
   checkMountpoint(mountpoint)
@@ -289,6 +308,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       refuseDamagedTree(db, sb, image, opts.readonly)
     }
   })
+  if (img.readonly) holdSharedLock(img.path)
   const t2 = performance.now()
   notify({ phase: 'opening, finishing interrupted truncates and frees' })
   const folio = new FolioFs(img, {
