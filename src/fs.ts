@@ -180,15 +180,14 @@ const RELEASED_KEPT = 1024
 const IFLAGS_CACHE_MAX = 65536
 
 /**
- * FUSE paths start with the '/' of the mount root, which the caller did not
- * write: a path argument of PATH_MAX - 1 bytes relative to the root (the
- * kernel's own limit) arrives as PATH_MAX bytes here, and must pass.
+ * Split '/a/b/c' into its parent path and last name, validating the name's
+ * length. A whole path has no limit here: the kernel holds each caller's
+ * path argument to PATH_MAX, but libfuse builds these from the mount root,
+ * and a file deep below it (reached by chdir, or by renaming an ancestor to
+ * a longer name) has a longer one. Refusing those (ENAMETOOLONG past 4096
+ * bytes) made such files unreachable: no lookup, no rm -rf.
  */
-const tooLong = (path: string): boolean => path.length > PATH_MAX
-
-/** Split '/a/b/c' into its parent path and last name, validating lengths. */
 export function splitPath (path: string): { parent: string, name: string } {
-  if (tooLong(path)) throw fsErr('ENAMETOOLONG', path.slice(0, 64))
   const i = path.lastIndexOf('/')
   const name = path.slice(i + 1)
   checkName(name)
@@ -952,7 +951,6 @@ export class FolioFs {
    */
   lookupPath (path: string): number | undefined {
     if (path === '/' || path === '') return ROOT_INO
-    if (tooLong(path)) throw fsErr('ENAMETOOLONG')
     const parts = path.split('/')
     let ino = ROOT_INO
     for (let k = 1; k < parts.length; k++) {
@@ -1657,7 +1655,7 @@ export class FolioFs {
   private async reserveSpace (ino: number, pos: number, len: number, whole = false): Promise<{ len: number, held: number }> {
     const first = Math.floor(pos / BLOCK_SIZE)
     const most = Math.floor((pos + len - 1) / BLOCK_SIZE) - first + 1
-    const avail = (): number => this.data.free - this.cache.dirtyFolios - this.spaceHeld
+    const avail = (): number => this.data.free - this.cache.owedBlocks - this.spaceHeld
     const hold = (blocks: number, bytes: number): { len: number, held: number } => {
       this.spaceHeld += blocks
       return { len: bytes, held: blocks }
@@ -1802,11 +1800,11 @@ export class FolioFs {
           // preallocation must leave them (it took them, and writeback then
           // failed with ENOSPC forever, the data answered never written).
           // Short of space, write back first: overwrites free old blocks.
-          const prealloc = async (): Promise<void> => await this.data.preallocate(ino, from, to, added => this.blocksChanged(ino, added, t), this.cache.dirtyFolios + this.spaceHeld)
+          const prealloc = async (): Promise<void> => await this.data.preallocate(ino, from, to, added => this.blocksChanged(ino, added, t), this.cache.owedBlocks + this.spaceHeld)
           try {
             await prealloc()
           } catch (err) {
-            if ((err as { code?: string }).code !== 'ENOSPC' || this.cache.dirtyFolios === 0) throw err
+            if ((err as { code?: string }).code !== 'ENOSPC' || this.cache.owedBlocks === 0) throw err
             await this.makeRoom()
             await prealloc()
           }
@@ -2157,7 +2155,7 @@ export class FolioFs {
 
   statfs (): StatFs {
     const total = this.sb.capacityBlocks
-    const free = Math.max(0, this.data.free - this.cache.dirtyFolios) // dirty data will need blocks
+    const free = Math.max(0, this.data.free - this.cache.owedBlocks) // dirty data will need blocks
     const files = (this.q.countInodes.get() as number)
     const maxFiles = 1 << 30
     // the binding carries 32-bit counts: an image of 16 TiB or more counts
