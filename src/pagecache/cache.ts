@@ -93,6 +93,16 @@ export class PageCache {
   get folios (): number { return this.clock.size }
   get bytes (): number { return this.clock.size * FOLIO_SIZE }
   get dirtyFolios (): number { return this.dirty }
+  /**
+   * Folios writeback has taken out of the dirty count whose blocks it has
+   * not reserved yet (Writeback.startLocked, while its allocation waits,
+   * e.g. for the punches of a big delete): space they are still owed.
+   * Without it the space check let other writers into those blocks, and
+   * writeback then failed with ENOSPC for data already answered.
+   */
+  placing = 0
+  /** blocks dirty data will still take at writeback: dirty folios, and those being placed */
+  get owedBlocks (): number { return this.dirty + this.placing }
   get dirtyBytes (): number { return this.dirty * FOLIO_SIZE }
   get writebackFolios (): number { return this.inWriteback }
 

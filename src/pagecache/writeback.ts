@@ -430,12 +430,15 @@ export class Writeback {
     const start = run[0].index
     for (const f of run) { this.cache.clearDirty(f); this.cache.setWriteback(f, true) }
     let pieces: Range[]
+    this.cache.placing += run.length // owed blocks until the reservation holds them
     try {
       pieces = await this.data.allocRun(ino, start, run.length, hint, writePoint)
     } catch (err) {
+      this.cache.placing -= run.length
       this.failed({ ino, start, folios: run, pieces: [], crcs: new Uint32Array(0) }, err)
       throw err
     }
+    this.cache.placing -= run.length
     const io = (async (): Promise<Written> => {
       // the folios are locked: their bytes are what is written and
       // checksummed (on the crc thread, while the writes run)

@@ -117,6 +117,34 @@ test('short of space, a write writes what fits (a short write), then ENOSPC; the
   await fs.close()
 })
 
+test('a run whose allocation waits for the punches of a delete still owns its space: no other write is let into it (found by an I/O hunt: writeback then failed with ENOSPC, answered data lost)', async () => {
+  const { fs } = fresh(256 * 4096)
+  const a = fs.create('/a', 0o644, root)
+  await fs.write(a, Buffer.alloc(200 * 4096, 1), 0)
+  await fs.sync()
+  fs.unlink('/a')
+  await fs.reaper.settled() // a's blocks: freed, not allocatable until durable and punched
+  // punches that take a while (a big delete on a slow host)
+  const d = fs.data.discard as unknown as { reusable: (s: readonly number[], l: readonly number[], release: () => void) => void, stats: { inFlight: number }, idle: () => Promise<void> }
+  const real = d.reusable
+  d.reusable = (starts, lens, release) => {
+    d.stats.inFlight++
+    setTimeout(() => real(starts, lens, () => { release(); d.stats.inFlight-- }), 200)
+  }
+  const b = fs.create('/b', 0o644, root)
+  await fs.write(b, Buffer.alloc(200 * 4096, 2), 0)
+  const synced = fs.fsync(b) // its run waits for the punches to get a's blocks
+  await new Promise(resolve => setTimeout(resolve, 50))
+  const c = fs.create('/c', 0o644, root)
+  let wrote = 0
+  try { wrote = await fs.write(c, Buffer.alloc(100 * 4096, 3), 0) } catch (e) { if (!(e instanceof FsError) || e.code !== 'ENOSPC') throw e }
+  await synced
+  assert.ok(wrote <= (256 - 1 - 200) * 4096, `${wrote / 4096} blocks let in beside b's 200 on a 255-block device`)
+  await fs.sync() // everything answered has a place
+  assert.equal(fs.stat(c).size, wrote)
+  await fs.close()
+})
+
 test('deleted files are freed after their unlink is answered, many per extent-tree commit, a big fragmented one over several steps', async () => {
   // every step takes TRUNCATE_STEP_MS by this clock, so each takes
   // TRUNCATE_BATCH extents (with the real one, the count followed the
