@@ -59,14 +59,29 @@ function supplementaryGroups (pid: number): number[] {
 export const CAP_FSETID = 4
 export const CAP_SYS_ADMIN = 21
 
+/** the user namespace of process pid ('self': ours), or null when /proc cannot say */
+function userNs (pid: number | 'self'): string | null {
+  try {
+    return nodefs.readlinkSync(`/proc/${pid}/ns/user`)
+  } catch {
+    return null
+  }
+}
+
 /**
  * Process pid has capability cap in its effective set (CapEff of
  * /proc/PID/status). Where /proc cannot say (the process is gone, or in
  * another pid namespace), uid 0 stands for it.
+ * Misuse: trusting CapEff of a process in another user namespace. It is
+ * relative to that namespace: after `unshare -r` an ordinary user has all
+ * of them there, and none over our files (the kernel checks against the
+ * namespace that owns them). Such a caller has none here.
  */
 export function capable (pid: number, uid: number, cap: number): boolean {
   const m = /^CapEff:\s*([0-9a-fA-F]+)$/m.exec(procStatus(pid) ?? '')
   if (!m) return uid === 0
+  const ns = userNs(pid)
+  if (ns === null || ns !== userNs('self')) return false
   return ((BigInt(`0x${m[1]}`) >> BigInt(cap)) & 1n) === 1n
 }
 /**
