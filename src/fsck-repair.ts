@@ -70,6 +70,11 @@ export function repairImage (image: string, opts: { verifyData?: boolean } = {})
     repaired.push(...rebuildIndexes(image, reindex, report))
     report = fsck(image, opts)
   }
+  const vacuum = report.findings.filter(f => f.fix?.kind === 'vacuum')
+  if (vacuum.length > 0 && rowDamage(report) === null) { // before anything writes: a commit taking a page from a damaged free list fails
+    repaired.push(...rebuildDatabase(image, vacuum, report))
+    report = fsck(image, opts)
+  }
   const refuse = (why: string): RepairResult => ({ report, repaired, refused: `the image has damage repair cannot fix (${why})` })
   if (treeDamage(report) !== null) {
     const why = tableDamage(report)
@@ -105,9 +110,21 @@ function rebuildIndexes (image: string, fixes: Finding[], report: FsckReport): s
   }
 }
 
+/** VACUUM: every table copied into fresh pages, with a free page list of its own (a damaged one: freePageProblems); report lines */
+function rebuildDatabase (image: string, fixes: Finding[], report: FsckReport): string[] {
+  const img = openImage(image, { check: false }) // the mount's check refuses what this repairs
+  try {
+    img.db.exec('VACUUM')
+    img.db.pragma('journal_mode = DELETE')
+    return fixes.map(f => `${report.errors[report.findings.indexOf(f)]}: database rebuilt (VACUUM)`)
+  } finally {
+    img.db.close()
+  }
+}
+
 /** rebuild the extent tree from its intact leaves (btree/salvage.ts); what was done, as report lines */
 function salvageTree (image: string): string[] {
-  const img = openImage(image)
+  const img = openImage(image, { check: false }) // a damaged free page list is repaired after (VACUUM): the mount check would refuse it
   try {
     const r = salvageExtentTree(img.db, { pageSize: 4096, totalBlocks: img.sb.capacityBlocks })
     img.db.pragma('journal_mode = DELETE')
@@ -241,11 +258,6 @@ function applyFixes (image: string, fixes: Finding[], report: FsckReport): strin
       const r = t2.rebuildFreeSpace()
       for (const f of space) line(f, 'free-space map rebuilt')
       done.push(`free-space map rebuilt: ${r.before} free blocks recorded, ${r.after} really free`)
-    }
-    if (fixes.some(f => f.fix?.kind === 'vacuum')) {
-      // a copy of every table into fresh pages, with a freelist of its own
-      db.exec('VACUUM')
-      for (const f of fixes) if (f.fix?.kind === 'vacuum') line(f, 'database rebuilt (VACUUM)')
     }
     db.pragma('journal_mode = DELETE')
     return done
