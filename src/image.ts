@@ -157,10 +157,7 @@ export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
   if (capacity > MAX_CAPACITY_BLOCKS * BLOCK_SIZE) throw new ImageError(`image size too large (maximum ${MAX_CAPACITY_BLOCKS * BLOCK_SIZE / 1024 ** 5}P)`, EXIT.USAGE)
   const dir = nodePath.dirname(nodePath.resolve(path))
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new ImageError(`${path}: no such directory: ${dir}`, EXIT.USAGE)
-  try { fs.accessSync(dir, fs.constants.W_OK) } catch (e) {
-    const code = (e as { code?: string }).code
-    throw new ImageError(`${path}: cannot create the image: ${dir} is not writable (${code === 'EROFS' ? 'read-only filesystem' : code ?? 'permission denied'})`, EXIT.MOUNT_FAILED)
-  }
+  if (fs.lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink()) throw new ImageError(`${path}: a symlink to nothing (make the image where it points, or remove it)`, EXIT.USAGE)
   if (fs.existsSync(path)) {
     const st = fs.statSync(path)
     if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
@@ -168,6 +165,16 @@ export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
     refuseInUse(path)
     for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
     fs.rmSync(dataAreaPath(path), { force: true })
+  }
+  // claim the name: a file that appeared since (another mkfs) is not ours
+  // to fill, nor to remove when this one fails
+  try {
+    fs.closeSync(fs.openSync(path, 'wx', 0o644))
+  } catch (e) {
+    const code = (e as { code?: string }).code
+    if (code === 'EEXIST') throw new ImageError(`${path}: already exists (made meanwhile by someone else)`, EXIT.BUSY)
+    const why = code === 'EROFS' ? 'read-only filesystem' : code === 'ENOSPC' ? 'no space left on device' : code ?? String(e)
+    throw new ImageError(`${path}: cannot create the image: ${dir} is not writable (${why})`, EXIT.MOUNT_FAILED)
   }
   try {
     return createImage(path, capacity, opts)

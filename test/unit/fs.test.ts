@@ -117,8 +117,9 @@ test('short of space, a write writes what fits (a short write), then ENOSPC; the
   await fs.close()
 })
 
-test('a run whose allocation waits for the punches of a delete still owns its space: no other write is let into it (found by an I/O hunt: writeback then failed with ENOSPC, answered data lost)', async () => {
+test('a run whose allocation waits for the punches of a delete still owns its space: no other write is let into it (found by an I/O hunt: writeback then failed with ENOSPC, answered data lost)', async (t) => {
   const { fs } = fresh(256 * 4096)
+  if (!fs.data.discard.stats.enabled) { await fs.close(); t.skip('no punching here (the addon, or the host): nothing to wait for'); return }
   const a = fs.create('/a', 0o644, root)
   await fs.write(a, Buffer.alloc(200 * 4096, 1), 0)
   await fs.sync()
