@@ -203,12 +203,24 @@ function checkMountpoint (mountpoint: string): void {
  * sends a second mount of a mounted image to a bind mount, but two mounts
  * started together both passed it): two daemons, the read-only one
  * answering EIO as the other changed the file under it.
+ * Misuse: opening and closing the image through any other descriptor of
+ * this process afterwards (fs.openSync on it): POSIX drops all of the
+ * process's locks on a file when one of its descriptors closes.
  */
 function holdSharedLock (image: string): void {
-  const db = new Database(image, { readonly: true, fileMustExist: true })
-  db.prepare('BEGIN').run()
-  db.prepare('SELECT count(*) FROM superblock').pluck().get() // the read that takes the lock
-  lockHolders.push(db) // unreferenced, the connection was collected and the lock went with it
+  let db: Database.Database | null = null
+  try {
+    db = new Database(image, { readonly: true, fileMustExist: true, timeout: 100 })
+    db.prepare('BEGIN').run()
+    db.prepare('SELECT count(*) FROM sqlite_master').pluck().get() // the read that takes the lock
+    lockHolders.push(db) // unreferenced, the connection was collected and the lock went with it
+  } catch (e) {
+    db?.close()
+    const code = String((e as { code?: string }).code)
+    // a read-write open got in since openImage looked: it holds the exclusive lock
+    if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') throw new ImageError(`${image}: image is in use (mounted?); unmount it first`, EXIT.BUSY)
+    // anything else (no such file, not SQLite, damage) is openImage's to report, in its words
+  }
 }
 const lockHolders: Database.Database[] = []
 
@@ -308,7 +320,12 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       refuseDamagedTree(db, sb, image, opts.readonly)
     }
   })
-  if (img.readonly) holdSharedLock(img.path)
+  // after openImage, which reads the image's header through a descriptor
+  // of its own: closing that dropped every lock of this process on the file
+  // (POSIX), this one too when it was taken first
+  if (img.readonly) {
+    try { holdSharedLock(img.path) } catch (e) { img.db.close(); throw e }
+  }
   const t2 = performance.now()
   notify({ phase: 'opening, finishing interrupted truncates and frees' })
   const folio = new FolioFs(img, {
