@@ -216,6 +216,8 @@ export class Allocator {
   get free (): number { return this.avail.total }
   /** blocks freed by commits that are not known durable yet (free after the next markDurable) */
   get pending (): number { return this.pendingBlocks }
+  /** commits whose frees wait for markDurable (not those handed to onReusable since) */
+  get undurableCommits (): number { return this.pendingFree.length }
   /** blocks free as of the last commit (what the image says) */
   get durableFree (): number { return this.durable.total }
   /** free ranges (fragmentation) */

@@ -405,6 +405,11 @@ export class ExtentTree {
     return this.alloc.pending
   }
 
+  /** commits with frees that no markDurable has covered yet */
+  undurableFreeCommits (): number {
+    return this.alloc.undurableCommits
+  }
+
   /** give back reservations a step detached (BtreeTrans.detachReserved) that will never be committed */
   unreserve (pieces: readonly Range[]): void {
     for (const p of pieces) this.alloc.unreserve(p)
