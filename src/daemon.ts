@@ -245,6 +245,11 @@ export function fuseExtraOptions (opts: MountOptions): string[] {
   if (!opts.fuseOptions.some(o => o.startsWith('attr_timeout='))) extra.push('attr_timeout=1')
   if (!opts.fuseOptions.some(o => o.startsWith('entry_timeout='))) extra.push('entry_timeout=1')
   if (opts.readonly) extra.push('ro')
+  // the daemon keeps atime itself (FolioFs.atime); the kernel's mount flag
+  // only shows it (findmnt, /proc/mounts said relatime whatever was asked).
+  // libfuse takes noatime, not strictatime (fuse_new fails): that one
+  // shows as the kernel's default, relatime.
+  if (opts.atime === 'noatime') extra.push('noatime')
   return extra
 }
 
