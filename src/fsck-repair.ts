@@ -43,7 +43,8 @@
 // (validated first, exclusive: a mounted image is refused), then fsck runs
 // again; a round can make the next one's work visible (a directory linked
 // into lost+found makes its children reachable), so up to MAX_ROUNDS.
-import { EXIT, ImageError, nowTime, openImage, ROOT_INO } from './image'
+import { EXIT, ImageError, nowTime, openImage, ROOT_INO, uncleanImage } from './image'
+import { punchFree } from './compact'
 import { fsck, TYPE_NAMES, type Finding, type FsckReport } from './fsck'
 import { ExtentTree, lockrestartDoSync, salvageExtentTree, transGet } from './btree'
 import { dropJournalRow } from './journal'
@@ -63,6 +64,16 @@ const rowDamage = (report: FsckReport): string | null => finding(report, /^table
 const treeDamage = (report: FsckReport): string | null => finding(report, /^extent tree: (?!space accounting|free space)|extents unreadable/)
 
 export function repairImage (image: string, opts: { verifyData?: boolean } = {}): RepairResult {
+  const unclean = uncleanImage(image)
+  const result = repairRounds(image, opts)
+  // a crash left the image unclean (a -wal with frames): the repair's
+  // read-write opens close it cleanly, and the next mount would not redo
+  // the punches the crash left undone, so they are done here
+  if (unclean && result.repaired.length > 0 && result.refused === null) punchFree(image)
+  return result
+}
+
+function repairRounds (image: string, opts: { verifyData?: boolean }): RepairResult {
   let report = fsck(image, opts)
   const repaired: string[] = []
   const reindex = report.findings.filter(f => f.fix?.kind === 'reindex')

@@ -397,6 +397,11 @@ function removeShmOnClose (db: Database.Database, path: string): void {
  * Open and validate an image. Validation runs on a read-only connection
  * first, so a file that is not a healthy foliofs image is never modified.
  */
+/** a crash left the image unclean: a -wal with frames beside it (a clean close checkpoints and removes it) */
+export function uncleanImage (image: string): boolean {
+  try { return fs.statSync(`${imageTarget(image)}-wal`).size > 0 } catch { return false }
+}
+
 export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
   const path = imageTarget(image)
   let st: fs.Stats
@@ -424,8 +429,7 @@ export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
 
   const cut = truncation(path)
   if (cut) throw new ImageError(`${path}: corrupt image (truncated: ${cut})`, EXIT.CORRUPT)
-  let unclean = false
-  try { unclean = fs.statSync(`${path}-wal`).size > 0 } catch { /* no WAL: closed cleanly */ }
+  const unclean = uncleanImage(path)
 
   let ro: Database.Database | null = null
   try {
