@@ -185,7 +185,8 @@ export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
     fs.rmSync(dataAreaPath(path), { force: true })
     if (err instanceof ImageError) throw err
     const e = err as { code?: string, message?: string }
-    const why = e.code === 'SQLITE_FULL' || e.code === 'ENOSPC' ? 'no space left on device' : (e.message ?? String(err))
+    const full = e.code === 'SQLITE_FULL' || e.code === 'ENOSPC' || String(e.code).startsWith('SQLITE_IOERR_SHM') // the WAL index did not fit either
+    const why = full ? 'no space left on device' : (e.message ?? String(err))
     throw new ImageError(`${path}: cannot create the image: ${why}`, EXIT.MOUNT_FAILED)
   }
 }
