@@ -16,8 +16,8 @@ fi
 
 # fuse3 gives fusermount3 and /dev/fuse handling (never apt-install 'fuse': it removes fuse3);
 # libfuse3-dev + pkg-config: fuse-native is rebuilt against the system libfuse 3;
-# attr/acl/e2fsprogs/xfsprogs/python3/strace/sqlite3 are used by the tests (getfattr, setfacl, filefrag, chattr, xfs_io, strace, sqlite3).
-pkgs="fuse3 libfuse3-dev pkg-config attr acl e2fsprogs xfsprogs python3 strace sqlite3 make g++ patch"
+# attr/acl/e2fsprogs/xfsprogs/python3/strace are used by the tests (getfattr, setfacl, filefrag, chattr, xfs_io, strace).
+pkgs="fuse3 libfuse3-dev pkg-config attr acl e2fsprogs xfsprogs python3 strace make g++ patch"
 missing=
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
