@@ -59,10 +59,15 @@ function supplementaryGroups (pid: number): number[] {
 export const CAP_FSETID = 4
 export const CAP_SYS_ADMIN = 21
 
-/** the user namespace of process pid ('self': ours), or null when /proc cannot say */
+/**
+ * What tells process pid's user namespace ('self': ours) apart, or null
+ * when /proc cannot say: its uid_map, which anyone may read (the ns/user
+ * link needs ptrace access to the process, which root lacks in a default
+ * container: every caller then counted as in another namespace).
+ */
 function userNs (pid: number | 'self'): string | null {
   try {
-    return nodefs.readlinkSync(`/proc/${pid}/ns/user`)
+    return nodefs.readFileSync(`/proc/${pid}/uid_map`, 'utf8')
   } catch {
     return null
   }
