@@ -8,9 +8,9 @@
 // The image is opened read-write and validated first (openImage: a corrupt
 // image is refused, never compacted); the exclusive lock keeps a mount out.
 import * as fs from 'fs'
-import { openImage } from './image'
+import { openImage, type OpenImage } from './image'
 import { DataArea } from './dataarea'
-import { Discard } from './discard'
+import { Discard, type DiscardStats } from './discard'
 import { ExtentTree } from './btree'
 
 export interface CompactReport { sqliteBefore: number, sqliteAfter: number, punchedBlocks: number, discard: boolean }
@@ -24,36 +24,36 @@ export interface CompactReport { sqliteBefore: number, sqliteAfter: number, punc
  */
 export function punchFree (image: string): number {
   const img = openImage(image, { check: false }) // fsck has just checked it
-  let area: DataArea | null = null
   try {
-    const tree = ExtentTree.open(img.db, { totalBlocks: img.sb.capacityBlocks })
-    area = DataArea.open(image, img.sb.uuid, false)
-    const d = new Discard(area.descriptor, true, () => {})
+    return punchFreeOf(image, img, () => {}).blocks
+  } finally {
+    img.db.close()
+  }
+}
+
+/** punch every free range of an open image's data area, then leave the database a plain one at rest */
+function punchFreeOf (image: string, img: OpenImage, log: (line: string) => void): DiscardStats {
+  const tree = ExtentTree.open(img.db, { totalBlocks: img.sb.capacityBlocks })
+  const area = DataArea.open(image, img.sb.uuid, false)
+  try {
+    const d = new Discard(area.descriptor, true, log)
     d.punchAll(tree.freeRanges())
     img.db.pragma('journal_mode = DELETE')
-    return d.stats.blocks
+    return d.stats
   } finally {
-    area?.close()
-    img.db.close()
+    area.close()
   }
 }
 
 export function compact (image: string, log?: (line: string) => void): CompactReport {
   const img = openImage(image) // a missing or foreign file: its one-line error
   const sqliteBefore = fs.statSync(image).size
-  const db = img.db
-  let area: DataArea | null = null
   try {
-    db.pragma('auto_vacuum = INCREMENTAL')
-    db.exec('VACUUM')
-    const tree = ExtentTree.open(db, { totalBlocks: img.sb.capacityBlocks })
-    area = DataArea.open(image, img.sb.uuid, false)
-    const d = new Discard(area.descriptor, true, log)
-    d.punchAll(tree.freeRanges())
-    db.pragma('journal_mode = DELETE')
-    return { sqliteBefore, sqliteAfter: 0, punchedBlocks: d.stats.blocks, discard: d.stats.enabled }
+    img.db.pragma('auto_vacuum = INCREMENTAL')
+    img.db.exec('VACUUM')
+    const d = punchFreeOf(image, img, log ?? (l => process.stderr.write(l + '\n')))
+    return { sqliteBefore, sqliteAfter: 0, punchedBlocks: d.blocks, discard: d.enabled }
   } finally {
-    area?.close()
-    db.close()
+    img.db.close()
   }
 }

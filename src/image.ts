@@ -147,6 +147,12 @@ export function nowTime (): { sec: number, nsec: number } {
   return { sec: Number(sec), nsec: Number(ns - sec * 1000000000n) }
 }
 
+/** the image's files: the database, SQLite's files beside it, the data area */
+function removeImageFiles (path: string): void {
+  for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
+  fs.rmSync(dataAreaPath(path), { force: true })
+}
+
 /** Create a new, empty image. Refuses to overwrite an existing file unless force. */
 export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
   const path = imageTarget(image) // --force over a symlink makes the image it names
@@ -163,8 +169,7 @@ export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
     if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.USAGE)
     if (!opts.force) throw new ImageError(`${path}: already exists (use --force to overwrite)`, EXIT.USAGE)
     refuseInUse(path)
-    for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
-    fs.rmSync(dataAreaPath(path), { force: true })
+    removeImageFiles(path)
   }
   // claim the name: a file that appeared since (another mkfs) is not ours
   // to fill, nor to remove when this one fails
@@ -181,8 +186,7 @@ export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
   } catch (err) {
     // nothing half-made stays behind (a later mkfs said "already exists",
     // a mount "not a foliofs image")
-    for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(path + suffix, { force: true })
-    fs.rmSync(dataAreaPath(path), { force: true })
+    removeImageFiles(path)
     if (err instanceof ImageError) throw err
     const e = err as { code?: string, message?: string }
     const full = e.code === 'SQLITE_FULL' || e.code === 'ENOSPC' || String(e.code).startsWith('SQLITE_IOERR_SHM') // the WAL index did not fit either
