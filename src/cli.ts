@@ -7,7 +7,7 @@ import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsckOrCorrupt } from './fsck'
 import { compact } from './compact'
 import { repairImage } from './fsck-repair'
-import { bindSecondMount, isRemount, mountOfImage, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
+import { bindSecondMount, isRemount, mountOfImage, optionsOfFirstMount, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, isStale, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
@@ -361,8 +361,13 @@ async function main (argv: string[]): Promise<number> {
         }
       }
       const first = mountOfImage(image)
-      if (first) { bindSecondMount(first, mountpoint, opts); return 0 }
       const log = p.flags.get('log')
+      if (first) {
+        bindSecondMount(first, mountpoint, opts)
+        const kept = optionsOfFirstMount(p.o).concat(log !== undefined ? ['--log'] : [])
+        if (kept.length) process.stderr.write(`foliofs: note: ${image} is mounted at ${first.mountpoint}: ${mountpoint} is a bind mount of it, with that mount's options and log (not taken: ${kept.join(' ')})\n`)
+        return 0
+      }
       if (log === '') throw new ImageError('--log: empty file name', EXIT.USAGE)
       preflight(image, mountpoint, opts.readonly)
       const logFile = typeof log === 'string' ? log : path.join(runDir(), path.resolve(mountpoint).replace(/\//g, '_') + '.log')

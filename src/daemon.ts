@@ -646,6 +646,20 @@ export function mountOfImage (image: string): MountEntry | undefined {
 }
 
 /**
+ * The options of a second mount point (bindSecondMount) that it cannot
+ * take: all but ro/rw and the ignored fstab ones are the first mount's.
+ * They are valid (parseMountOptions took them) and the mount goes on: the
+ * caller says which, so that `-o cache_size=1G` or `noatime` is not
+ * silently without effect.
+ */
+export function optionsOfFirstMount (opts: string[]): string[] {
+  return opts.flatMap(g => g.split(',')).map(o => o.trim()).filter(o => {
+    const key = o.split('=')[0]
+    return o !== '' && key !== 'ro' && key !== 'rw' && !(IGNORED.has(key) && !o.includes('=')) && !key.startsWith('x-')
+  })
+}
+
+/**
  * A second mount point of an image that is mounted already: as a block
  * filesystem mounted twice, the same filesystem at both places, here a
  * bind mount of the first (root only: mount(2) MS_BIND). -o ro makes the
