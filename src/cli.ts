@@ -7,7 +7,7 @@ import { EXIT, ImageError, mkfs, openImage, parseSize } from './image'
 import { fsckOrCorrupt } from './fsck'
 import { compact } from './compact'
 import { repairImage } from './fsck-repair'
-import { bindSecondMount, isRemount, mountOfImage, optionsOfFirstMount, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
+import { bindSecondMount, isRemount, liveStats, mountOfImage, optionsOfFirstMount, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
 import { findMount, isStale, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
@@ -415,16 +415,28 @@ async function main (argv: string[]): Promise<number> {
       const p = parseArgs('stats', rest, [])
       need('stats', p, 1, ['json'])
       const target = p.pos[0]
-      let st: fs.Stats
-      try {
-        st = fs.statSync(target)
-      } catch {
-        if (isStale(target)) throw new ImageError(`${target}: stale mount (its daemon is gone); clear it with foliofs umount ${target}`, EXIT.NOT_FOUND)
-        throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND)
+      const stale = (): ImageError => new ImageError(`${target}: stale mount (its daemon is gone); clear it with foliofs umount ${target}`, EXIT.NOT_FOUND)
+      const live = (mp: string): Record<string, unknown> => {
+        try {
+          return { mounted: true, ...liveStats(mp) }
+        } catch (err) {
+          if ((err as ImageError).exitCode !== EXIT.BUSY && isStale(mp)) throw stale()
+          throw err
+        }
       }
-      const live = (mp: string): Record<string, unknown> => ({ mounted: true, ...JSON.parse(execFileSync(ioctlTool(), ['stats', mp], { encoding: 'utf8' })) as Record<string, unknown> })
+      // a mount point is asked without a stat of it: a stat waits for a daemon that does not answer
+      const asMount = findMount(target)?.mountpoint === path.resolve(target)
+      let st: fs.Stats | undefined
+      if (!asMount) {
+        try {
+          st = fs.statSync(target)
+        } catch {
+          if (isStale(target)) throw stale()
+          throw new ImageError(`${target}: no such file or mount point`, EXIT.NOT_FOUND)
+        }
+      }
       let stats: Record<string, unknown>
-      if (st.isDirectory()) {
+      if (asMount || st?.isDirectory() === true) {
         const m = findMount(target)
         if (!m || m.fstype !== 'fuse.foliofs') throw new ImageError(`${target}: not a foliofs mount point`, EXIT.USAGE)
         stats = live(target)

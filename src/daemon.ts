@@ -13,7 +13,7 @@ import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext
 import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
-import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry } from './mounts'
+import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, stopped, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry } from './mounts'
 import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
@@ -575,7 +575,9 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
   }
   if (!m.fstype.startsWith('fuse')) throw new ImageError(`${mp}: not a foliofs mount (${m.fstype})`, EXIT.USAGE)
   // a lazy unmount detaches whatever state the daemon is in; looking
-  // first (a stat) hung on a daemon that does not answer (stopped, hung)
+  // first (a stat) hung on a daemon that does not answer (stopped, hung),
+  // and a stopped one would only write its dirty data back once continued
+  if (!opts.lazy) refuseStopped(mp, 'unmount again; foliofs umount --lazy detaches the mount point at once')
   if (!opts.lazy && isStale(mp)) {
     unmountPath(mp, true)
     removeRecord(mp)
@@ -634,15 +636,52 @@ export function mountOfImage (image: string): MountEntry | undefined {
   let want: fs.Stats
   try { want = fs.statSync(image) } catch { return undefined }
   const names = new Set([path.basename(image), path.basename(fs.realpathSync(image))].map(fsnameOf))
-  for (const m of mountTable()) {
-    if (m.fstype !== 'fuse.foliofs' || !names.has(path.basename(m.source))) continue
+  const same = (file: string): boolean => { try { const st = fs.statSync(file); return st.dev === want.dev && st.ino === want.ino } catch { return false } }
+  const candidates = mountTable().filter(m => m.fstype === 'fuse.foliofs' && names.has(path.basename(m.source)))
+  // first without a word to any daemon: the source names the image file
+  // itself unless it was renamed since (or had ',' or '\' in its name)
+  const named = candidates.find(m => same(m.source))
+  if (named) return named
+  for (const m of candidates) {
     try {
-      const st = JSON.parse(execFileSync(ioctlTool(), ['stats', m.mountpoint], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10000 })) as { image?: string }
-      const served = st.image ? fs.statSync(st.image) : null
-      if (served && served.dev === want.dev && served.ino === want.ino) return m
-    } catch { /* dead or foreign: not this image's */ }
+      const served = (liveStats(m.mountpoint, 5000) as { image?: string }).image
+      if (served !== undefined && same(served)) return m
+    } catch { /* dead, hung or foreign: not this image's */ }
   }
   return undefined
+}
+
+/**
+ * Exit 6 at once if the daemon serving mountpoint (its record's worker,
+ * or a second mount point's, found by the connection) is stopped: it
+ * would answer nothing, and the caller would hang (a stat, unmount's wait
+ * for the write-back) or wait out a timeout.
+ */
+function refuseStopped (mountpoint: string, then: string): void {
+  const mp = path.resolve(mountpoint)
+  const m = findMount(mp)
+  const rec = readRecord(mp) ?? (m ? mountsOfDev(m.dev).map(o => readRecord(o.mountpoint)).find(r => r !== null) : undefined)
+  if (rec && stopped(rec.worker)) {
+    throw new ImageError(`${mp}: its daemon ${rec.worker} is stopped (SIGSTOP?): continue it (kill -CONT ${rec.worker}) and ${then}`, EXIT.BUSY)
+  }
+}
+
+/**
+ * The live numbers of the daemon of mountpoint (the stats ioctl). A
+ * daemon that does not answer within timeoutMs (stopped with SIGSTOP,
+ * hung) is an error (exit 6), not a hang: the ioctl's FUSE request waits
+ * for the daemon and only SIGKILL ends that wait, so the helper that
+ * sends it is killed with SIGKILL.
+ */
+export function liveStats (mountpoint: string, timeoutMs = 10000): Record<string, unknown> {
+  refuseStopped(mountpoint, 'ask again')
+  try {
+    return JSON.parse(execFileSync(ioctlTool(), ['stats', mountpoint], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, killSignal: 'SIGKILL' })) as Record<string, unknown>
+  } catch (err) {
+    const e = err as { signal?: string, stderr?: string, message: string }
+    if (e.signal === 'SIGKILL') throw new ImageError(`${mountpoint}: its daemon does not answer (stopped or hung?)`, EXIT.BUSY)
+    throw new ImageError(`${mountpoint}: ${String(e.stderr || e.message).trim().replace(/^foliofs-ioctl: /, '')}`, EXIT.MOUNT_FAILED)
+  }
 }
 
 /**

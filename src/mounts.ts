@@ -247,10 +247,8 @@ export function removeRecord (mountpoint: string, pid?: number): void {
  * (generic/024 in CI). kill(pid, 0) answers only where there is no /proc.
  */
 export function alive (pid: number): boolean {
-  let stat: string
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-  } catch {
+  const state = procState(pid)
+  if (state === undefined) {
     if (fs.existsSync('/proc/self/stat')) return false // /proc is there: pid is gone
     try {
       process.kill(pid, 0)
@@ -259,6 +257,27 @@ export function alive (pid: number): boolean {
       return (err as NodeJS.ErrnoException).code === 'EPERM'
     }
   }
-  return stat[stat.lastIndexOf(')') + 2] !== 'Z' // the state follows "(comm) "
+  return state !== 'Z'
+}
+
+/** the state letter of /proc/PID/stat (R, S, D, T stopped, Z zombie...), undefined without an entry */
+function procState (pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat[stat.lastIndexOf(')') + 2] // the state follows "(comm) "
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Is pid stopped (SIGSTOP, SIGTSTP, a tracer)? A stopped daemon answers
+ * no request until it is continued, and a stat of its mount point waits
+ * for it in a sleep only SIGKILL ends: check this before touching the
+ * mount when a hang must not happen.
+ */
+export function stopped (pid: number): boolean {
+  const state = procState(pid)
+  return state === 'T' || state === 't'
 }
 
