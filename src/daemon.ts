@@ -373,6 +373,8 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     extraOptions: extra
   })
   holder.fuse = fuse
+  const syncErrno = (Fuse as unknown as { syncErrno?: () => number }).syncErrno
+  if (ctx.syncFds === true && syncErrno) folio.data.handOffSyncErrno = syncErrno
 
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err: Error | null) => {

@@ -20,6 +20,7 @@
 // orphan before the first step; recovery finishes the job).
 import { flushBatch } from './sqltx'
 import * as fs from 'fs'
+import * as os from 'os'
 import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
@@ -89,6 +90,13 @@ export class FileData {
   private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
   /** SQLite's WAL file, for syncCommits (opened at its first call) */
   private walFd: number | null = null
+  /**
+   * The WAL again, for the binding's syncs (commitsToSync(true)): a file
+   * description of its own, so that a failed writeback, which Linux
+   * reports once per open file description, reaches syncCommits too and
+   * not only whichever sync met it first (walFailure)
+   */
+  private handOffFd: number | null = null
   /** per-block crcs of written data (datacsum.ts) */
   readonly csums: DataCsums
   /** computes them off the main thread (crcthread.ts) */
@@ -145,8 +153,46 @@ export class FileData {
     const mark = this.tree.commitMark
     const fd = this.commitsToSync()
     if (fd === null) return
-    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+    try {
+      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+    } catch (err) {
+      this.failWal(err)
+    }
+    this.checkWal() // the binding's sync of the same commits may have failed meanwhile
     this.tree.markDurable(mark)
+  }
+
+  /**
+   * Why a sync of SQLite's WAL failed (the first failure), or null.
+   * Sticky, and fatal for the mount: Linux reports a failed writeback once
+   * per open file description and marks its pages clean, so the next
+   * fdatasync succeeds although the lost frames never reached the disk,
+   * and a crash then loses what an fsync answered 0 for, and brings back
+   * mappings of blocks discard has punched since. So from then on no
+   * commit is called durable (no markDurable: freed blocks are neither
+   * reused nor punched), every sync fails with EIO, and FolioFs refuses
+   * changes as after a failed group commit; unmounting exits 7. Failures
+   * of the binding's syncs (commitsToSync(true)) come in through
+   * handOffSyncErrno.
+   */
+  walFailure: unknown = null
+  /** the binding's sticky errno of a failed handed-off WAL sync (0: none); the mount sets it */
+  handOffSyncErrno: () => number = () => 0
+
+  /** EIO once a sync of the WAL failed, here or in the binding (walFailure) */
+  checkWal (): void {
+    if (this.walFailure === null) {
+      const errno = this.handOffSyncErrno()
+      if (errno !== 0) this.failWal(new Error(`fdatasync: ${Object.entries(os.constants.errno).find(([, v]) => v === errno)?.[0] ?? errno}`))
+    }
+    if (this.walFailure !== null) throw fsErr('EIO', `a sync of the metadata log failed: ${String(this.walFailure)}`)
+  }
+
+  /** record the first failed WAL sync (walFailure), with one log line */
+  private failWal (err: unknown): void {
+    if (this.walFailure !== null) return
+    this.walFailure = err
+    process.stderr.write(`foliofs: a sync of the metadata log (${this.db.name}-wal) failed, so recent changes may not be on disk: refusing further changes and syncs: ${String(err)}\n`)
   }
 
   /**
@@ -156,17 +202,19 @@ export class FileData {
    * stay unusable until a later syncCommits or checkpoint. Misuse: closing
    * it (it stays open until closeWal); answering before the sync.
    */
-  commitsToSync (): number | null {
+  commitsToSync (handOff = false): number | null {
+    this.checkWal()
     flushBatch(this.db) // the metadata group commit (sqltx.ts) goes into the WAL first
-    if (this.walFd === null) {
+    if (this.walFd === null || this.handOffFd === null) {
       try {
-        this.walFd = fs.openSync(`${this.db.name}-wal`, 'r')
+        this.walFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
+        this.handOffFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
       } catch {
         this.checkpoint()
         return null
       }
     }
-    return this.walFd
+    return handOff ? this.handOffFd : this.walFd
   }
 
   /**
@@ -206,7 +254,8 @@ export class FileData {
   closeWal (): void {
     this.crc.close()
     if (this.walFd !== null) fs.closeSync(this.walFd)
-    this.walFd = null
+    if (this.handOffFd !== null) fs.closeSync(this.handOffFd)
+    this.walFd = this.handOffFd = null
   }
 
   /** blocks mapped by committed extents */
@@ -225,8 +274,14 @@ export class FileData {
    * by them may be reused. Synchronous; no SQLite transaction may be open.
    */
   checkpoint (): void {
+    this.checkWal()
     flushBatch(this.db)
-    this.db.pragma('wal_checkpoint(PASSIVE)')
+    try {
+      this.db.pragma('wal_checkpoint(PASSIVE)')
+    } catch (err) {
+      if ((err as { code?: string }).code?.startsWith('SQLITE_IOERR') === true) this.failWal(err)
+      throw err
+    }
     this.tree.markDurable()
   }
 

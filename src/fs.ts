@@ -506,6 +506,7 @@ export class FolioFs {
   /** no group commit failed (EIO from then on) */
   private checkBatchCommitted (): void {
     if (this.batchFailure) throw fsErr('EIO', `metadata commit failed earlier: ${String(this.batchFailure)}`)
+    this.data.checkWal()
   }
 
   /**
@@ -746,7 +747,7 @@ export class FolioFs {
   private async syncInode (ino: number, handOff = false): Promise<number | null> {
     const journaled = await this.commitData(ino)
     if (handOff && journaled) {
-      const fd = this.data.commitsToSync()
+      const fd = this.data.commitsToSync(true)
       if (fd !== null) this.journal.stats.handedOff++
       return fd
     }
