@@ -388,7 +388,10 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
     throw err
   })
   const dev = findMount(mountpoint)?.dev
-  recordMounted({ image, mountpoint, worker: process.pid, supervisor: process.ppid, dev })
+  // a worker the supervisor started talks to it (IPC); one run by hand
+  // (--foreground) has none, and its parent (a shell) may live on: umount
+  // waited its whole minute for that "supervisor" to exit
+  recordMounted({ image, mountpoint, worker: process.pid, supervisor: process.send !== undefined ? process.ppid : process.pid, dev })
   debug('mounted %s on %s', image, mountpoint)
 
   return await new Promise<number>(resolve => {
