@@ -417,9 +417,16 @@ export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
   }
   if (!st.isFile()) throw new ImageError(`${path}: not a regular file`, EXIT.NOT_FOLIOFS)
   const head = Buffer.alloc(SQLITE_HEADER_BYTES)
-  const fd = fs.openSync(path, 'r')
   let n: number
-  try { n = fs.readSync(fd, head, 0, head.length, 0) } finally { fs.closeSync(fd) }
+  try {
+    const fd = fs.openSync(path, 'r')
+    try { n = fs.readSync(fd, head, 0, head.length, 0) } finally { fs.closeSync(fd) }
+  } catch (err) {
+    // the host's failure (a bad sector: EIO; permissions), not ours
+    const code = (err as { code?: string }).code
+    if (code === 'EACCES' || code === 'EPERM') throw new ImageError(`${path}: cannot open image (permission denied)`, EXIT.NOT_FOUND)
+    throw new ImageError(`${path}: cannot read image (${(err as Error).message})`, EXIT.CORRUPT)
+  }
   if (n < SQLITE_HEADER.length || !head.subarray(0, SQLITE_HEADER.length).equals(SQLITE_HEADER)) {
     throw new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
   }
