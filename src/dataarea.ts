@@ -28,6 +28,26 @@ const VERSION = 1
 
 const readv = promisify(fs.readv)
 const writev = promisify(fs.writev)
+
+/**
+ * writev all of bufs at pos. A short write (the host filesystem filled up
+ * part way through) goes on with the rest, so that the host's own error
+ * comes back (ENOSPC, EIO: what the caller's fsync reports), not an error
+ * without an errno (EIO for a full disk).
+ */
+async function writeAll (fd: number, bufs: Buffer[], pos: number): Promise<void> {
+  for (;;) {
+    const want = bufs.reduce((s, b) => s + b.length, 0)
+    const { bytesWritten: n } = await writev(fd, bufs, pos)
+    if (n >= want) return
+    if (n === 0) throw fsErr('EIO', `the data area took 0 of ${want} bytes`)
+    pos += n
+    let skip = n
+    let i = 0
+    while (skip >= bufs[i].length) skip -= bufs[i++].length // n < want: i stays in range
+    bufs = [bufs[i].subarray(skip), ...bufs.slice(i + 1)]
+  }
+}
 const fdatasync = promisify(fs.fdatasync)
 
 /**
@@ -144,8 +164,7 @@ export class DataArea {
     for (let k = 0; k < bufs.length; k += 1024) {
       const part = coalesce(bufs.slice(k, k + 1024))
       const want = part.reduce((s, b) => s + b.length, 0)
-      const { bytesWritten: n } = await writev(this.fd, part, pblk * BLOCK_SIZE + at)
-      if (n !== want) throw new Error(`short write to the data area: ${n} of ${want} bytes`)
+      await writeAll(this.fd, part, pblk * BLOCK_SIZE + at)
       this.stats.writes++
       this.stats.writeBytes += want
       at += want
