@@ -19,6 +19,7 @@
 // one of another image (uuid mismatch), is a corrupt image (exit 5), never
 // an empty filesystem.
 import * as fs from 'fs'
+import * as path from 'path'
 import { promisify } from 'util'
 import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
 import { fsErr } from './errno'
@@ -88,11 +89,24 @@ function header (uuid: string): Buffer {
   return b
 }
 
-/** mkfs: create the data area of a new image (replacing an old one) */
+/**
+ * mkfs: create the data area of a new image (replacing an old one). Its
+ * header is synced, and so is the directory holding it and the image: a
+ * power cut right after mkfs must not leave an image whose data area is
+ * missing or without its header (refused as corrupt).
+ */
 export function createDataArea (image: string, uuid: string): void {
   const p = dataAreaPath(image)
   fs.rmSync(p, { force: true })
-  fs.writeFileSync(p, header(uuid), { mode: 0o600 })
+  const fd = fs.openSync(p, 'w', 0o600)
+  try {
+    fs.writeSync(fd, header(uuid))
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  const dir = fs.openSync(path.dirname(p), 'r')
+  try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
 }
 
 /** check that image's data area exists and belongs to it; returns its path */
