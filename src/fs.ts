@@ -1936,18 +1936,22 @@ export class FolioFs {
       }
     }
     if (a > b) { await zero(from, to); return } // inside one block
+    if (a < b) {
+      // the whole blocks first: zeroing an edge writes a new block (copy
+      // on write), which a full filesystem has only once these are freed
+      // (an unaligned punch of a full one was ENOSPC and freed nothing)
+      await this.io.dropFrom(ino, a, b) // waits for writeback of those folios
+      await this.data.unmap(ino, a, b, (freed, _first, last) => {
+        this.blocksChanged(ino, -freed, t)
+        // once the whole range is unmapped: a punch cut short by a crash
+        // shows its journaled blocks (fsynced before it), never the older
+        // mapped data of the part it had not reached
+        if (last) this.journal.forget(ino, a, b)
+      })
+    }
     await zero(from, a * BLOCK_SIZE)
     await zero(b * BLOCK_SIZE, to)
-    if (a === b) return
-    await this.io.dropFrom(ino, a, b) // waits for writeback of those folios
-    await this.data.unmap(ino, a, b, (freed, _first, last) => {
-      this.blocksChanged(ino, -freed, t)
-      // once the whole range is unmapped: a punch cut short by a crash
-      // shows its journaled blocks (fsynced before it), never the older
-      // mapped data of the part it had not reached
-      if (last) this.journal.forget(ino, a, b)
-    })
-    if (this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
+    if (a < b && this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
   }
 
   /**
