@@ -185,10 +185,30 @@ export class DataArea {
     }
   }
 
-  /** make everything written so far durable (before the commits that map it) */
+  /**
+   * Failed datasyncs so far. Linux reports a failed writeback to one
+   * fdatasync only (the first to look) and marks the pages clean: a sync
+   * that succeeds after another failed does not mean the data written
+   * before that failure is on disk. So a writer notes this count before
+   * it writes, and trusts a later successful datasync for that data only
+   * if the count has not moved (writtenSafely).
+   */
+  syncFailures = 0
+
+  /** make everything written so far durable (before the commits that map it); see syncFailures */
   async datasync (): Promise<void> {
-    await fdatasync(this.fd)
+    try {
+      await fdatasync(this.fd)
+    } catch (err) {
+      this.syncFailures++
+      throw err
+    }
     this.stats.syncs++
+  }
+
+  /** data written when syncFailures was `before` is durable after a successful datasync: no sync failed since it was written */
+  writtenSafely (before: number): boolean {
+    return this.syncFailures === before
   }
 
   /** the descriptor, for discard (punching freed blocks; see discard.ts) only */

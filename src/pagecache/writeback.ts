@@ -47,6 +47,7 @@ import createDebug from 'debug'
 import type { FileData } from '../filedata'
 import type { Range } from '../btree'
 import { FOLIO_SIZE, type Folio } from './folio'
+import { fsErr } from '../errno'
 import type { PageCache } from './cache'
 
 const debug = createDebug('foliofs:writeback')
@@ -86,7 +87,15 @@ function * groupsOf (batch: Written[]): Generator<Written[]> {
 export const MAX_IN_FLIGHT = 64 << 20
 
 /** a run the write stage wrote (its folios locked, under writeback) and the commit stage commits */
-interface Written { ino: number, start: number, folios: Folio[], pieces: Range[], crcs: Uint32Array }
+interface Written {
+  ino: number
+  start: number
+  folios: Folio[]
+  pieces: Range[]
+  crcs: Uint32Array
+  /** the data area's syncFailures before the run was written (DataArea.writtenSafely) */
+  syncFailures: number
+}
 
 /** where the next run of ino should go when it starts at index: after the run written just before it */
 interface Hint { ino: number, index: number, pblk: number }
@@ -435,7 +444,7 @@ export class Writeback {
       pieces = await this.data.allocRun(ino, start, run.length, hint, writePoint)
     } catch (err) {
       this.cache.placing -= run.length
-      this.failed({ ino, start, folios: run, pieces: [], crcs: new Uint32Array(0) }, err)
+      this.failed({ ino, start, folios: run, pieces: [], crcs: new Uint32Array(0), syncFailures: 0 }, err)
       throw err
     }
     this.cache.placing -= run.length
@@ -443,6 +452,7 @@ export class Writeback {
       // the folios are locked: their bytes are what is written and
       // checksummed (on the crc thread, while the writes run)
       const bufs = run.map(f => f.data)
+      const syncFailures = this.data.area.syncFailures
       const crcs = this.data.crc.crcs(bufs)
       try {
         let k = 0
@@ -454,9 +464,9 @@ export class Writeback {
         } finally {
           await crcs.catch(() => {}) // the buffers stay unchanged until it is done
         }
-        return { ino, start, folios: run, pieces, crcs: await crcs }
+        return { ino, start, folios: run, pieces, crcs: await crcs, syncFailures }
       } catch (err) {
-        this.failed({ ino, start, folios: run, pieces, crcs: new Uint32Array(0) }, err)
+        this.failed({ ino, start, folios: run, pieces, crcs: new Uint32Array(0), syncFailures }, err)
         throw err
       }
     })()
@@ -478,8 +488,16 @@ export class Writeback {
       for (const w of batch) this.failed(w, err)
       return err
     }
-    if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
+    // runs written before another batch's sync failed: that failure may
+    // have been theirs (reported once, to that sync), so written again
     let first: unknown = null
+    const lost = batch.filter(w => !this.data.area.writtenSafely(w.syncFailures))
+    if (lost.length > 0) {
+      first = fsErr('EIO', 'a sync of the data area failed after these blocks were written: written again')
+      for (const w of lost) this.failed(w, first)
+      batch = batch.filter(w => this.data.area.writtenSafely(w.syncFailures))
+    }
+    if (this.limits.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.limits.delayMs))
     for (const group of groupsOf(batch)) {
       const err = await this.commitGroup(group)
       if (err === null) continue

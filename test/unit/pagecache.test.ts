@@ -2,6 +2,7 @@
 // contiguity, memory bound, crash semantics.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import * as nodefs from 'fs'
 import * as path from 'path'
 import { mkfs, openImage } from '../../src/image'
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FolioFs, type FsOptions } from '../../src/fs'
@@ -130,6 +131,42 @@ test('writeback pipelines its runs: the next runs are written while a batch sync
   const ex = await fs.data.extents(ino)
   assert.equal(ex.length, 1, `one extent: ${JSON.stringify(ex.slice(0, 4))}`)
   assert.equal(fs.cache.writebackFolios, 0)
+  await fs.close()
+  await sameAfterRemount(img, ino, data)
+})
+
+test('a failed data area sync: runs written before it are written again, though a later sync of theirs succeeds', async () => {
+  // Linux reports a failed writeback to one fdatasync and marks the pages
+  // clean: the next fdatasync succeeds with the data lost. The host is
+  // emulated: the first sync waits (the next runs are written meanwhile),
+  // then everything written since the last good sync is lost and it fails
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  const data = pattern(11, 32 * MiB)
+  await fs.write(ino, data, 0)
+  const area = fs.data.area
+  let since: Array<[number, number]> = []
+  const write = area.write.bind(area)
+  area.write = async (bufs: Buffer[], pblk: number) => {
+    since.push([pblk, bufs.reduce((n, b) => n + b.length, 0)])
+    await write(bufs, pblk)
+  }
+  const sync = area.datasync.bind(area)
+  let failures = 0
+  area.datasync = async () => {
+    if (failures++ === 0) {
+      await new Promise(resolve => setTimeout(resolve, 300))
+      for (const [pblk, len] of since) nodefs.writeSync(area.descriptor, Buffer.alloc(len), 0, len, pblk * 4096)
+      since = []
+      area.syncFailures++
+      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })
+    }
+    await sync()
+    since = []
+  }
+  await fs.fsync(ino).catch(() => {}) // EIO: the first batch failed
+  await fs.fsync(ino)
+  assert.ok(fs.writeback.stats.errors > 1, `more than the first batch was written again: ${fs.writeback.stats.errors} failed runs`)
   await fs.close()
   await sameAfterRemount(img, ino, data)
 })
