@@ -13,7 +13,7 @@ import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext
 import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
-import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, stopped, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry } from './mounts'
+import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, stopped, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry, type MountRecord } from './mounts'
 import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
@@ -645,7 +645,9 @@ export function mountOfImage (image: string): MountEntry | undefined {
   const candidates = mountTable().filter(m => m.fstype === 'fuse.foliofs' && names.has(path.basename(m.source)))
   // first without a word to any daemon: the source names the image file
   // itself unless it was renamed since (or had ',' or '\' in its name)
-  const named = candidates.find(m => same(m.source))
+  // and its daemon is alive by its record: a dead mount (ENOTCONN) keeps
+  // its entry until cleared, and a mount onto it clears it (checkMountpoint)
+  const named = candidates.find(m => same(m.source) && daemonAlive(m))
   if (named) return named
   for (const m of candidates) {
     try {
@@ -656,6 +658,17 @@ export function mountOfImage (image: string): MountEntry | undefined {
   return undefined
 }
 
+/** The record of the daemon serving mountpoint: its own, or a second mount point's (same connection). */
+function recordOfMount (mp: string, m: MountEntry | undefined): MountRecord | null | undefined {
+  return readRecord(mp) ?? (m ? mountsOfDev(m.dev).map(o => readRecord(o.mountpoint)).find(r => r !== null) : undefined)
+}
+
+/** Whether m's daemon is alive by its record, without a word to it (a stat of a stopped daemon's mount never returns). */
+function daemonAlive (m: MountEntry): boolean {
+  const rec = recordOfMount(m.mountpoint, m)
+  return rec !== null && rec !== undefined && alive(rec.worker)
+}
+
 /**
  * Exit 6 at once if the daemon serving mountpoint (its record's worker,
  * or a second mount point's, found by the connection) is stopped: it
@@ -664,8 +677,7 @@ export function mountOfImage (image: string): MountEntry | undefined {
  */
 function refuseStopped (mountpoint: string, then: string): void {
   const mp = path.resolve(mountpoint)
-  const m = findMount(mp)
-  const rec = readRecord(mp) ?? (m ? mountsOfDev(m.dev).map(o => readRecord(o.mountpoint)).find(r => r !== null) : undefined)
+  const rec = recordOfMount(mp, findMount(mp))
   if (rec && stopped(rec.worker)) {
     throw new ImageError(`${mp}: its daemon ${rec.worker} is stopped (SIGSTOP?): continue it (kill -CONT ${rec.worker}) and ${then}`, EXIT.BUSY)
   }
