@@ -85,6 +85,8 @@ function buildTools () {
     .find(d => fs.existsSync(path.join(d, 'node_api.h')))
   const args = ['-s', '-C', __dirname]
   if (inc) args.push(`NODE_INCLUDE=${inc}`)
+  const sqlite = path.join(path.dirname(require.resolve('better-sqlite3/package.json', { paths: [root] })), 'deps', 'sqlite3')
+  args.push(`SQLITE_INCLUDE=${sqlite}`)
   execFileSync('make', args, { stdio: ['ignore', 'inherit', 'inherit'] })
 }
 

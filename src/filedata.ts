@@ -21,6 +21,7 @@
 import { flushBatch } from './sqltx'
 import * as fs from 'fs'
 import * as os from 'os'
+import { promisify } from 'util'
 import type Database from 'better-sqlite3'
 import { fsErr } from './errno'
 import { BLOCK_SIZE } from './imageerror'
@@ -85,11 +86,20 @@ export interface RunCommit {
 /** runs inside the commit of each truncate step: blocks freed by it, first and last step */
 export type TruncateStep = (freedBlocks: number, first: boolean, last: boolean) => void
 
+const fdatasync = promisify(fs.fdatasync)
+
 export class FileData {
   readonly tree: ExtentTree
   private readonly truncateStats: TruncateStats = { truncateSteps: 0, truncateExtents: 0, maxTruncateStepMs: 0 }
-  /** SQLite's WAL file, for syncCommits (opened at its first call) */
+  /**
+   * SQLite's WAL file, for syncCommits. Opened with the image (openWal):
+   * Linux reports a failed writeback to each file description open when
+   * it happened, but to one opened later only if no sync saw it yet, and
+   * SQLite's own syncs (its automatic checkpoints) see it and tell no one.
+   */
   private walFd: number | null = null
+  /** the WAL again, for checkpoint's synchronous sync (a description of its own: syncCommits may be syncing walFd meanwhile) */
+  private ckptFd: number | null = null
   /**
    * The WAL again, for the binding's syncs (commitsToSync(true)): a file
    * description of its own, so that a failed writeback, which Linux
@@ -139,6 +149,19 @@ export class FileData {
       onReusable: (starts, lens, release) => this.plans.whenReadsDone(() => this.discard.reusable(starts, lens, release))
     })
     this.csums = new DataCsums(db)
+    if (!db.readonly) this.openWal()
+  }
+
+  /** open walFd, handOffFd and ckptFd; false when there is no WAL file (no commit since the image was opened) */
+  private openWal (): boolean {
+    try {
+      this.walFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
+      this.handOffFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
+      this.ckptFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
+      return true
+    } catch {
+      return false
+    }
   }
 
   /**
@@ -149,17 +172,46 @@ export class FileData {
    * checkpoint does first. Blocks freed by the commits it covers become
    * allocatable. Before the first commit there is no WAL: a checkpoint.
    */
-  async syncCommits (): Promise<void> {
-    const mark = this.tree.commitMark
-    const fd = this.commitsToSync()
-    if (fd === null) return
-    try {
-      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
-    } catch (err) {
-      this.failWal(err)
-    }
-    this.checkWal() // the binding's sync of the same commits may have failed meanwhile
-    this.tree.markDurable(mark)
+  syncCommits (): Promise<void> {
+    // One sync of walFd at a time: two at once on one file description,
+    // Linux reports a failed writeback to the first to look only, and the
+    // other, answered 0, would call commits durable whose frames are lost
+    // (if its callback ran before the failed one's). Callers arriving
+    // while one runs share the next, which starts after it (and after
+    // their commits).
+    if (this.walSyncNext !== null) return this.walSyncNext
+    if (this.walSyncRunning === null) return this.startWalSync()
+    const next = this.walSyncRunning.catch(() => {}).then(() => {
+      this.walSyncNext = null
+      return this.startWalSync()
+    })
+    this.walSyncNext = next
+    return next
+  }
+
+  /** the WAL sync in flight (syncCommits), and the one queued after it */
+  private walSyncRunning: Promise<void> | null = null
+  private walSyncNext: Promise<void> | null = null
+
+  /** fdatasync of a WAL descriptor on the thread pool (tests emulate the host's failures here) */
+  walDatasync: (fd: number) => Promise<void> = fdatasync
+
+  private startWalSync (): Promise<void> {
+    const run = (async () => {
+      const mark = this.tree.commitMark
+      const fd = this.commitsToSync()
+      if (fd === null) return
+      try {
+        await this.walDatasync(fd)
+      } catch (err) {
+        this.failWal(err)
+      }
+      this.checkWal() // the binding's sync of the same commits may have failed meanwhile
+      this.tree.markDurable(mark)
+    })()
+    const running = run.finally(() => { if (this.walSyncRunning === running) this.walSyncRunning = null })
+    this.walSyncRunning = running
+    return running
   }
 
   /**
@@ -205,11 +257,8 @@ export class FileData {
   commitsToSync (handOff = false): number | null {
     this.checkWal()
     flushBatch(this.db) // the metadata group commit (sqltx.ts) goes into the WAL first
-    if (this.walFd === null || this.handOffFd === null) {
-      try {
-        this.walFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
-        this.handOffFd ??= fs.openSync(`${this.db.name}-wal`, 'r')
-      } catch {
+    if (this.walFd === null || this.handOffFd === null || this.ckptFd === null) {
+      if (!this.openWal()) {
         this.checkpoint()
         return null
       }
@@ -253,9 +302,8 @@ export class FileData {
   /** close the WAL descriptor syncCommits keeps (before the database closes), and stop the crc thread */
   closeWal (): void {
     this.crc.close()
-    if (this.walFd !== null) fs.closeSync(this.walFd)
-    if (this.handOffFd !== null) fs.closeSync(this.handOffFd)
-    this.walFd = this.handOffFd = null
+    for (const fd of [this.walFd, this.handOffFd, this.ckptFd]) if (fd !== null) fs.closeSync(fd)
+    this.walFd = this.handOffFd = this.ckptFd = null
   }
 
   /** blocks mapped by committed extents */
@@ -281,6 +329,17 @@ export class FileData {
     } catch (err) {
       if ((err as { code?: string }).code?.startsWith('SQLITE_IOERR') === true) this.failWal(err)
       throw err
+    }
+    // the checkpoint syncs the WAL through SQLite's descriptor, and the
+    // pragma answers a failure as 'busy' (an automatic checkpoint ignores
+    // it): a sync of our own descriptor sees a failure whoever met it
+    if (this.ckptFd !== null) {
+      try {
+        fs.fdatasyncSync(this.ckptFd)
+      } catch (err) {
+        this.failWal(err)
+      }
+      this.checkWal()
     }
     this.tree.markDurable()
   }

@@ -21,7 +21,7 @@
 // past its size), as ext4's orphan list does.
 import type Database from 'better-sqlite3'
 import { fsErr, NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './errno'
-import { BLOCK_SIZE, ROOT_INO, nowTime, type OpenImage, type Superblock } from './image'
+import { BLOCK_SIZE, ROOT_INO, noCheckpointOnClose, nowTime, type OpenImage, type Superblock } from './image'
 import { FileData, type TruncateStep } from './filedata'
 import { Reaper } from './reaper'
 import { nameFromDb, nameToDb } from './names'
@@ -2257,11 +2257,18 @@ export class FolioFs {
         lost = err // the image still closes cleanly; the caller hears of the loss below
       }
       await this.data.reusableSettled() // punches of the last frees, before the data area closes
-      // leave the image as a plain database at rest (see mkfs), without free pages (auto_vacuum = INCREMENTAL; a no-op on older images: fsck --compact)
       flushBatch(this.db)
       this.data.closeWal()
-      try { this.db.pragma('incremental_vacuum') } catch { /* best effort: the pages stay free inside the file */ }
-      try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
+      if (this.data.walFailure !== null) {
+        // after a failed sync of the WAL, the image closes as a crash
+        // leaves it: no checkpoint (it would copy the frames whose write
+        // failed, unchecked); the next open recovers from the WAL
+        noCheckpointOnClose(this.db)
+      } else {
+        // leave the image as a plain database at rest (see mkfs), without free pages (auto_vacuum = INCREMENTAL; a no-op on older images: fsck --compact)
+        try { this.db.pragma('incremental_vacuum') } catch { /* best effort: the pages stay free inside the file */ }
+        try { this.db.pragma('journal_mode = DELETE') } catch { /* best effort: the WAL replays on next open */ }
+      }
     }
     await this.data.plans.drained() // libfuse threads may still read the data area (an unmount by SIGTERM)
     this.db.close()

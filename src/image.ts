@@ -402,6 +402,27 @@ function removeShmOnClose (db: Database.Database, path: string): void {
  * Open and validate an image. Validation runs on a read-only connection
  * first, so a file that is not a healthy foliofs image is never modified.
  */
+/**
+ * Close db without SQLite's checkpoint at close (its WAL stays beside the
+ * image, recovered at the next open as after a crash): for an image whose
+ * WAL sync failed, where the checkpoint would copy frames whose write
+ * failed into the database unchecked. SQLite's NO_CKPT_ON_CLOSE, which
+ * better-sqlite3 does not expose, set by a small extension
+ * (native/foliofs-nockpt.c). Returns false, with a line in the log, when
+ * it cannot be set (the extension is not built): the close checkpoints.
+ * Misuse: on a sound image (nothing lost, but the WAL is left).
+ */
+export function noCheckpointOnClose (db: Database.Database): boolean {
+  try {
+    db.loadExtension(NOCKPT_EXTENSION) // its entry point by its name: sqlite3_foliofsnockpt_init
+    return true
+  } catch (err) {
+    process.stderr.write(`foliofs: ${db.name}: cannot keep the close from checkpointing the failed WAL: ${String(err)}\n`)
+    return false
+  }
+}
+const NOCKPT_EXTENSION = nodePath.resolve(__dirname, '..', '..', 'native', 'build', 'foliofs_nockpt.so')
+
 /** a crash left the image unclean: a -wal with frames beside it (a clean close checkpoints and removes it) */
 export function uncleanImage (image: string): boolean {
   try { return fs.statSync(`${imageTarget(image)}-wal`).size > 0 } catch { return false }

@@ -171,6 +171,30 @@ test('a failed data area sync: runs written before it are written again, though 
   await sameAfterRemount(img, ino, data)
 })
 
+test('two WAL syncs at once: the one answered 0 after the other failed does not call the commits durable', async () => {
+  // Linux reports a failed writeback to one fdatasync of a file
+  // description and marks the pages clean: emulated, the first sync fails
+  // late, a second one at the same time succeeds at once
+  const { fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, pattern(12, MiB), 0)
+  await fs.fsync(ino)
+  let calls = 0
+  fs.data.walDatasync = async () => {
+    if (calls++ === 0) {
+      await new Promise(resolve => setTimeout(resolve, 100))
+      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })
+    }
+  }
+  fs.create('/g', 0o644, root) // a commit to sync
+  const first = fs.data.syncCommits()
+  const second = fs.data.syncCommits()
+  await assert.rejects(first, /EIO/)
+  await assert.rejects(second, /EIO/, 'the second sync answered 0 though the first failed')
+  assert.ok(fs.data.walFailure !== null)
+  await fs.close().catch(() => {})
+})
+
 test('readahead keeps up with a sequential reader whose requests arrive a little out of order: streaming chunks, and folios when streaming is off', async () => {
   const { img, fs: first } = fresh()
   const ino = first.create('/f', 0o644, root)
