@@ -1949,9 +1949,13 @@ export class FolioFs {
         if (last) this.journal.forget(ino, a, b)
       })
     }
-    await zero(from, a * BLOCK_SIZE)
-    await zero(b * BLOCK_SIZE, to)
-    if (a < b && this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
+    try {
+      await zero(from, a * BLOCK_SIZE)
+      await zero(b * BLOCK_SIZE, to)
+    } finally {
+      // the unmap stored t: memory shows it too, also when an edge failed
+      if (a < b && this.attrs.has(ino)) this.touchMem(ino, this.sizeOf(ino), t)
+    }
   }
 
   /**

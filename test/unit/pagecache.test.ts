@@ -171,6 +171,23 @@ test('a failed data area sync: runs written before it are written again, though 
   await sameAfterRemount(img, ino, data)
 })
 
+test('a punch whose edge fails after its whole blocks are unmapped still shows its new times (memory and row agree)', async () => {
+  const { fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  await fs.write(ino, pattern(13, 64 * 1024), 0)
+  await fs.fsync(ino)
+  await fs.write(ino, pattern(14, 4096), 0) // dirty: its times are in memory
+  const before = fs.stat(ino).mtime
+  await new Promise(resolve => setTimeout(resolve, 20))
+  fs.io.write = async () => { throw Object.assign(new Error('EIO: emulated'), { code: 'EIO' }) }
+  await assert.rejects(fs.fallocate(ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1000, 40000), /EIO/)
+  const row = fs.db.prepare('SELECT mtime_s, mtime_ns FROM inodes WHERE ino = ?').get(ino) as { mtime_s: number, mtime_ns: number }
+  const shown = fs.stat(ino).mtime
+  assert.notDeepEqual(shown, before, 'the punch freed blocks: mtime moves')
+  assert.deepEqual(shown, { sec: row.mtime_s, nsec: row.mtime_ns }, 'stat shows the mtime the punch stored')
+  await fs.close().catch(() => {})
+})
+
 test('two WAL syncs at once: the one answered 0 after the other failed does not call the commits durable', async () => {
   // Linux reports a failed writeback to one fdatasync of a file
   // description and marks the pages clean: emulated, the first sync fails
