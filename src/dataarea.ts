@@ -21,7 +21,7 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { promisify } from 'util'
-import { BLOCK_SIZE, EXIT, ImageError } from './imageerror'
+import { BLOCK_SIZE, EXIT, hostFileError, ImageError } from './imageerror'
 import { fsErr } from './errno'
 
 const MAGIC = Buffer.from('FOLIOFS-DATA\n\0\0\0', 'latin1')
@@ -115,8 +115,8 @@ export function checkDataArea (image: string, uuid: string): string {
   let fd: number
   try {
     fd = fs.openSync(p, 'r')
-  } catch {
-    throw new ImageError(`${image}: corrupt image (data area ${p} is missing)`, EXIT.CORRUPT)
+  } catch (err) {
+    throw hostFileError(err, image, p) ?? new ImageError(`${image}: corrupt image (data area ${p} is missing)`, EXIT.CORRUPT)
   }
   const b = Buffer.alloc(BLOCK_SIZE)
   let n: number

@@ -19,7 +19,7 @@ import * as nodePath from 'path'
 import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 import { bucketsOf } from './btree/alloc'
-import { BLOCK_SIZE, EXIT, ImageError, refusedReadWrite } from './imageerror'
+import { BLOCK_SIZE, EXIT, hostFileError, ImageError, refusedReadWrite } from './imageerror'
 import { checkDataArea, createDataArea, dataAreaPath, imageTarget } from './dataarea'
 import { CSUM_SCHEMA } from './datacsum'
 import { JOURNAL_SCHEMA } from './journal'
@@ -443,10 +443,8 @@ export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
     const fd = fs.openSync(path, 'r')
     try { n = fs.readSync(fd, head, 0, head.length, 0) } finally { fs.closeSync(fd) }
   } catch (err) {
-    // the host's failure (a bad sector: EIO; permissions), not ours
-    const code = (err as { code?: string }).code
-    if (code === 'EACCES' || code === 'EPERM') throw new ImageError(`${path}: cannot open image (permission denied)`, EXIT.NOT_FOUND)
-    throw new ImageError(`${path}: cannot read image (${(err as Error).message})`, EXIT.CORRUPT)
+    // the host's failure (a bad sector: EIO; permissions; descriptors), not ours
+    throw hostFileError(err, path, path) ?? new ImageError(`${path}: no such image`, EXIT.NOT_FOUND)
   }
   if (n < SQLITE_HEADER.length || !head.subarray(0, SQLITE_HEADER.length).equals(SQLITE_HEADER)) {
     throw new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)

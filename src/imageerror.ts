@@ -30,3 +30,23 @@ export class ImageError extends Error {
 export function refusedReadWrite (image: string, what: string, see = 'foliofs fsck'): ImageError {
   return new ImageError(`${image}: corrupt image (${what}): refused read-write; mount it read-only (-o ro) to copy files off; see ${see}`, EXIT.CORRUPT)
 }
+
+/**
+ * The host's failure to open or read one of the image's files (file: the
+ * path named; where: the image it belongs to, for the line's start), or
+ * null for ENOENT, whose meaning is the caller's (no such image; a data
+ * area missing is damage). The process is short of descriptors or memory
+ * (EMFILE, ENFILE, ENOMEM): exit 7, nothing wrong with the image; no
+ * permission: exit 3; anything else (EIO: a bad sector) is the host
+ * failing to read it: exit 5.
+ */
+export function hostFileError (err: unknown, where: string, file: string): ImageError | null {
+  const code = (err as { code?: string }).code
+  if (code === 'ENOENT') return null
+  const of = file === where ? '' : ` ${file}`
+  if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOMEM') {
+    return new ImageError(`${where}: cannot open${of} (${code === 'ENOMEM' ? 'out of memory' : 'too many open files'}): the image is not at fault; raise ulimit -n or close files`, EXIT.MOUNT_FAILED)
+  }
+  if (code === 'EACCES' || code === 'EPERM') return new ImageError(`${where}: cannot open${of} (permission denied)`, EXIT.NOT_FOUND)
+  return new ImageError(`${where}: cannot read${of || ' image'} (${(err as Error).message})`, EXIT.CORRUPT)
+}
