@@ -2,17 +2,17 @@
 // the supervisor that runs it in the background and cleans up after it.
 import * as fs from 'fs'
 import * as path from 'path'
-import * as os from 'os'
 import { spawn } from 'child_process'
 import createDebug from 'debug'
 import Database from 'better-sqlite3'
 import { EXIT, ImageError, openImage, parseSize, type Superblock } from './image'
 import { refusedReadWrite } from './imageerror'
-import { FolioFs, type AtimeMode } from './fs'
+import { DEFAULT_CACHE_BYTES, FolioFs, type AtimeMode } from './fs'
 import { makeOps, newRequestStats, SERVED_IOCTLS, type FuseLike, type OpsContext } from './fuse-ops'
 import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
+import { memoryLimit } from './memlimit'
 import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, stopped, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry, type MountRecord } from './mounts'
 import { execFileSync } from 'child_process'
 
@@ -170,10 +170,23 @@ function parseCacheSize (val: string, opt: string): number {
   try { n = parseSize(val) } catch { throw new ImageError(`malformed mount option '${opt}' (use e.g. cache_size=256M)`, EXIT.USAGE) }
   if (n < 1024 * 1024) throw new ImageError(`mount option '${opt}': the page cache needs at least 1M`, EXIT.USAGE)
   // dirty data is throttled only at half the cache: a cache past the
-  // machine's memory lets writers fill memory with it
-  const mem = os.totalmem()
-  if (n > mem) throw new ImageError(`mount option '${opt}': the page cache cannot be larger than this machine's memory (${Math.floor(mem / (1 << 20))}M)`, EXIT.USAGE)
+  // memory this process may use lets writers fill it with dirty data
+  const mem = memoryLimit()
+  const whose = mem.cgroup ? "this process's memory cgroup limit" : "this machine's memory"
+  if (n > mem.bytes) throw new ImageError(`mount option '${opt}': the page cache cannot be larger than ${whose} (${Math.floor(mem.bytes / (1 << 20))}M)`, EXIT.USAGE)
   return n
+}
+
+/**
+ * cache_size's default: DEFAULT_CACHE_BYTES, or a quarter of a memory
+ * cgroup's limit when that is less (the daemon's V8 heap and SQLite's
+ * cache come on top of the page cache), whole MiB, at least 8M (below
+ * that a streaming read's chunk does not fit: README).
+ */
+function defaultCacheBytes (): number {
+  const mem = memoryLimit()
+  const quarter = Math.floor(mem.bytes / 4 / (1 << 20)) * (1 << 20)
+  return Math.max(Math.min(DEFAULT_CACHE_BYTES, quarter), 8 << 20)
 }
 
 function checkMountpoint (mountpoint: string): void {
@@ -336,7 +349,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   const folio = new FolioFs(img, {
     injectRestarts: opts.injectRestarts,
     debugChecks: opts.debugChecks || undefined,
-    cacheBytes: opts.cacheBytes,
+    cacheBytes: opts.cacheBytes ?? defaultCacheBytes(),
     syncWrites: opts.syncWrites,
     writebackDelayMs: opts.writebackDelayMs,
     dirtyExpireMs: opts.dirtyExpireMs,
