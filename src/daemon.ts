@@ -592,6 +592,10 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
     throw new ImageError(`${mp}: not mounted`, EXIT.USAGE)
   }
   if (!m.fstype.startsWith('fuse')) throw new ImageError(`${mp}: not a foliofs mount (${m.fstype})`, EXIT.USAGE)
+  const uid = process.getuid?.()
+  if (uid !== undefined && uid !== 0 && m.owner !== undefined && m.owner !== uid) {
+    throw new ImageError(`${mp}: permission denied: mounted by uid ${m.owner}; only that user or root can unmount it`, EXIT.MOUNT_FAILED)
+  }
   // a lazy unmount detaches whatever state the daemon is in; looking
   // first (a stat) hung on a daemon that does not answer (stopped, hung),
   // and a stopped one would only write its dirty data back once continued

@@ -4,7 +4,11 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { execFileSync } from 'child_process'
 
-export interface MountEntry { mountpoint: string, fstype: string, source: string, /** major:minor */ dev: string }
+export interface MountEntry {
+  mountpoint: string, fstype: string, source: string, /** major:minor */ dev: string
+  /** a FUSE mount's owner (its user_id= option): who besides root may unmount it */
+  owner?: number
+}
 
 function unescapeMount (s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
@@ -19,7 +23,8 @@ export function mountTable (): MountEntry[] {
     if (!post) continue
     const f = pre.split(' ')
     const g = post.split(' ')
-    out.push({ mountpoint: unescapeMount(f[4]), fstype: g[0], source: unescapeMount(g[1]), dev: f[2] })
+    const uid = /(?:^|,)user_id=(\d+)(?:,|$)/.exec(g[2] ?? '')
+    out.push({ mountpoint: unescapeMount(f[4]), fstype: g[0], source: unescapeMount(g[1]), dev: f[2], ...(uid ? { owner: Number(uid[1]) } : {}) })
   }
   return out
 }
