@@ -616,13 +616,13 @@ export async function umount (mountpoint: string, opts: { lazy?: boolean, timeou
     }
     return
   }
-  if (opts.lazy && rec && !alive(rec.worker)) removeRecord(mp, rec.worker) // a dead one's
+  if (opts.lazy && rec && !alive(rec.worker, rec.workerStart)) removeRecord(mp, rec.worker) // a dead one's
   if (opts.lazy || !rec) return
   const deadline = Date.now() + (opts.timeoutMs ?? 60000)
-  while (alive(rec.worker) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
-  if (alive(rec.worker)) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} has not exited yet`, EXIT.BUSY)
+  while (alive(rec.worker, rec.workerStart) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
+  if (alive(rec.worker, rec.workerStart)) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} has not exited yet`, EXIT.BUSY)
   // a worker that died: its supervisor says so as it exits
-  while (alive(rec.supervisor) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
+  while (alive(rec.supervisor, rec.supervisorStart) && Date.now() < deadline) await new Promise(r => setTimeout(r, 25))
   removeRecord(mp, rec.worker)
   const failed = takeOutcome(mp, rec.worker)
   if (failed !== null) throw new ImageError(`${mp}: unmounted, but daemon ${rec.worker} ${failed}: changes not written back are lost; check it with foliofs fsck ${rec.image}`, EXIT.MOUNT_FAILED)
@@ -683,7 +683,7 @@ function recordOfMount (mp: string, m: MountEntry | undefined): MountRecord | nu
 /** Whether m's daemon is alive by its record, without a word to it (a stat of a stopped daemon's mount never returns). */
 function daemonAlive (m: MountEntry): boolean {
   const rec = recordOfMount(m.mountpoint, m)
-  return rec !== null && rec !== undefined && alive(rec.worker)
+  return rec !== null && rec !== undefined && alive(rec.worker, rec.workerStart)
 }
 
 /**
@@ -695,7 +695,7 @@ function daemonAlive (m: MountEntry): boolean {
 function refuseStopped (mountpoint: string, then: string): void {
   const mp = path.resolve(mountpoint)
   const rec = recordOfMount(mp, findMount(mp))
-  if (rec && stopped(rec.worker)) {
+  if (rec && stopped(rec.worker, rec.workerStart)) {
     throw new ImageError(`${mp}: its daemon ${rec.worker} is stopped (SIGSTOP?): continue it (kill -CONT ${rec.worker}) and ${then}`, EXIT.BUSY)
   }
 }

@@ -159,7 +159,17 @@ function fdsOf (pid: string): string[] {
  * one, or a remaining bind mount once the first was unmounted (umount
  * moves it). dev: the connection's major:minor, for its other mount points.
  */
-export interface MountRecord { image: string, mountpoint: string, worker: number, supervisor: number, dev?: string }
+/**
+ * A mount's record in runDir(). workerStart/supervisorStart: the
+ * processes' start times (/proc/PID/stat, clock ticks since boot), so that
+ * a pid reused by another process after the daemon died is not taken for
+ * it (a stopped shell job there made umount of the dead mount refuse it as
+ * "stopped"); records written before they existed have none.
+ */
+export interface MountRecord {
+  image: string, mountpoint: string, worker: number, supervisor: number, dev?: string
+  workerStart?: number, supervisorStart?: number
+}
 
 export function runDir (): string {
   return process.env.FOLIOFS_RUNDIR ?? (process.getuid?.() === 0 ? '/run/foliofs' : path.join(process.env.XDG_RUNTIME_DIR ?? '/tmp', 'foliofs'))
@@ -232,7 +242,7 @@ export function takeOutcome (mountpoint: string, worker: number): string | null 
  */
 export function recordMounted (rec: MountRecord): void {
   fs.rmSync(outcomePath(rec.mountpoint, rec.worker), { force: true })
-  writeRecord(rec)
+  writeRecord({ ...rec, workerStart: procStat(rec.worker)?.start, supervisorStart: procStat(rec.supervisor)?.start })
 }
 
 export function removeRecord (mountpoint: string, pid?: number): void {
@@ -251,9 +261,9 @@ export function removeRecord (mountpoint: string, pid?: number): void {
  * kill's answer stands", alive, and umount said the daemon had not exited
  * (generic/024 in CI). kill(pid, 0) answers only where there is no /proc.
  */
-export function alive (pid: number): boolean {
-  const state = procState(pid)
-  if (state === undefined) {
+export function alive (pid: number, start?: number): boolean {
+  const st = procStat(pid)
+  if (st === undefined) {
     if (fs.existsSync('/proc/self/stat')) return false // /proc is there: pid is gone
     try {
       process.kill(pid, 0)
@@ -262,14 +272,19 @@ export function alive (pid: number): boolean {
       return (err as NodeJS.ErrnoException).code === 'EPERM'
     }
   }
-  return state !== 'Z'
+  return st.state !== 'Z' && (start === undefined || st.start === start)
 }
 
-/** the state letter of /proc/PID/stat (R, S, D, T stopped, Z zombie...), undefined without an entry */
-function procState (pid: number): string | undefined {
+/**
+ * /proc/PID/stat's state letter (R, S, D, T stopped, Z zombie...) and start
+ * time (clock ticks since boot: with the pid, names one process for good);
+ * undefined without an entry
+ */
+function procStat (pid: number): { state: string, start: number } | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat[stat.lastIndexOf(')') + 2] // the state follows "(comm) "
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ') // the fields after "(comm) ", the state first
+    return { state: f[0], start: Number(f[19]) } // starttime is field 22
   } catch {
     return undefined
   }
@@ -281,8 +296,8 @@ function procState (pid: number): string | undefined {
  * for it in a sleep only SIGKILL ends: check this before touching the
  * mount when a hang must not happen.
  */
-export function stopped (pid: number): boolean {
-  const state = procState(pid)
-  return state === 'T' || state === 't'
+export function stopped (pid: number, start?: number): boolean {
+  const st = procStat(pid)
+  return st !== undefined && (st.state === 'T' || st.state === 't') && (start === undefined || st.start === start)
 }
 
