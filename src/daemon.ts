@@ -389,6 +389,14 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   const syncErrno = (Fuse as unknown as { syncErrno?: () => number }).syncErrno
   if (ctx.syncFds === true && syncErrno) folio.data.handOffSyncErrno = syncErrno
 
+  // A signal from here on must unmount: the kernel's mount appears before
+  // the session's handlers below are installed, and a SIGINT in between
+  // (Ctrl-C as the mount comes up) killed the process and left the mount
+  // point dead. It is kept and acted on once the handlers are in.
+  let early: NodeJS.Signals | null = null
+  const keepEarly = (sig: NodeJS.Signals): void => { early ??= sig }
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
+  for (const sig of signals) process.on(sig, keepEarly)
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err: Error | null) => {
       if (err) return reject(new ImageError(`mount failed: ${err.message}`, EXIT.MOUNT_FAILED))
@@ -439,13 +447,17 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
         finish(0, false)
       })
     }
-    process.on('SIGINT', () => shutdown('SIGINT'))
-    process.on('SIGTERM', () => shutdown('SIGTERM'))
-    process.on('SIGHUP', () => shutdown('SIGHUP'))
+    for (const sig of signals) {
+      process.off(sig, keepEarly)
+      process.on(sig, () => shutdown(sig))
+    }
     sessionEnded = () => {
       debug('session of %s ended; closing image', mountpoint)
       finish(0, true)
     }
+    // a signal that came while mounting: shut down once this set-up is done
+    const pending = early
+    if (pending !== null) setImmediate(() => shutdown(pending))
     // ready once the mount is as it will stay (signals are handled from here on)
     const ra = opts.readaheadKb > 0 ? setReadahead(mountpoint, opts.readaheadKb) : Promise.resolve()
     void ra.then(() => notify({ ready: true }))
