@@ -428,6 +428,23 @@ export function uncleanImage (image: string): boolean {
   try { return fs.statSync(`${imageTarget(image)}-wal`).size > 0 } catch { return false }
 }
 
+/**
+ * What a killed mkfs leaves: it claims the image's name first (an empty
+ * file), then writes the database, then the data area beside it. Said
+ * with the errors those states meet, since they are not damage to data.
+ */
+const INTERRUPTED_MKFS = 'an interrupted mkfs leaves one: make it again with foliofs mkfs --force'
+
+/** err, naming an interrupted mkfs when the image holds nothing yet (the root directory alone, empty) */
+function freshImageHint (db: Database.Database, err: unknown): unknown {
+  if (!(err instanceof ImageError) || !/data area .* is missing/.test(err.message)) return err
+  let fresh = false
+  try {
+    fresh = db.prepare('SELECT count(*) FROM inodes').pluck().get() === 1 && db.prepare('SELECT count(*) FROM dirents').pluck().get() === 0
+  } catch { /* no answer: no hint */ }
+  return fresh ? new ImageError(`${err.message.replace(/\)$/, '')}; the image holds nothing yet: ${INTERRUPTED_MKFS.replace('leaves one', 'leaves this')})`, err.exitCode) : err
+}
+
 export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
   const path = imageTarget(image)
   let st: fs.Stats
@@ -446,6 +463,7 @@ export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
     // the host's failure (a bad sector: EIO; permissions; descriptors), not ours
     throw hostFileError(err, path, path) ?? new ImageError(`${path}: no such image`, EXIT.NOT_FOUND)
   }
+  if (n === 0) throw new ImageError(`${path}: an empty file, not a foliofs image (${INTERRUPTED_MKFS})`, EXIT.NOT_FOLIOFS)
   if (n < SQLITE_HEADER.length || !head.subarray(0, SQLITE_HEADER.length).equals(SQLITE_HEADER)) {
     throw new ImageError(`${path}: not a foliofs image (not an SQLite database)`, EXIT.NOT_FOLIOFS)
   }
@@ -467,7 +485,7 @@ export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
     ro = new Database(path, { readonly: true, fileMustExist: true, timeout: 100 })
     removeShmOnClose(ro, path)
     const sb = readSuperblock(ro, path, opts.upgradable ?? !opts.readonly)
-    checkDataArea(path, sb.uuid)
+    try { checkDataArea(path, sb.uuid) } catch (err) { throw freshImageHint(ro, err) }
     if (opts.check !== false) {
       const { tables: problems, free } = mountProblems(ro)
       if (problems.length) {
