@@ -392,10 +392,21 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
   // A signal from here on must unmount: the kernel's mount appears before
   // the session's handlers below are installed, and a SIGINT in between
   // (Ctrl-C as the mount comes up) killed the process and left the mount
-  // point dead. It is kept and acted on once the handlers are in.
+  // point dead. Once the kernel's mount is there, the signal is kept and
+  // acted on when the handlers are in. Before (a mount point on a hung
+  // NFS server stalls the mount), and for a second signal, it does what
+  // it did without a handler: there is nothing to leave dead yet.
   let early: NodeJS.Signals | null = null
-  const keepEarly = (sig: NodeJS.Signals): void => { early ??= sig }
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
+  const dropEarly = (): void => { for (const sig of signals) process.off(sig, keepEarly) }
+  function keepEarly (sig: NodeJS.Signals): void {
+    if (early === null && findMount(mountpoint)?.fstype.startsWith('fuse') === true) {
+      early = sig
+      return
+    }
+    dropEarly()
+    process.kill(process.pid, sig)
+  }
   for (const sig of signals) process.on(sig, keepEarly)
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err: Error | null) => {
@@ -405,6 +416,7 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
       resolve()
     })
   }).catch(async err => {
+    dropEarly()
     await folio.close()
     throw err
   })
@@ -447,17 +459,20 @@ export async function runWorker (image: string, mountpoint: string, opts: MountO
         finish(0, false)
       })
     }
-    for (const sig of signals) {
-      process.off(sig, keepEarly)
-      process.on(sig, () => shutdown(sig))
-    }
+    dropEarly()
+    for (const sig of signals) process.on(sig, () => shutdown(sig))
     sessionEnded = () => {
       debug('session of %s ended; closing image', mountpoint)
       finish(0, true)
     }
-    // a signal that came while mounting: shut down once this set-up is done
-    const pending = early
-    if (pending !== null) setImmediate(() => shutdown(pending))
+    // a signal that came while mounting: shut down once this set-up is
+    // done, and tell `foliofs mount` so rather than that the mount is ready
+    const pending: NodeJS.Signals | null = early
+    if (pending !== null) {
+      notify({ error: `mount interrupted (${pending}): unmounted again`, exitCode: EXIT.MOUNT_FAILED })
+      setImmediate(() => shutdown(pending))
+      return
+    }
     // ready once the mount is as it will stay (signals are handled from here on)
     const ra = opts.readaheadKb > 0 ? setReadahead(mountpoint, opts.readaheadKb) : Promise.resolve()
     void ra.then(() => notify({ ready: true }))
