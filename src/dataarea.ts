@@ -123,7 +123,10 @@ export function checkDataArea (image: string, uuid: string): string {
   try {
     if (!fs.fstatSync(fd).isFile()) throw new ImageError(`${image}: corrupt image (data area ${p} is not a regular file)`, EXIT.CORRUPT)
     n = fs.readSync(fd, b, 0, BLOCK_SIZE, 0)
+  } catch (err) {
+    throw err instanceof ImageError ? err : hostFileError(err, image, p) ?? err
   } finally { fs.closeSync(fd) }
+  if (n === 0) throw new ImageError(`${image}: corrupt image (data area ${p} is empty)`, EXIT.CORRUPT)
   if (n < 56 || !b.subarray(0, 16).equals(MAGIC)) throw new ImageError(`${image}: corrupt image (${p} is not a foliofs data area)`, EXIT.CORRUPT)
   if (b.readUInt32BE(16) !== VERSION) throw new ImageError(`${image}: unsupported data area version ${b.readUInt32BE(16)}`, EXIT.NOT_FOLIOFS)
   const got = b.toString('ascii', 20, 56)

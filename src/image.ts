@@ -287,6 +287,7 @@ function sqliteError (path: string, err: unknown): ImageError {
 /** Read the superblock of an open database, validating the schema. */
 export function readSuperblock (db: Database.Database, path: string, upgradable = false): Superblock {
   const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map(r => r.name))
+  if (tables.size === 0) throw new ImageError(`${path}: not a foliofs image (an SQLite database with no tables: ${INTERRUPTED_MKFS})`, EXIT.NOT_FOLIOFS)
   if (!tables.has('superblock')) throw new ImageError(`${path}: not a foliofs image (SQLite database without a foliofs superblock)`, EXIT.NOT_FOLIOFS)
   const row = db.prepare('SELECT * FROM superblock WHERE id = 0').get() as Record<string, unknown> | undefined
   if (!row || row.magic !== MAGIC) throw new ImageError(`${path}: not a foliofs image (bad magic)`, EXIT.NOT_FOLIOFS)
@@ -435,14 +436,14 @@ export function uncleanImage (image: string): boolean {
  */
 const INTERRUPTED_MKFS = 'an interrupted mkfs leaves one: make it again with foliofs mkfs --force'
 
-/** err, naming an interrupted mkfs when the image holds nothing yet (the root directory alone, empty) */
+/** err, naming an interrupted mkfs when the image holds no files (the root directory alone, empty) */
 function freshImageHint (db: Database.Database, err: unknown): unknown {
-  if (!(err instanceof ImageError) || !/data area .* is missing/.test(err.message)) return err
+  if (!(err instanceof ImageError) || !/data area .* is (missing|empty)\)$/.test(err.message)) return err
   let fresh = false
   try {
     fresh = db.prepare('SELECT count(*) FROM inodes').pluck().get() === 1 && db.prepare('SELECT count(*) FROM dirents').pluck().get() === 0
   } catch { /* no answer: no hint */ }
-  return fresh ? new ImageError(`${err.message.replace(/\)$/, '')}; the image holds nothing yet: ${INTERRUPTED_MKFS.replace('leaves one', 'leaves this')})`, err.exitCode) : err
+  return fresh ? new ImageError(`${err.message.replace(/\)$/, '')}; the image holds no files: ${INTERRUPTED_MKFS.replace('leaves one', 'leaves this')})`, err.exitCode) : err
 }
 
 export function openImage (image: string, opts: OpenOptions = {}): OpenImage {

@@ -44,9 +44,12 @@ export function hostFileError (err: unknown, where: string, file: string): Image
   const code = (err as { code?: string }).code
   if (code === 'ENOENT') return null
   const of = file === where ? '' : ` ${file}`
-  if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOMEM') {
-    return new ImageError(`${where}: cannot open${of} (${code === 'ENOMEM' ? 'out of memory' : 'too many open files'}): the image is not at fault; raise ulimit -n or close files`, EXIT.MOUNT_FAILED)
+  const short: Record<string, string> = {
+    EMFILE: 'too many open files in this process: raise ulimit -n',
+    ENFILE: "too many open files on this system: close some, or raise the kernel's fs.file-max",
+    ENOMEM: 'out of memory'
   }
+  if (code !== undefined && code in short) return new ImageError(`${where}: cannot open${of} (${short[code]}); the image is not at fault`, EXIT.MOUNT_FAILED)
   if (code === 'EACCES' || code === 'EPERM') return new ImageError(`${where}: cannot open${of} (permission denied)`, EXIT.NOT_FOUND)
   return new ImageError(`${where}: cannot read${of || ' image'} (${(err as Error).message})`, EXIT.CORRUPT)
 }

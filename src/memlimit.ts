@@ -50,7 +50,7 @@ function readLimit (file: string): number | null {
 /** the smallest limit of cgroup `cg` and its ancestors under mount m */
 function limitUnder (m: CgroupMount, cg: string): number | null {
   const rel = path.posix.relative(m.root, cg)
-  if (rel.startsWith('..')) return null // the cgroup is outside what this mount shows
+  if (rel === '..' || rel.startsWith('../')) return null // the cgroup is outside what this mount shows
   const file = m.v2 ? 'memory.max' : 'memory.limit_in_bytes'
   let best: number | null = null
   for (let dir = path.posix.join(m.dir, rel); ; dir = path.posix.dirname(dir)) {
