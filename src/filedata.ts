@@ -30,7 +30,7 @@ import { CrcThread } from './crcthread'
 import { ChecksumError, DataCsums } from './datacsum'
 import { Discard } from './discard'
 import { ReadPlans, type PlanSegment, type PlanTicket } from './readplan'
-import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
+import { BtreeError, ExtentTree, EXT_UNWRITTEN, EXT_WRITTEN, lockrestartDo, lockrestartDoSync, MAX_EXTENT_LEN, transGet, yieldToLoop, type BtreeTrans, type Extent, type Range, type TreeOptions, type TreeStats } from './btree'
 
 const END = Number.MAX_SAFE_INTEGER
 /**
@@ -364,10 +364,14 @@ export class FileData {
 
   /** reserve up to want blocks; when the device is full only because frees are not durable yet, checkpoint and retry */
   private allocOrReclaim (t: BtreeTrans, want: number, hint: number, minRun = 0): Range | null {
-    const r = t.alloc(want, hint, minRun)
+    // one extent maps at most MAX_EXTENT_LEN blocks: a larger run from an
+    // empty area (fallocate of over 4 GiB) made insertExtent refuse it as
+    // misuse, and the caller saw EIO
+    const len = Math.min(want, MAX_EXTENT_LEN)
+    const r = t.alloc(len, hint, minRun)
     if (r !== null || this.tree.pendingFreeBlocks() === 0) return r
     this.checkpoint()
-    return t.alloc(want, hint, minRun)
+    return t.alloc(len, hint, minRun)
   }
 
   /** a node failed its checks: remember it (one log line), so nothing more is written */
