@@ -8,7 +8,7 @@ import { fsckOrCorrupt } from './fsck'
 import { compact } from './compact'
 import { repairImage } from './fsck-repair'
 import { bindSecondMount, isRemount, liveStats, mountOfImage, optionsOfFirstMount, parseMountOptions, parseRemountOptions, preflight, remount, runSupervisor, runWorker, startBackground, umount } from './daemon'
-import { findMount, isStale, runDir } from './mounts'
+import { findMount, isStale, linksResolved, runDir } from './mounts'
 import { FolioFs } from './fs'
 import { progress } from './progress'
 import { FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_MERGED, FIEMAP_EXTENT_UNKNOWN, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_FLAG_SYNC, FIEMAP_MAX_PER_CALL } from './fiemap'
@@ -425,7 +425,9 @@ async function main (argv: string[]): Promise<number> {
         }
       }
       // a mount point is asked without a stat of it: a stat waits for a daemon that does not answer
-      const asMount = findMount(target)?.mountpoint === path.resolve(target)
+      // (through symlinks too, followed without a stat)
+      const where = linksResolved(target)
+      const asMount = findMount(where)?.mountpoint === where
       let st: fs.Stats | undefined
       if (!asMount) {
         try {
@@ -437,9 +439,9 @@ async function main (argv: string[]): Promise<number> {
       }
       let stats: Record<string, unknown>
       if (asMount || st?.isDirectory() === true) {
-        const m = findMount(target)
+        const m = findMount(where)
         if (!m || m.fstype !== 'fuse.foliofs') throw new ImageError(`${target}: not a foliofs mount point`, EXIT.USAGE)
-        stats = live(target)
+        stats = live(where)
       } else {
         // a mounted image: its daemon's numbers (what is on disk lags them; a read-only mount's lock would not even say it is in use)
         const m = mountOfImage(target)

@@ -13,7 +13,7 @@ import { Coherence } from './coherence'
 import { ExtentTree } from './btree'
 import { progress } from './progress'
 import { memoryLimit } from './memlimit'
-import { alive, findMount, isStale, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, stopped, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry, type MountRecord } from './mounts'
+import { alive, findMount, isStale, linksResolved, mountsOfDev, mountTable, mountUsers, recordMounted, recordsOfWorker, removeRecord, stopped, takeOutcome, unmountPath, writeOutcome, writeRecord, readRecord, type MountEntry, type MountRecord } from './mounts'
 import { execFileSync } from 'child_process'
 
 const debug = createDebug('foliofs:daemon')
@@ -611,7 +611,7 @@ async function unmountOrNameUsers (mp: string, lazy: boolean): Promise<void> {
  * With lazy, detach now; the daemon exits once the last open file closes.
  */
 export async function umount (mountpoint: string, opts: { lazy?: boolean, timeoutMs?: number } = {}): Promise<void> {
-  const mp = path.resolve(mountpoint)
+  const mp = linksResolved(mountpoint) // as umount(8): a symlink to the mount point names it
   const rec = readRecord(mp)
   const m = findMount(mp)
   if (!m) {

@@ -38,6 +38,36 @@ export function mountsOfDev (dev: string): MountEntry[] {
   return mountTable().filter(m => m.dev === dev && m.fstype.startsWith('fuse'))
 }
 
+/**
+ * p with its symlinks resolved by readlink alone, never a stat: the path
+ * a mount table entry names when p is (or leads through a link to) a
+ * mount point. fs.realpathSync stats the mount point, which waits forever
+ * for a daemon that does not answer (stopped): `foliofs stats LINK` hung
+ * there while `stats MOUNTPOINT` said at once that the daemon is stopped.
+ * readlink of a directory (EINVAL) does not ask its filesystem. Lexical
+ * '..' as path.resolve; a loop or anything unreadable stops the walk (the
+ * caller's own checks then report it).
+ */
+export function linksResolved (p: string): string {
+  let rest = path.resolve(p).split('/').filter(Boolean)
+  let out = '/'
+  for (let hops = 0; rest.length > 0;) {
+    const next = path.posix.join(out, rest[0])
+    let target: string
+    try {
+      target = fs.readlinkSync(next)
+    } catch {
+      out = next // not a link (or gone): taken as it is
+      rest = rest.slice(1)
+      continue
+    }
+    if (++hops > 40) return path.resolve(p) // ELOOP
+    rest = [...path.posix.resolve(out, target).split('/').filter(Boolean), ...rest.slice(1)]
+    out = '/'
+  }
+  return out
+}
+
 export function findMount (mountpoint: string): MountEntry | undefined {
   const mp = path.resolve(mountpoint)
   const all = mountTable().filter(m => m.mountpoint === mp)
