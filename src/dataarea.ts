@@ -109,6 +109,62 @@ export function createDataArea (image: string, uuid: string): void {
   try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
 }
 
+/**
+ * The largest file the filesystem holding dir takes, when it is less than
+ * `want` bytes; null when it takes `want` (or cannot be asked). The data
+ * area is written at pblk * 4096 up to the image's capacity, and a host
+ * whose files stop short of that (ext4: 16 TiB - 4 KiB) answered EFBIG to
+ * the writeback of blocks placed past it: mkfs --size 17T was accepted,
+ * and fsynced data was lost (found by a large-file hunt). Asked of a
+ * probe file of its own (made, grown sparse by ftruncate, removed), never
+ * of the data area: a mount of it may be growing it at the same time.
+ */
+export function hostFileLimitBelow (dir: string, want: number): number | null {
+  const probe = path.join(dir, `.foliofs-probe-${process.pid}`)
+  let fd: number
+  try { fd = fs.openSync(probe, 'wx', 0o600) } catch { return null } // a read-only or foreign directory: not asked
+  const fits = (n: number): boolean => {
+    try {
+      fs.ftruncateSync(fd, n)
+      return true
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      if (code === 'EFBIG' || code === 'EINVAL') return false
+      throw err
+    }
+  }
+  try {
+    if (fits(want)) return null
+    let lo = 0 // fits
+    let hi = want // does not
+    while (hi - lo > BLOCK_SIZE) {
+      const mid = Math.floor((lo + hi) / 2 / BLOCK_SIZE) * BLOCK_SIZE
+      if (mid <= lo) break
+      if (fits(mid)) lo = mid
+      else hi = mid
+    }
+    return lo
+  } catch {
+    return null
+  } finally {
+    fs.closeSync(fd)
+    fs.rmSync(probe, { force: true })
+  }
+}
+
+/**
+ * What stops files at `max` bytes (hostFileLimitBelow's answer), for a
+ * message: this process's RLIMIT_FSIZE (ulimit -f, inherited by the
+ * daemon) when that is the limit, else the filesystem holding dir.
+ */
+export function fileLimitHolder (dir: string, max: number): string {
+  try {
+    const m = /^Max file size\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'))
+    if (m && Number(m[1]) <= max + BLOCK_SIZE) return "this process's file size limit (ulimit -f)"
+  } catch { /* no /proc */ }
+  return `the filesystem holding ${dir}`
+}
+
 /** check that image's data area exists and belongs to it; returns its path */
 export function checkDataArea (image: string, uuid: string): string {
   const p = dataAreaPath(image)

@@ -20,7 +20,7 @@ import { randomUUID } from 'crypto'
 import { BTREE_SCHEMA, ExtentTree } from './btree/tree'
 import { bucketsOf } from './btree/alloc'
 import { BLOCK_SIZE, EXIT, hostFileError, ImageError, refusedReadWrite } from './imageerror'
-import { checkDataArea, createDataArea, dataAreaPath, imageTarget } from './dataarea'
+import { checkDataArea, createDataArea, dataAreaPath, fileLimitHolder, hostFileLimitBelow, imageTarget } from './dataarea'
 import { CSUM_SCHEMA } from './datacsum'
 import { JOURNAL_SCHEMA } from './journal'
 import { describeProblems, mountProblems, tableProblems, truncation } from './imagecheck'
@@ -170,6 +170,10 @@ export function mkfs (image: string, opts: MkfsOptions = {}): Superblock {
     if (!opts.force) throw new ImageError(`${path}: already exists (use --force to overwrite)`, EXIT.USAGE)
     refuseInUse(path)
     removeImageFiles(path)
+  }
+  const hostMax = hostFileLimitBelow(dir, Math.floor(capacity / BLOCK_SIZE) * BLOCK_SIZE)
+  if (hostMax !== null) {
+    throw new ImageError(`${path}: ${fileLimitHolder(dir, hostMax)} allows files of at most ${sizeInG(hostMax)}, less than --size (${sizeInG(capacity)}): the data area beside the image grows as large as the image; use --size ${sizeInG(hostMax)} or less, or a filesystem with larger files (XFS, btrfs)`, EXIT.USAGE)
   }
   // claim the name: a file that appeared since (another mkfs) is not ours
   // to fill, nor to remove when this one fails
@@ -429,6 +433,11 @@ export function uncleanImage (image: string): boolean {
   try { return fs.statSync(`${imageTarget(image)}-wal`).size > 0 } catch { return false }
 }
 
+/** bytes as --size takes them, rounded down to whole G (M under 1G) */
+function sizeInG (n: number): string {
+  return n >= 2 ** 30 ? `${Math.floor(n / 2 ** 30)}G` : `${Math.floor(n / 2 ** 20)}M`
+}
+
 /**
  * What a killed mkfs leaves: it claims the image's name first (an empty
  * file), then writes the database, then the data area beside it. Said
@@ -487,6 +496,15 @@ export function openImage (image: string, opts: OpenOptions = {}): OpenImage {
     removeShmOnClose(ro, path)
     const sb = readSuperblock(ro, path, opts.upgradable ?? !opts.readonly)
     try { checkDataArea(path, sb.uuid) } catch (err) { throw freshImageHint(ro, err) }
+    if (opts.writable ?? !opts.readonly) {
+      // an image made elsewhere (or before mkfs checked): blocks past the
+      // host's largest file could never be written back
+      const dir = nodePath.dirname(dataAreaPath(path))
+      const hostMax = hostFileLimitBelow(dir, sb.capacityBlocks * BLOCK_SIZE)
+      if (hostMax !== null) {
+        throw new ImageError(`${path}: its capacity (${sizeInG(sb.capacityBlocks * BLOCK_SIZE)}) is more than ${fileLimitHolder(dir, hostMax)} allows in one file (${sizeInG(hostMax)}): refused read-write, as data placed past that could never be written; mount it read-only (-o ro), or move the image and ${dataAreaPath(path)} to a filesystem with larger files (XFS, btrfs)`, EXIT.MOUNT_FAILED)
+      }
+    }
     if (opts.check !== false) {
       const { tables: problems, free } = mountProblems(ro)
       if (problems.length) {
