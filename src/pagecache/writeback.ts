@@ -549,6 +549,25 @@ export class Writeback {
     this.stats.errors++
     this.lastError = err as Error
     debug('writeback of inode %d blocks %d+%d failed: %o', w.ino, w.start, w.folios.length, err)
+    this.logFailure(w.ino, err)
+  }
+
+  /** when each kind of writeback failure (its errno) was last logged */
+  private readonly failureLogged = new Map<string, number>()
+
+  /**
+   * One line in the daemon's log (stderr: --log) for a failed writeback,
+   * at most once a minute for each errno: a failure that keeps coming
+   * back (a host disk answering EIO) retried in silence, seen only in
+   * stats and the debug log.
+   */
+  private logFailure (ino: number, err: unknown): void {
+    const code = (err as { code?: string }).code ?? 'error'
+    const now = Date.now()
+    if (now - (this.failureLogged.get(code) ?? -Infinity) < 60_000) return
+    this.failureLogged.set(code, now)
+    const msg = err instanceof Error ? err.message : String(err)
+    process.stderr.write(`foliofs: writeback of inode ${ino} failed (${msg}): its data stays dirty and is tried again; ${this.stats.errors} failed run(s) so far (foliofs stats); logged once a minute\n`)
   }
 
   // ---- background writeback and throttling ------------------------------

@@ -542,3 +542,28 @@ test('on an aged image (free space in one-block holes) the scattered overwrites 
   await fs.close()
   await sameAfterRemount(img, a, data)
 })
+
+test('a writeback that keeps failing is logged, once a minute for each errno, and its data stays dirty until a later writeback succeeds', async () => {
+  const { img, fs } = fresh()
+  const ino = fs.create('/f', 0o644, root)
+  const data = pattern(12, MiB)
+  await fs.write(ino, data, 0)
+  const area = fs.data.area
+  const write = area.write.bind(area)
+  area.write = async () => { throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }) }
+  const lines: string[] = []
+  const stderrWrite = process.stderr.write.bind(process.stderr)
+  process.stderr.write = ((chunk: string | Uint8Array) => { lines.push(String(chunk)); return true }) as typeof process.stderr.write
+  try {
+    for (let i = 0; i < 3; i++) await fs.fsync(ino).catch(() => {})
+  } finally {
+    process.stderr.write = stderrWrite
+  }
+  const logged = lines.filter(l => /writeback of inode \d+ failed \(EIO/.test(l))
+  assert.ok(fs.writeback.stats.errors >= 3, `${fs.writeback.stats.errors} failed runs`)
+  assert.equal(logged.length, 1, `one line for ${fs.writeback.stats.errors} failures: ${lines.join('')}`)
+  area.write = write
+  await fs.fsync(ino)
+  await fs.close()
+  await sameAfterRemount(img, ino, data)
+})
