@@ -20,22 +20,15 @@
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
+import { parseMountinfo } from './mounts'
 
 interface CgroupMount { root: string, dir: string, v2: boolean }
 
 /** the v2 mount and v1 memory controller mounts in mountinfo */
 function cgroupMounts (mountinfo: string): CgroupMount[] {
-  const out: CgroupMount[] = []
-  for (const line of mountinfo.split('\n')) {
-    const [pre, post] = line.split(' - ')
-    if (post === undefined) continue
-    const f = pre.split(' ')
-    const [fstype, , superOpts = ''] = post.split(' ')
-    const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
-    if (fstype === 'cgroup2') out.push({ root: unescape(f[3]), dir: unescape(f[4]), v2: true })
-    else if (fstype === 'cgroup' && superOpts.split(',').includes('memory')) out.push({ root: unescape(f[3]), dir: unescape(f[4]), v2: false })
-  }
-  return out
+  return parseMountinfo(mountinfo)
+    .filter(m => m.fstype === 'cgroup2' || (m.fstype === 'cgroup' && m.superOptions.split(',').includes('memory')))
+    .map(m => ({ root: m.root, dir: m.mountpoint, v2: m.fstype === 'cgroup2' }))
 }
 
 /** a limit file's value in bytes, or null for none ("max", v1's huge number, unreadable) */

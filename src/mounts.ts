@@ -6,6 +6,10 @@ import { execFileSync } from 'child_process'
 
 export interface MountEntry {
   mountpoint: string, fstype: string, source: string, /** major:minor */ dev: string
+  /** the directory of the mounted filesystem shown there (a bind mount's, a container's cgroup) */
+  root: string
+  /** the filesystem's own options (mountinfo's super options) */
+  superOptions: string
   /** a FUSE mount's owner (its user_id= option): who besides root may unmount it */
   owner?: number
 }
@@ -14,8 +18,8 @@ function unescapeMount (s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
 }
 
-export function mountTable (): MountEntry[] {
-  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')
+/** the entries of a mountinfo file's text (proc(5)) */
+export function parseMountinfo (text: string): MountEntry[] {
   const out: MountEntry[] = []
   for (const line of text.split('\n')) {
     if (!line) continue
@@ -23,10 +27,15 @@ export function mountTable (): MountEntry[] {
     if (!post) continue
     const f = pre.split(' ')
     const g = post.split(' ')
-    const uid = /(?:^|,)user_id=(\d+)(?:,|$)/.exec(g[2] ?? '')
-    out.push({ mountpoint: unescapeMount(f[4]), fstype: g[0], source: unescapeMount(g[1]), dev: f[2], ...(uid ? { owner: Number(uid[1]) } : {}) })
+    const superOptions = g[2] ?? ''
+    const uid = /(?:^|,)user_id=(\d+)(?:,|$)/.exec(superOptions)
+    out.push({ mountpoint: unescapeMount(f[4]), fstype: g[0], source: unescapeMount(g[1]), dev: f[2], root: unescapeMount(f[3]), superOptions, ...(uid ? { owner: Number(uid[1]) } : {}) })
   }
   return out
+}
+
+export function mountTable (): MountEntry[] {
+  return parseMountinfo(fs.readFileSync('/proc/self/mountinfo', 'utf8'))
 }
 
 /**
