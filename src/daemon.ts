@@ -165,15 +165,28 @@ function ioctlTool (): string {
   return path.resolve(__dirname, '..', '..', 'native', 'build', 'foliofs-ioctl')
 }
 
+/**
+ * memory the daemon uses besides its page cache, at most (measured: a
+ * 250M cache writing 1.5G peaked at 380M anonymous memory, 470M resident;
+ * the V8 heap, SQLite's cache of up to 64M, I/O buffers): cache_size must
+ * leave this much of the memory limit (parseCacheSize)
+ */
+const DAEMON_RESERVE = 192 << 20
+
 function parseCacheSize (val: string, opt: string): number {
   let n: number
   try { n = parseSize(val) } catch { throw new ImageError(`malformed mount option '${opt}' (use e.g. cache_size=256M)`, EXIT.USAGE) }
   if (n < 1024 * 1024) throw new ImageError(`mount option '${opt}': the page cache needs at least 1M`, EXIT.USAGE)
-  // dirty data is throttled only at half the cache: a cache past the
-  // memory this process may use lets writers fill it with dirty data
+  // the cache fills (clean folios are evicted only when it is full) and
+  // the rest of the daemon comes on top of it: a cache that leaves less
+  // than DAEMON_RESERVE of the memory this process may use gets the
+  // daemon OOM-killed by the writers that fill it (cache_size=300M in a
+  // 400M cgroup: killed writing 1.5G, a dead mount)
   const mem = memoryLimit()
   const whose = mem.cgroup ? "this process's memory cgroup limit" : "this machine's memory"
-  if (n > mem.bytes) throw new ImageError(`mount option '${opt}': the page cache cannot be larger than ${whose} (${Math.floor(mem.bytes / (1 << 20))}M)`, EXIT.USAGE)
+  const most = Math.max(mem.bytes - DAEMON_RESERVE, 0)
+  const mib = (b: number): string => `${Math.floor(b / (1 << 20))}M`
+  if (n > most) throw new ImageError(`mount option '${opt}': the page cache can take at most ${mib(most)}: ${whose} (${mib(mem.bytes)}) less the ${mib(DAEMON_RESERVE)} the daemon needs besides it`, EXIT.USAGE)
   return n
 }
 
