@@ -1476,7 +1476,11 @@ export class FolioFs {
     })
   }
 
-  chown (ino: number, uid: number, gid: number): void {
+  /**
+   * who: the caller (fuse-ops' writer()); none for internal callers,
+   * which then keep setgid unless the file is group-executable.
+   */
+  chown (ino: number, uid: number, gid: number, who?: Writer): void {
     this.tx(() => {
       this.checkNotFrozen(ino)
       const i = this.inode(ino)
@@ -1484,10 +1488,14 @@ export class FolioFs {
       const nuid = uid === 0xffffffff || uid === -1 ? i.uid : uid
       const ngid = gid === 0xffffffff || gid === -1 ? i.gid : gid
       let mode = i.mode
-      // like the kernel: a real ownership change drops setuid, and setgid on group-executable files
+      // like the kernel (setattr_should_drop_sgid): a real ownership
+      // change drops setuid, and setgid when the file is group-executable
+      // or the caller is neither in the file's group (the one it had)
+      // nor has CAP_FSETID. The kernel's FUSE side redoes only the
+      // group-executable case before it sends the chown.
       if (!isDir(mode) && (nuid !== i.uid || ngid !== i.gid)) {
         mode &= ~0o4000
-        if (mode & 0o010) mode &= ~0o2000
+        if ((mode & 0o010) || (who && !inGroupOf(who, i.gid) && !hasFsetid(who))) mode &= ~0o2000
       }
       this.q.setOwner.run(nuid, ngid, mode, t.sec, t.nsec, ino)
     })

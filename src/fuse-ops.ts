@@ -380,7 +380,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
     readlink: (path: string, cb: Cb) => reply('readlink', cb, () => [fs.readlink(path)]),
     chown: (path: string | null, uid: number, gid: number, fd: number, cb: Cb) => reply('chown', cb, () => {
       const i = fileIno(path, fd)
-      return settled(fs.chown(i, uid, gid), [i], [via(path, fd)])
+      return settled(fs.chown(i, uid, gid, writer()), [i], [via(path, fd)])
     }),
     chmod: (path: string | null, mode: number, fd: number, cb: Cb) => reply('chmod', cb, () => {
       const i = fileIno(path, fd)
