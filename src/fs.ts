@@ -80,6 +80,7 @@ const UTIME_OMIT = (1 << 30) - 2
 export const XATTR_CREATE = 1
 const O_ACCMODE = 3
 const O_APPEND = 0o2000
+const O_NOATIME = 0o1000000
 export const XATTR_REPLACE = 2
 const RELATIME_SEC = 24 * 3600
 export const MAX_FILE_SIZE = 2 ** 52 // bytes; keeps block numbers exact in doubles
@@ -161,6 +162,15 @@ interface Handle { ino: number, flags: number, dir: boolean }
 
 /** the handle was opened O_APPEND: its writes go to the file's end (write()) */
 export const appends = (h: Handle): boolean => (h.flags & O_APPEND) !== 0
+
+/**
+ * the handle was opened O_NOATIME: reads through it leave atime alone
+ * (read(), openListing(); tar --atime-preserve=system, rsync
+ * --open-noatime). The kernel checked the caller may (the owner, or
+ * CAP_FOWNER) before it sent the open. An O_NOATIME set later with
+ * fcntl(F_SETFL) never reaches the daemon.
+ */
+export const noAtime = (h: Handle): boolean => (h.flags & O_NOATIME) !== 0
 
 const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
 const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
@@ -1413,10 +1423,10 @@ export class FolioFs {
    * added or removed behind the reader is seen or not, as POSIX allows,
    * and none is ever listed twice.
    */
-  openListing (ino: number): Listing {
+  openListing (ino: number, keepAtime = false): Listing {
     const i = this.inode(ino)
     if (!isDir(i.mode)) throw fsErr('ENOTDIR')
-    this.touchAtime(i) // a directory read: once per listing (opendir, rewinddir), not per chunk
+    if (!keepAtime) this.touchAtime(i) // a directory read: once per listing (opendir, rewinddir), not per chunk
     return { names: ['.', '..'], after: null, done: false }
   }
 
@@ -1595,7 +1605,7 @@ export class FolioFs {
    * sequential read may leave a read plan there instead of filling buf
    * (readplan.ts): the caller then hands it over with the answer.
    */
-  async read (ino: number, buf: Buffer, len: number, pos: number, sink?: PlanSink): Promise<number> {
+  async read (ino: number, buf: Buffer, len: number, pos: number, sink?: PlanSink, keepAtime = false): Promise<number> {
     const i = this.inode(ino)
     if (isDir(i.mode)) throw fsErr('EISDIR')
     if (pos >= i.size || len <= 0) return 0
@@ -1607,7 +1617,7 @@ export class FolioFs {
     const n = Math.max(0, Math.min(filled, this.sizeOf(ino) - pos))
     this.counters.reads++
     this.counters.bytesRead += n
-    this.touchAtime(i)
+    if (!keepAtime) this.touchAtime(i)
     return n
   }
 

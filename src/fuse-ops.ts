@@ -3,7 +3,7 @@
 // result (fuse-native hangs on Error objects and times out on throws).
 import * as nodefs from 'fs'
 import { constants } from 'os'
-import { appends, FolioFs, RENAME_EXCHANGE, type Listing, type Stat, type Time, type Writer } from './fs'
+import { appends, FolioFs, noAtime, RENAME_EXCHANGE, type Listing, type Stat, type Time, type Writer } from './fs'
 import { fsErr, toNegErrno } from './errno'
 import { FOLIOFS_IOC_BUFSIZE, FOLIOFS_IOC_FIEMAP, FOLIOFS_IOC_REMOUNT, FOLIOFS_IOC_STATS, iocSize } from './ioctl'
 import { flagsToXflags, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FSXATTR_SIZE, IFLAGS_SIZE, xflagsToFlags } from './iflags'
@@ -266,7 +266,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
       // rewinddir) and is read READDIR_CHUNK entries per request
       let listing = fd ? listings.get(fd) : undefined
       if (offset === 0 || !listing) {
-        listing = fs.openListing(dir)
+        listing = fs.openListing(dir, fd !== 0 && noAtime(fs.handle(fd)))
         if (fd) listings.set(fd, listing)
       }
       const r = fs.readdirFrom(dir, listing, offset, READDIR_CHUNK)
@@ -336,7 +336,7 @@ export function makeOps (ctx: OpsContext): Record<string, Cb> {
         // not waiting, each reader's invalidation raced the other readers'
         // GETATTRs, whose answers the kernel then drops, and a read through
         // an open descriptor could use the old size (generic/080).
-        return fs.read(fileIno(path, fd), buf, len, pos, sink)
+        return fs.read(fileIno(path, fd), buf, len, pos, sink, fd !== 0 && noAtime(fs.handle(fd)))
       })
     },
     // write and truncate carry the caller (setuid/setgid: FolioFs.killPriv)
