@@ -17,7 +17,9 @@
 // U+00FF where a byte string is expected silently keeps only the low byte
 // of each: convert user-facing text with fromText() first.
 
-const utf8 = new TextDecoder('utf-8', { fatal: true })
+// ignoreBOM: a leading U+FEFF is part of the name (by default the decoder
+// drops it: `\xef\xbb\xbfabc` was the entry `abc`, and one of just those bytes empty)
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 const ASCII = /^[\x00-\x7f]*$/
 
 /** the dirents.name value of a byte-string name */
