@@ -40,18 +40,37 @@ function readLimit (file: string): number | null {
   return n > 0 && n < 2 ** 60 ? n : null
 }
 
-/** the smallest limit of cgroup `cg` and its ancestors under mount m */
-function limitUnder (m: CgroupMount, cg: string): number | null {
+/** a cgroup whose memory limit applies to this process */
+interface Limited { dir: string, v2: boolean, bytes: number }
+
+/** cgroup `cg` and its ancestors under mount m that have a limit */
+function limitedUnder (m: CgroupMount, cg: string): Limited[] {
   const rel = path.posix.relative(m.root, cg)
-  if (rel === '..' || rel.startsWith('../')) return null // the cgroup is outside what this mount shows
+  if (rel === '..' || rel.startsWith('../')) return [] // the cgroup is outside what this mount shows
   const file = m.v2 ? 'memory.max' : 'memory.limit_in_bytes'
-  let best: number | null = null
+  const out: Limited[] = []
   for (let dir = path.posix.join(m.dir, rel); ; dir = path.posix.dirname(dir)) {
     const n = readLimit(path.posix.join(dir, file))
-    if (n !== null && (best === null || n < best)) best = n
+    if (n !== null) out.push({ dir, v2: m.v2, bytes: n })
     if (dir === m.dir || dir === '/' || !dir.startsWith(m.dir)) break
   }
-  return best
+  return out
+}
+
+/** every cgroup level whose memory limit applies to this process (none where /proc cannot be read) */
+function limitedCgroups (procRoot: string): Limited[] {
+  const out: Limited[] = []
+  try {
+    const mounts = cgroupMounts(fs.readFileSync(`${procRoot}/mountinfo`, 'utf8'))
+    for (const line of fs.readFileSync(`${procRoot}/cgroup`, 'utf8').split('\n')) {
+      const m = /^\d+:([^:]*):(.*)$/.exec(line)
+      if (!m) continue
+      const v2 = m[1] === ''
+      if (!v2 && !m[1].split(',').includes('memory')) continue
+      for (const mount of mounts.filter(x => x.v2 === v2)) out.push(...limitedUnder(mount, m[2]))
+    }
+  } catch { /* no /proc: no cgroup limit */ }
+  return out
 }
 
 /**
@@ -60,19 +79,42 @@ function limitUnder (m: CgroupMount, cg: string): number | null {
  */
 export function memoryLimit (procRoot = '/proc/self'): { bytes: number, cgroup: boolean } {
   const total = os.totalmem()
-  let limit: number | null = null
-  try {
-    const mounts = cgroupMounts(fs.readFileSync(`${procRoot}/mountinfo`, 'utf8'))
-    for (const line of fs.readFileSync(`${procRoot}/cgroup`, 'utf8').split('\n')) {
-      const m = /^\d+:([^:]*):(.*)$/.exec(line)
-      if (!m) continue
-      const v2 = m[1] === ''
-      if (!v2 && !m[1].split(',').includes('memory')) continue
-      for (const mount of mounts.filter(x => x.v2 === v2)) {
-        const n = limitUnder(mount, m[2])
-        if (n !== null && (limit === null || n < limit)) limit = n
-      }
-    }
-  } catch { /* no /proc: the machine's memory */ }
-  return limit !== null && limit < total ? { bytes: limit, cgroup: true } : { bytes: total, cgroup: false }
+  const limit = Math.min(...limitedCgroups(procRoot).map(l => l.bytes))
+  return limit < total ? { bytes: limit, cgroup: true } : { bytes: total, cgroup: false }
+}
+
+/**
+ * Memory a limited cgroup has left, in bytes: its limit less what its
+ * processes use that the kernel cannot reclaim (usage less the page
+ * cache's files: v2 memory.current and memory.stat's active_file and
+ * inactive_file, v1 memory.usage_in_bytes and total_*_file). The host's
+ * MemAvailable says nothing of it: a container of 512M on a host with
+ * gigabytes free is OOM-killed all the same. Null where unreadable.
+ */
+function cgroupAvailable (l: Limited): number | null {
+  const num = (file: string): number | null => {
+    try {
+      const n = Number(fs.readFileSync(path.posix.join(l.dir, file), 'utf8').trim())
+      return Number.isFinite(n) ? n : null
+    } catch { return null }
+  }
+  const usage = num(l.v2 ? 'memory.current' : 'memory.usage_in_bytes')
+  let stat: string
+  try { stat = fs.readFileSync(path.posix.join(l.dir, 'memory.stat'), 'utf8') } catch { return null }
+  const field = (key: string): number => Number(new RegExp(`^${key} (\\d+)$`, 'm').exec(stat)?.[1] ?? 0)
+  const file = l.v2 ? field('active_file') + field('inactive_file') : field('total_active_file') + field('total_inactive_file')
+  return usage === null ? null : l.bytes - Math.max(usage - file, 0)
+}
+
+/**
+ * Is a memory cgroup of this process short of memory? True when one whose
+ * limit applies has less than a twentieth of its limit left (at least
+ * 64 MiB, or an eighth of a limit below 512M), as writeback.ts's
+ * memoryLow() judges the machine. `procRoot` is for tests only.
+ */
+export function cgroupMemoryLow (procRoot = '/proc/self'): boolean {
+  return limitedCgroups(procRoot).some(l => {
+    const avail = cgroupAvailable(l)
+    return avail !== null && avail < Math.max(l.bytes / 20, Math.min(64 << 20, l.bytes / 8))
+  })
 }

@@ -49,6 +49,7 @@ import type { Range } from '../btree'
 import { FOLIO_SIZE, type Folio } from './folio'
 import { fsErr } from '../errno'
 import type { PageCache } from './cache'
+import { cgroupMemoryLow } from '../memlimit'
 
 const debug = createDebug('foliofs:writeback')
 
@@ -262,9 +263,15 @@ export interface WritebackLimits {
 /**
  * The system is short of memory when less than a twentieth of it (at
  * least 64 MiB) is available (/proc/meminfo MemAvailable: free memory plus
- * what the kernel can reclaim). False where that cannot be read.
+ * what the kernel can reclaim), or when a memory cgroup of the daemon (a
+ * container's --memory) is short of its own limit (memlimit.ts). False
+ * where neither can be read.
  */
 export function memoryLow (): boolean {
+  return hostMemoryLow() || cgroupMemoryLow()
+}
+
+function hostMemoryLow (): boolean {
   let text: string
   try { text = readFileSync('/proc/meminfo', 'utf8') } catch { return false }
   const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN)
