@@ -184,9 +184,13 @@ function parseCacheSize (val: string, opt: string): number {
   // 400M cgroup: killed writing 1.5G, a dead mount)
   const mem = memoryLimit()
   const whose = mem.cgroup ? "this process's memory cgroup limit" : "this machine's memory"
-  const most = Math.max(mem.bytes - DAEMON_RESERVE, 0)
   const mib = (b: number): string => `${Math.floor(b / (1 << 20))}M`
-  if (n > most) throw new ImageError(`mount option '${opt}': the page cache can take at most ${mib(most)}: ${whose} (${mib(mem.bytes)}) less the ${mib(DAEMON_RESERVE)} the daemon needs besides it`, EXIT.USAGE)
+  const most = mem.bytes - DAEMON_RESERVE
+  const least = defaultCacheBytes() // a small limit still takes what the default takes
+  const why = most >= least
+    ? `${mib(most)}: ${whose} (${mib(mem.bytes)}) less the ${mib(DAEMON_RESERVE)} the daemon needs besides it`
+    : `${mib(least)}, the default for ${whose} (${mib(mem.bytes)}), which leaves less than the ${mib(DAEMON_RESERVE)} the daemon needs besides it`
+  if (n > Math.max(most, least)) throw new ImageError(`mount option '${opt}': the page cache can take at most ${why}`, EXIT.USAGE)
   return n
 }
 
